@@ -1,0 +1,46 @@
+"""gradinspect: per-layer gradients of Keras Dense layers, with verdicts.
+
+Importing this package is cheap: TensorFlow loads only when an inspection runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Finding",
+    "InspectOptions",
+    "LayerReport",
+    "Report",
+    "Severity",
+    "Thresholds",
+    "__version__",
+    "inspect",
+    "inspect_files",
+]
+
+if TYPE_CHECKING:
+    from gradinspect.api import inspect, inspect_files
+    from gradinspect.config import InspectOptions, Thresholds
+    from gradinspect.report import Finding, LayerReport, Report, Severity
+
+_LAZY = {
+    "inspect": "gradinspect.api",
+    "inspect_files": "gradinspect.api",
+    "InspectOptions": "gradinspect.config",
+    "Thresholds": "gradinspect.config",
+    "Finding": "gradinspect.report",
+    "LayerReport": "gradinspect.report",
+    "Report": "gradinspect.report",
+    "Severity": "gradinspect.report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gradinspect' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+"""``python -m gradinspect`` runs the CLI."""
+
+from gradinspect.cli import main
+
+main()

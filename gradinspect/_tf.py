@@ -1,0 +1,43 @@
+"""The one door to TensorFlow and Keras: a lazy, quiet import.
+
+TensorFlow costs seconds and hundreds of MiB to import, so nothing imports it at module level;
+the two modules that need it (``loading``, ``probe``) call ``tf_modules()`` when they run.
+TensorFlow's C++ runtime writes start-up chatter to file descriptor 2 before its own log level
+is read, so the import runs with fd 2 redirected to a buffer that is replayed only on failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from functools import cache
+from types import ModuleType
+
+
+@cache
+def tf_modules() -> tuple[ModuleType, ModuleType]:
+    """Import and return ``(tensorflow, keras)``, silencing their start-up noise."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    with tempfile.TemporaryFile() as buffer:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(buffer.fileno(), 2)
+        try:
+            import tensorflow as tf
+            import keras
+        except BaseException:
+            os.dup2(saved, 2)
+            buffer.seek(0)
+            sys.stderr.write(buffer.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"keras(\..*)?$")
+    return tf, keras

@@ -1,0 +1,329 @@
+"""The public Python API, and the pipeline the CLI runs: load -> probe -> stats -> diagnose.
+
+``inspect(model, x)`` works on a live model in a notebook or at a breakpoint; ``inspect_files``
+is what ``gradinspect MODEL DATA`` calls. Both return a ``Report``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradinspect import __version__
+from gradinspect.config import InspectOptions, Thresholds
+from gradinspect.diagnose import LayerFigures, RunFigures, diagnose
+from gradinspect.errors import DataError
+from gradinspect.loading import LoadedData, LoadedModel, live_model, load_data, load_model
+from gradinspect.report import (
+    ActivationStats,
+    ArrayInfo,
+    DataInfo,
+    LayerGrads,
+    LayerReport,
+    LayerWeights,
+    LossInfo,
+    ModelInfo,
+    Report,
+    ToolInfo,
+)
+from gradinspect.stats import (
+    ActivityAccumulator,
+    SumAccumulator,
+    TensorAccumulator,
+    grad_stats,
+    merge_shapes,
+    safe_ratio,
+    weight_stats,
+)
+
+ProgressHook = Callable[[int, int], None]
+"""Called as ``progress(samples_done, samples_total)`` after each batch."""
+
+
+@dataclass
+class _LayerAccumulators:
+    units: int
+    low_threshold: float
+    kernel_grad: SumAccumulator = field(default_factory=SumAccumulator)
+    bias_grad: SumAccumulator = field(default_factory=SumAccumulator)
+    input_grad: TensorAccumulator = field(default_factory=TensorAccumulator)
+    output_grad: TensorAccumulator = field(default_factory=TensorAccumulator)
+    activity: ActivityAccumulator | None = None
+    calls: int = 0
+    input_shape: tuple[int | None, ...] | None = None
+    output_shape: tuple[int | None, ...] | None = None
+    kernel: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.activity = ActivityAccumulator(self.units, self.low_threshold)
+
+
+def _batches(arrays: Sequence[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    total = int(arrays[0].shape[0])
+    for start in range(0, total, size):
+        yield [a[start : start + size] for a in arrays]
+
+
+def _as_model_dtype(batch: Sequence[np.ndarray], dtypes: Sequence[str]) -> list[np.ndarray]:
+    return [np.ascontiguousarray(a, dtype=d) for a, d in zip(batch, dtypes, strict=True)]
+
+
+def _with_samples(shape: Sequence[int | None], samples: int) -> tuple[int | None, ...]:
+    return (samples, *tuple(shape[1:])) if shape else ()
+
+
+def run_inspection(
+    loaded: LoadedModel,
+    data: LoadedData,
+    options: InspectOptions,
+    progress: ProgressHook | None = None,
+) -> Report:
+    """Run the hooked pass over the data and build the report."""
+    from gradinspect._tf import tf_modules
+    from gradinspect.losses import get_loss
+    from gradinspect.probe import Probe, find_dense_layers, require_dense
+
+    tf_modules()
+    loss = get_loss(options.loss)
+    sites = find_dense_layers(loaded.model)
+    require_dense(loaded.model, sites, loaded.path or "model")
+    thresholds = options.thresholds
+    accs = [
+        _LayerAccumulators(s.units, s.profile.peak * thresholds.saturation_derivative)
+        for s in sites
+    ]
+    total = data.samples
+    batch_size = options.batch_size or total
+    dtypes = [s.dtype if s.dtype.startswith(("float", "bfloat")) else "float32"
+              for s in loaded.inputs]
+    scale = 1.0 if loss.reduction == "sum" else 1.0 / total
+    loss_value = 0.0
+    nonfinite = 0
+    entries = 0
+    done = 0
+    with Probe(loaded.model, sites, loss, training=options.training) as probe:
+        for raw in _batches(data.arrays, batch_size):
+            batch = _as_model_dtype(raw, dtypes)
+            for a in batch:
+                nonfinite += int(a.size - np.count_nonzero(np.isfinite(a)))
+                entries += int(a.size)
+            capture = probe.step(batch, None, scale)
+            loss_value += capture.loss
+            for site, acc, cap in zip(sites, accs, capture.layers, strict=True):
+                _accumulate(site, acc, cap, thresholds)
+            done += capture.samples
+            if progress is not None:
+                progress(done, total)
+        order = list(probe.order) + [i for i in range(len(sites)) if i not in probe.order]
+    return _build_report(loaded, data, options, sites, accs, order, loss, loss_value,
+                         nonfinite, entries)
+
+
+def _accumulate(site: Any, acc: _LayerAccumulators, cap: Any, t: Thresholds) -> None:
+    acc.kernel = cap.kernel
+    acc.bias = cap.bias
+    acc.kernel_grad.update(cap.kernel_grad)
+    if cap.bias_grad is not None:
+        acc.bias_grad.update(cap.bias_grad)
+    acc.calls = len(cap.calls)
+    assert acc.activity is not None
+    for call in cap.calls:
+        acc.input_shape = merge_shapes(acc.input_shape, call.x.shape[1:])
+        acc.output_shape = merge_shapes(acc.output_shape, call.out.shape[1:])
+        acc.input_grad.update(call.g_x)
+        acc.output_grad.update(call.g_out)
+        if site.profile.kind == "softmax":
+            acc.activity.update_probabilities(call.out, t.softmax_confidence)
+        elif call.act_prime is not None:
+            acc.activity.update_derivative(call.act_prime)
+
+
+def _activity_stats(site: Any, acc: _LayerAccumulators, t: Thresholds) -> ActivationStats | None:
+    act = acc.activity
+    kind = site.profile.kind
+    if act is None or kind == "linear" or (kind != "softmax" and not act.entries):
+        return None
+    always = act.units_always_low(t.unit_always) if kind != "softmax" else None
+    return ActivationStats(
+        name=site.activation,
+        source="layer",
+        kind=kind,
+        low_grad_fraction=act.low_fraction() if kind != "softmax" else None,
+        units_always_low=always,
+        units_always_low_fraction=(always / site.units) if always is not None else None,
+        softmax_confident_fraction=act.confident_fraction() if kind == "softmax" else None,
+    )
+
+
+def _output_activations(loaded: LoadedModel, sites: Sequence[Any]) -> tuple[str, ...]:
+    """Activations of Dense layers whose output tensor is a model output (top level)."""
+    outputs = getattr(loaded.model, "outputs", None) or []
+    out_ids = {id(getattr(o, "_keras_history", (None,))[0]) for o in outputs}
+    found = tuple(s.activation for s in sites if id(s.layer) in out_ids)
+    if found:
+        return found
+    return (sites[-1].activation,) if sites else ()
+
+
+def _build_report(
+    loaded: LoadedModel,
+    data: LoadedData,
+    options: InspectOptions,
+    sites: Sequence[Any],
+    accs: Sequence[_LayerAccumulators],
+    order: Sequence[int],
+    loss: Any,
+    loss_value: float,
+    nonfinite: int,
+    entries: int,
+) -> Report:
+    t = options.thresholds
+    figures = []
+    partial = []
+    for i in order:
+        site, acc = sites[i], accs[i]
+        if acc.calls == 0:
+            continue
+        assert acc.kernel is not None and acc.kernel_grad.total is not None
+        kernel_w = weight_stats(acc.kernel)
+        bias_w = weight_stats(acc.bias) if acc.bias is not None else None
+        grads = LayerGrads(
+            kernel=grad_stats(acc.kernel_grad.total),
+            bias=grad_stats(acc.bias_grad.total) if acc.bias_grad.total is not None else None,
+            input=_with_batch(acc.input_grad.result(), data.samples),
+        )
+        ratio = safe_ratio(grads.kernel.norm, kernel_w.norm)
+        gain = safe_ratio(grads.input.norm, acc.output_grad.result().norm)
+        activity = _activity_stats(site, acc, t)
+        weights_nonfinite = not (math.isfinite(kernel_w.norm) and
+                                 (bias_w is None or math.isfinite(bias_w.norm)))
+        figures.append(
+            LayerFigures(
+                path=site.path,
+                activation=site.activation,
+                units=site.units,
+                grads=grads,
+                kernel_norm=kernel_w.norm,
+                bias_norm=bias_w.norm if bias_w else None,
+                weights_nonfinite=weights_nonfinite,
+                grad_to_weight=ratio,
+                backward_gain=gain,
+                activity=activity,
+            )
+        )
+        partial.append((site, acc, LayerWeights(kernel=kernel_w, bias=bias_w)))
+    run = RunFigures(
+        samples=data.samples,
+        loss_name=loss.name,
+        loss_reduction=loss.reduction,
+        loss_value=loss_value,
+        data_nonfinite=nonfinite,
+        data_entries=entries,
+        output_activations=_output_activations(loaded, sites),
+    )
+    per_layer, model_findings = diagnose(figures, run, t)
+    layers = tuple(
+        LayerReport(
+            name=site.name,
+            path=site.path,
+            class_name=site.class_name,
+            activation=site.activation,
+            units=site.units,
+            use_bias=site.use_bias,
+            calls=acc.calls,
+            input_shape=_with_samples(_full(acc.input_shape), data.samples),
+            output_shape=_with_samples(_full(acc.output_shape), data.samples),
+            weights=weights,
+            grads=fig.grads,
+            grad_to_weight=fig.grad_to_weight,
+            backward_gain=fig.backward_gain,
+            activity=fig.activity,
+            warnings=found,
+        )
+        for (site, acc, weights), fig, found in zip(partial, figures, per_layer, strict=True)
+    )
+    model_name = str(getattr(loaded.model, "name", "model"))
+    return Report(
+        tool=ToolInfo(name="gradinspect", version=__version__),
+        model=ModelInfo(path=loaded.path, format=loaded.format, name=model_name),
+        data=DataInfo(
+            path=data.path,
+            arrays=tuple(
+                ArrayInfo(name=n, shape=tuple(a.shape), dtype=d)
+                for n, a, d in zip(data.names, data.arrays, data.stored_dtypes, strict=True)
+            ),
+            samples=data.samples,
+        ),
+        loss=LossInfo(name=loss.name, reduction=loss.reduction, value=loss_value),
+        training=options.training,
+        layers=layers,
+        warnings=model_findings,
+    )
+
+
+def _full(shape: tuple[int | None, ...] | None) -> tuple[int | None, ...]:
+    return (None, *shape) if shape is not None else ()
+
+
+def _with_batch(stats: Any, samples: int) -> Any:
+    from dataclasses import replace
+
+    return replace(stats, shape=_with_samples(_full(stats.shape[1:]), samples))
+
+
+def inspect_files(
+    model_path: str | os.PathLike[str],
+    data_path: str | os.PathLike[str],
+    options: InspectOptions | None = None,
+    progress: ProgressHook | None = None,
+) -> Report:
+    """Load a model file and a data file and inspect them (what the CLI runs)."""
+    options = options or InspectOptions()
+    loaded = load_model(model_path)
+    data = load_data(data_path, loaded.inputs, options.samples)
+    return run_inspection(loaded, data, options, progress)
+
+
+def inspect(
+    model: Any,
+    x: Any,
+    *,
+    loss: str = "sum",
+    batch_size: int | None = None,
+    samples: int | None = None,
+    training: bool = False,
+    thresholds: Thresholds | None = None,
+) -> Report:
+    """Inspect a live Keras model on in-memory data.
+
+    ``x`` is an array (single-input model), a list of arrays in model-input order, or a dict
+    keyed by input name. Returns the same ``Report`` as the CLI.
+    """
+    from gradinspect.loading import validate_arrays
+
+    loaded = live_model(model)
+    names = [s.name for s in loaded.inputs]
+    if isinstance(x, Mapping):
+        missing = [n for n in names if n not in x]
+        if missing:
+            raise DataError(f"no array for model input(s) {missing}", f"pass keys {names}")
+        arrays = [np.asarray(x[n]) for n in names]
+    elif isinstance(x, (list, tuple)):
+        arrays = [np.asarray(a) for a in x]
+    else:
+        arrays = [np.asarray(x)]
+    data = validate_arrays(None, names, arrays, loaded.inputs, samples)
+    options = InspectOptions(
+        loss=loss,
+        batch_size=batch_size,
+        samples=samples,
+        training=training,
+        thresholds=thresholds or Thresholds(),
+    )
+    return run_inspection(loaded, data, options)

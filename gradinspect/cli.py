@@ -1,0 +1,285 @@
+"""The command line: options -> one frozen config -> the API -> a renderer -> an exit code.
+
+The only module that prints to the terminal or exits. TensorFlow is never imported at module
+level (nor by anything imported here at module level), so ``--help`` and ``--version`` are
+instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import tomllib
+import traceback
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, assert_never
+
+import typer
+from rich.console import Console
+
+from gradinspect import __version__
+from gradinspect.config import InspectOptions, Thresholds
+from gradinspect.errors import ExitStatus, GradInspectError, OutputError, UsageError
+from gradinspect.render import OutputFormat
+from gradinspect.report import Report, Severity
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 findings at or above --fail-on; 2 bad usage; 3 model cannot be "
+    "loaded; 4 data cannot be loaded or does not fit; 5 the pass failed; 6 output cannot be "
+    "written; 130 interrupted."
+)
+
+
+class FailOn(str, Enum):
+    """Severity at which the exit code becomes 1."""
+
+    NEVER = "never"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LossChoice(str, Enum):
+    """Loss names the CLI accepts."""
+
+    SUM = "sum"
+    MEAN = "mean"
+
+
+@dataclass(frozen=True)
+class CliConfig:
+    """Everything one CLI run needs, parsed and checked."""
+
+    model: Path
+    data: Path
+    options: InspectOptions
+    output_format: OutputFormat
+    output: Path | None
+    fail_on: FailOn
+    details: bool
+    show_traceback: bool
+
+
+stderr = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"gradinspect {__version__}")
+        raise typer.Exit(0)
+
+
+def _parse_thresholds(pairs: list[str], base: Thresholds) -> Thresholds:
+    changes: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--threshold {pair!r}: expected NAME=VALUE", "e.g. vanishing_abs=1e-8")
+        try:
+            changes[name.strip().replace("-", "_")] = float(value)
+        except ValueError:
+            raise UsageError(f"--threshold {pair!r}: {value!r} is not a number") from None
+    try:
+        return base.replace(**changes)
+    except KeyError as exc:
+        names = ", ".join(Thresholds.__dataclass_fields__)
+        raise UsageError(f"unknown threshold {exc.args[0]!r}", f"known: {names}") from None
+
+
+def project_thresholds(start: Path) -> Thresholds:
+    """Thresholds from ``[tool.gradinspect.thresholds]`` of the nearest pyproject.toml."""
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            try:
+                with candidate.open("rb") as f:
+                    table = tomllib.load(f).get("tool", {}).get("gradinspect", {})
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise UsageError(f"{candidate}: cannot read ({exc})") from exc
+            values = table.get("thresholds", {})
+            try:
+                return Thresholds().replace(**{k: float(v) for k, v in values.items()})
+            except (KeyError, TypeError, ValueError) as exc:
+                raise UsageError(
+                    f"{candidate}: bad [tool.gradinspect.thresholds] entry {exc}",
+                    f"known: {', '.join(Thresholds.__dataclass_fields__)}",
+                ) from None
+    return Thresholds()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: never a torn file."""
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror})", "check the folder") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def emit(report: Report, config: CliConfig) -> None:
+    """Print the report on stdout in the chosen format, and write ``--output``."""
+    from gradinspect.render.json import render_json
+
+    if config.output is not None:
+        try:
+            write_atomic(config.output, render_json(report))
+        except OSError as exc:
+            raise OutputError(f"{config.output}: cannot write ({exc})") from exc
+    fmt = config.output_format
+    if fmt is OutputFormat.JSON:
+        sys.stdout.write(render_json(report))
+    elif fmt is OutputFormat.TABLE:
+        from gradinspect.render.table import report_renderable
+
+        out = Console(highlight=False, width=max(100, Console().width))
+        out.print(report_renderable(report, details=config.details))
+    else:
+        assert_never(fmt)
+    sys.stdout.flush()
+
+
+def exit_status(report: Report, fail_on: FailOn) -> ExitStatus:
+    """``FINDINGS`` when a finding reaches ``--fail-on``, else ``SUCCESS``."""
+    if fail_on is FailOn.NEVER:
+        return ExitStatus.SUCCESS
+    threshold = Severity(fail_on.value).rank
+    worst = report.worst_severity()
+    return ExitStatus.FINDINGS if worst is not None and worst.rank >= threshold else (
+        ExitStatus.SUCCESS
+    )
+
+
+def _progress_hook(config: CliConfig) -> Any:
+    """A stderr progress bar for multi-batch runs when stderr is a terminal, else nothing."""
+    if not stderr.is_terminal:
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    progress = Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=stderr, transient=True,
+    )
+    task = progress.add_task("samples", total=None)
+
+    def hook(done: int, total: int) -> None:
+        if done < total and not progress.live.is_started:
+            progress.start()
+        progress.update(task, completed=done, total=total)
+
+    return hook, progress
+
+
+def run(config: CliConfig) -> ExitStatus:
+    """Inspect, print, and decide the exit status."""
+    from gradinspect.api import inspect_files
+
+    hook, progress = _progress_hook(config)
+    try:
+        report = inspect_files(config.model, config.data, config.options, progress=hook)
+    finally:
+        if progress is not None:
+            progress.stop()
+    emit(report, config)
+    return exit_status(report, config.fail_on)
+
+
+def _fail(message: str, status: ExitStatus) -> NoReturn:
+    stderr.print(f"[bold red]gradinspect:[/] {message}", markup=True, soft_wrap=True)
+    raise SystemExit(int(status))
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def inspect(
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Keras model file (.keras, or .h5/.hdf5 from "
+                                          "Keras 2 or 3).", show_default=False)],
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Input sample: .npy, or .npz keyed by input name "
+                                         "(or 'x').", show_default=False)],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout "
+                                           "instead of tables.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON "
+                                                "report to FILE (atomically).",
+                                                metavar="FILE")] = None,
+    loss: Annotated[LossChoice, typer.Option(help="Scalar to differentiate: the sum or the "
+                                             "mean of all model outputs.")] = LossChoice.SUM,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Samples per forward/backward "
+                                                   "step [default: all at once].",
+                                                   show_default=False)] = None,
+    samples: Annotated[int | None, typer.Option(min=1, help="Use only the first N samples.",
+                                                show_default=False)] = None,
+    training: Annotated[bool, typer.Option("--training", help="Run the model in training "
+                                           "mode (Dropout active, BatchNorm on batch "
+                                           "statistics).")] = False,
+    fail_on: Annotated[FailOn, typer.Option(help="Exit with code 1 when a finding of this "
+                                            "severity or worse exists.")] = FailOn.NEVER,
+    threshold: Annotated[list[str] | None, typer.Option(
+        help="Override a finding threshold, NAME=VALUE (repeatable); see the README.",
+        metavar="NAME=VALUE", show_default=False)] = None,
+    details: Annotated[bool, typer.Option(help="Show the per-gradient detail table "
+                                          "(shape, max, mean, NaN, Inf).")] = True,
+    show_traceback: Annotated[bool, typer.Option("--traceback", help="Show the Python "
+                                                 "traceback of an error.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback,
+                                          is_eager=True, help="Print the version and exit.")
+                       ] = False,
+) -> None:
+    """Show dL/dW, dL/db and dL/dinput of every Dense layer of a saved Keras model on a data
+    sample, with verdicts (saturation, dead units, vanishing/exploding/NaN gradients)."""
+    try:
+        thresholds = _parse_thresholds(threshold or [], project_thresholds(Path.cwd()))
+        config = CliConfig(
+            model=model,
+            data=data,
+            options=InspectOptions(
+                loss=loss.value, batch_size=batch_size, samples=samples, training=training,
+                thresholds=thresholds,
+            ),
+            output_format=OutputFormat.JSON if json_out else OutputFormat.TABLE,
+            output=output,
+            fail_on=fail_on,
+            details=details,
+            show_traceback=show_traceback,
+        )
+        status = run(config)
+    except KeyboardInterrupt:
+        _fail("interrupted", ExitStatus.INTERRUPTED)
+    except GradInspectError as exc:
+        if show_traceback:
+            traceback.print_exc()
+        _fail(exc.one_line(), exc.status)
+    except Exception as exc:  # the last line of defence: one line, never a bare traceback
+        if show_traceback:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _fail(
+            f"internal error: {type(exc).__name__}: {first} (rerun with --traceback and report "
+            "it)",
+            ExitStatus.RUN_ERROR,
+        )
+    raise SystemExit(int(status))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        _fail("interrupted", ExitStatus.INTERRUPTED)

@@ -1,0 +1,68 @@
+"""Options and thresholds as frozen records: what the CLI parses and the API accepts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where a number becomes a finding. Each is a ``--threshold NAME=VALUE`` on the CLI and a key
+    of ``[tool.gradinspect.thresholds]`` in pyproject.toml. The README explains each choice."""
+
+    saturation_derivative: float = 0.01
+    """An entry is saturated (or dead) when activation'(z) < this fraction of the activation's
+    largest derivative (sigmoid: |z| > 6; tanh: |z| > 3; relu: z < 0)."""
+    saturated_entries: float = 0.5
+    """Warn when at least this fraction of (sample, unit) entries is saturated (DeepDiagnosis)."""
+    unit_always: float = 0.99
+    """A unit counts as saturated/dead when low for at least this fraction of samples."""
+    saturated_units: float = 0.25
+    """Warn when at least this fraction of units is saturated for (nearly) all samples."""
+    dead_units: float = 0.5
+    """Warn when at least this fraction of rectifier units is dead on every sample."""
+    dead_entries: float = 0.7
+    """Warn when at least this fraction of rectifier entries has zero derivative (DeepDiagnosis)."""
+    min_samples: int = 8
+    """With fewer samples, per-unit verdicts stay at ``info`` (too little evidence)."""
+    softmax_confidence: float = 0.99
+    """A softmax row is saturated when its largest probability is at least this."""
+    softmax_saturated: float = 0.5
+    """Warn when at least this fraction of samples has a saturated softmax."""
+    vanishing_abs: float = 1e-7
+    """Vanishing when mean |dL/dW| per sample is below this (DeepDiagnosis' 1e-7)."""
+    vanishing_rel: float = 1e-4
+    """Vanishing when ||dL/dW|| is below this fraction of the largest layer's ||dL/dW||."""
+    exploding_abs: float = 1e3
+    """Exploding when ||dL/dW|| per sample is above this."""
+    exploding_ratio: float = 10.0
+    """Exploding when ||dL/dW|| / ||W|| (per sample under the sum loss) is above this: one step
+    at learning rate 0.1 would change W by more than its own size."""
+    collapse_gain: float = 1e-3
+    """Backward signal collapses at a layer whose ||dL/dinput|| / ||dL/doutput|| is below this."""
+
+    def replace(self, **changes: float) -> Thresholds:
+        """A copy with some thresholds changed; unknown names raise ``KeyError``."""
+        known = {f.name: f for f in fields(self)}
+        values = {name: getattr(self, name) for name in known}
+        for name, value in changes.items():
+            if name not in known:
+                raise KeyError(name)
+            values[name] = int(value) if known[name].type in ("int", int) else float(value)
+        return Thresholds(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class InspectOptions:
+    """How to run one inspection (shared by the CLI and the Python API)."""
+
+    loss: str = "sum"
+    """Loss name: ``sum`` or ``mean`` of all model outputs."""
+    batch_size: int | None = None
+    """Samples per forward/backward step; ``None`` = all samples in one step."""
+    samples: int | None = None
+    """Use only the first N samples."""
+    training: bool = False
+    """Run the model in training mode."""
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    """Finding thresholds."""

@@ -1,0 +1,318 @@
+"""Numbers -> findings: what is wrong, where, and what to try.
+
+Input is the per-layer figures (already computed by ``stats``); output is ``Finding`` records
+with stable codes. Nothing here touches arrays or TensorFlow. The codes are listed in
+``CODES`` and documented in the README; a code is never renamed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gradinspect.config import Thresholds
+from gradinspect.report import ActivationStats, Finding, GradStats, LayerGrads, Severity
+
+CODES: dict[str, str] = {
+    "nan_gradient": "a gradient contains NaN",
+    "inf_gradient": "a gradient contains +/-Inf",
+    "nonfinite_weights": "a kernel or bias contains NaN or Inf",
+    "nonfinite_input": "the data contains NaN or Inf",
+    "zero_gradient": "every entry of a layer's dL/dW and dL/db is exactly zero",
+    "constant_loss": "the loss does not depend on the weights (e.g. sum of softmax outputs)",
+    "vanishing_gradient": "a layer's gradient is tiny, absolutely or next to the largest layer's",
+    "exploding_gradient": "a layer's gradient is huge, absolutely or next to its weights",
+    "saturated_units": "squashing units (sigmoid, tanh ...) sit where their derivative is ~0",
+    "dead_units": "rectifier units (relu ...) have zero derivative on every sample",
+    "softmax_saturated": "softmax outputs are so confident that their gradient collapses",
+    "signal_collapse": "the backward signal shrinks by orders of magnitude at one layer",
+}
+
+
+@dataclass(frozen=True)
+class LayerFigures:
+    """What diagnose needs to know about one layer."""
+
+    path: str
+    activation: str
+    units: int
+    grads: LayerGrads
+    kernel_norm: float
+    bias_norm: float | None
+    weights_nonfinite: bool
+    grad_to_weight: float
+    backward_gain: float
+    activity: ActivationStats | None
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """What diagnose needs to know about the run."""
+
+    samples: int
+    loss_name: str
+    loss_reduction: str
+    loss_value: float
+    data_nonfinite: int
+    data_entries: int
+    output_activations: tuple[str, ...]
+    """Activations of the Dense layers whose output is a model output (best effort)."""
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _per_sample(norm: float, run: RunFigures) -> float:
+    """Absolute thresholds are per sample, so verdicts do not flip with the batch size."""
+    return norm / run.samples if run.loss_reduction == "sum" and run.samples else norm
+
+
+def _nonfinite(layer: LayerFigures) -> list[Finding]:
+    found = []
+    parts: list[tuple[str, GradStats | None]] = [
+        ("dL/dW", layer.grads.kernel),
+        ("dL/db", layer.grads.bias),
+        ("dL/dinput", layer.grads.input),
+    ]
+    for label, g in parts:
+        if g is None:
+            continue
+        if g.nan:
+            found.append(
+                Finding(
+                    "nan_gradient",
+                    Severity.ERROR,
+                    f"{label} has {g.nan} NaN entries",
+                    "look for NaN/Inf in the weights or data, log(0), 0/0 or overflow upstream",
+                    {"gradient": label, "nan": g.nan, "inf": g.inf},
+                )
+            )
+        if g.inf:
+            found.append(
+                Finding(
+                    "inf_gradient",
+                    Severity.ERROR,
+                    f"{label} has {g.inf} infinite entries",
+                    "lower the learning rate, clip gradients, or scale the inputs",
+                    {"gradient": label, "nan": g.nan, "inf": g.inf},
+                )
+            )
+    if layer.weights_nonfinite:
+        found.append(
+            Finding(
+                "nonfinite_weights",
+                Severity.ERROR,
+                "the kernel or bias holds NaN or Inf values",
+                "the weights were corrupted (diverged training?): restore an earlier checkpoint",
+                {"kernel_norm": layer.kernel_norm, "bias_norm": layer.bias_norm},
+            )
+        )
+    return found
+
+
+def _activity(layer: LayerFigures, run: RunFigures, t: Thresholds) -> list[Finding]:
+    act = layer.activity
+    if act is None:
+        return []
+    few = run.samples < t.min_samples
+    where = "" if act.source == "layer" else f" (after the layer, at {act.source})"
+    figures = {
+        "activation": act.name,
+        "source": act.source,
+        "entries_fraction": act.low_grad_fraction,
+        "units": act.units_always_low,
+        "units_fraction": act.units_always_low_fraction,
+        "samples": run.samples,
+    }
+    if act.kind == "softmax" and act.softmax_confident_fraction is not None:
+        frac = act.softmax_confident_fraction
+        if frac <= 0.0:
+            return []
+        severity = Severity.WARNING if frac >= t.softmax_saturated and not few else Severity.INFO
+        return [
+            Finding(
+                "softmax_saturated",
+                severity,
+                f"{frac:.0%} of samples have a top softmax probability >= "
+                f"{t.softmax_confidence}{where}",
+                "the gradient through softmax collapses; check logit scale, label smoothing, "
+                "or use from_logits losses",
+                {
+                    "activation": act.name,
+                    "source": act.source,
+                    "confident_fraction": frac,
+                    "confidence": t.softmax_confidence,
+                    "samples": run.samples,
+                },
+            )
+        ]
+    entries = act.low_grad_fraction or 0.0
+    units = act.units_always_low or 0
+    units_frac = act.units_always_low_fraction or 0.0
+    if act.kind == "saturating":
+        if entries <= 0.0 and units == 0:
+            return []
+        bad = entries >= t.saturated_entries or units_frac >= t.saturated_units
+        severity = Severity.WARNING if bad and not few else Severity.INFO
+        return [
+            Finding(
+                "saturated_units",
+                severity,
+                f"{entries:.0%} of {act.name} entries saturated; {units}/{layer.units} units "
+                f"saturated on (nearly) every sample{where}",
+                "scale the inputs (standardise), use a smaller initialisation, or add "
+                "BatchNormalization before the activation",
+                figures,
+            )
+        ]
+    if act.kind == "rectifier":
+        if units == 0 and entries < t.dead_entries:
+            return []
+        bad = units_frac >= t.dead_units or entries >= t.dead_entries
+        severity = Severity.WARNING if bad and not few else Severity.INFO
+        return [
+            Finding(
+                "dead_units",
+                severity,
+                f"{units}/{layer.units} {act.name} units dead on every sample; "
+                f"{entries:.0%} of entries have zero derivative{where}",
+                "check for large negative biases or a too-high learning rate; try LeakyReLU/ELU "
+                "or He initialisation",
+                figures,
+            )
+        ]
+    return []
+
+
+def _magnitude(
+    layer: LayerFigures, largest: float, run: RunFigures, t: Thresholds
+) -> list[Finding]:
+    g = layer.grads.kernel
+    if not math.isfinite(g.norm):
+        return []
+    if g.norm == 0.0 and (layer.grads.bias is None or layer.grads.bias.norm == 0.0):
+        return [
+            Finding(
+                "zero_gradient",
+                Severity.ERROR,
+                "dL/dW and dL/db are exactly zero: this layer would not learn from this data",
+                "see the model-level findings for the cause (constant loss, dead units, "
+                "a layer not connected to the loss)",
+                {"kernel_norm": g.norm},
+            )
+        ]
+    per_sample_mean = _per_sample(g.mean_abs, run)
+    rel = g.norm / largest if largest > 0 else 1.0
+    found = []
+    if per_sample_mean < t.vanishing_abs or rel < t.vanishing_rel:
+        found.append(
+            Finding(
+                "vanishing_gradient",
+                Severity.WARNING,
+                f"||dL/dW|| = {_fmt(g.norm)} (mean |g| per sample {_fmt(per_sample_mean)}), "
+                f"{_fmt(rel)} of the largest layer's",
+                "use relu-family activations, He/Glorot initialisation, residual connections "
+                "or BatchNormalization",
+                {"norm": g.norm, "mean_abs_per_sample": per_sample_mean, "relative": rel},
+            )
+        )
+    per_sample_norm = _per_sample(g.norm, run)
+    ratio = _per_sample(layer.grad_to_weight, run)
+    if per_sample_norm > t.exploding_abs or (math.isfinite(ratio) and ratio > t.exploding_ratio):
+        found.append(
+            Finding(
+                "exploding_gradient",
+                Severity.WARNING,
+                f"||dL/dW|| = {_fmt(g.norm)} ({_fmt(per_sample_norm)} per sample), "
+                f"{_fmt(ratio)}x ||W|| per sample",
+                "clip gradients, lower the learning rate, scale the inputs or the loss",
+                {
+                    "norm": g.norm,
+                    "norm_per_sample": per_sample_norm,
+                    "grad_to_weight_per_sample": ratio,
+                },
+            )
+        )
+    return found
+
+
+def diagnose_layer(
+    layer: LayerFigures, largest: float, run: RunFigures, t: Thresholds
+) -> tuple[Finding, ...]:
+    """All findings about one layer, most severe first."""
+    found = _nonfinite(layer)
+    if not found:
+        found += _magnitude(layer, largest, run, t)
+    found += _activity(layer, run, t)
+    return tuple(sorted(found, key=lambda f: -f.severity.rank))
+
+
+def diagnose(
+    layers: Sequence[LayerFigures], run: RunFigures, t: Thresholds
+) -> tuple[tuple[tuple[Finding, ...], ...], tuple[Finding, ...]]:
+    """Per-layer findings (aligned with ``layers``) and model-level findings."""
+    finite = [ly.grads.kernel.norm for ly in layers if math.isfinite(ly.grads.kernel.norm)]
+    largest = max(finite, default=0.0)
+    per_layer = tuple(diagnose_layer(ly, largest, run, t) for ly in layers)
+    model: list[Finding] = []
+    if run.data_nonfinite:
+        model.append(
+            Finding(
+                "nonfinite_input",
+                Severity.ERROR,
+                f"the data holds {run.data_nonfinite} NaN/Inf values "
+                f"({run.data_nonfinite / max(run.data_entries, 1):.2%} of entries)",
+                "clean or impute the data: NaN inputs make every gradient NaN",
+                {"nonfinite": run.data_nonfinite, "entries": run.data_entries},
+            )
+        )
+    all_zero = bool(layers) and all(
+        any(f.code == "zero_gradient" for f in found) for found in per_layer
+    )
+    if all_zero and run.loss_name in ("sum", "mean") and "softmax" in run.output_activations:
+        model.append(
+            Finding(
+                "constant_loss",
+                Severity.ERROR,
+                f"the loss is the {run.loss_name} of softmax outputs, which is constant "
+                "(probabilities sum to 1), so every gradient is zero",
+                "pass labels and a real loss (e.g. categorical_crossentropy) instead of "
+                f"--loss {run.loss_name}",
+                {"loss": run.loss_name, "value": run.loss_value},
+            )
+        )
+    elif all_zero:
+        model.append(
+            Finding(
+                "constant_loss",
+                Severity.ERROR,
+                "every Dense gradient is exactly zero: the loss does not change with the weights "
+                "on this data",
+                "check for dead units in the last layers, a saturated output, or a loss that "
+                "ignores the model output",
+                {"loss": run.loss_name, "value": run.loss_value},
+            )
+        )
+    model += _collapse(layers, t)
+    return per_layer, tuple(model)
+
+
+def _collapse(layers: Sequence[LayerFigures], t: Thresholds) -> list[Finding]:
+    """The first layer, walking backwards from the output, whose backward gain is tiny."""
+    for layer in reversed(layers):
+        gain = layer.backward_gain
+        if math.isfinite(gain) and 0.0 <= gain < t.collapse_gain:
+            return [
+                Finding(
+                    "signal_collapse",
+                    Severity.WARNING,
+                    f"the backward signal shrinks {1 / gain:.3g}x through {layer.path} "
+                    f"(||dL/dinput|| / ||dL/doutput|| = {_fmt(gain)})",
+                    "layers before this one barely learn: look at this layer's activation "
+                    "(saturation, dead units) and its weight scale",
+                    {"layer": layer.path, "backward_gain": gain},
+                )
+            ]
+    return []

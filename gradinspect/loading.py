@@ -1,0 +1,396 @@
+"""Reading models and data: format sniffing by content, validation, typed errors.
+
+Files are only ever opened for reading. Keras picks its loader by file extension, so a model
+whose content and extension disagree is handed to Keras through a symlink with the right
+extension in a temporary directory; the original file is never copied, renamed or written.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradinspect.errors import DataError, ModelLoadError
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+NPY_MAGIC = b"\x93NUMPY"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: its name, shape (batch first, ``None`` = any) and dtype."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A Keras model and where it came from."""
+
+    model: Any
+    path: str | None
+    format: str
+    inputs: tuple[InputSpec, ...]
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """Input arrays in model-input order (memory-mapped where the format allows)."""
+
+    path: str | None
+    names: tuple[str, ...]
+    arrays: tuple[np.ndarray, ...]
+    stored_dtypes: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def samples(self) -> int:
+        return int(self.arrays[0].shape[0])
+
+
+# ---------------------------------------------------------------- sniffing
+
+
+def sniff(path: Path) -> str:
+    """What a path holds, judged by content: ``hdf5``, ``zip``, ``npy``, ``json``, ``savedmodel``,
+    ``directory``, ``empty`` or ``unknown``."""
+    if path.is_dir():
+        return "savedmodel" if (path / "saved_model.pb").exists() else "directory"
+    with path.open("rb") as f:
+        head = f.read(512)
+    if not head:
+        return "empty"
+    if head.startswith(HDF5_MAGIC):
+        return "hdf5"
+    if head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
+        return "zip"
+    if head.startswith(NPY_MAGIC):
+        return "npy"
+    if head.lstrip()[:1] == b"{":
+        return "json"
+    return "unknown"
+
+
+def _check_readable(path: Path, kind: str, error: type[ModelLoadError] | type[DataError]) -> None:
+    if not path.exists():
+        raise error(f"{kind} file not found: {path}", "check the path and spelling")
+    if not path.is_dir() and not os.access(path, os.R_OK):
+        raise error(f"{kind} file is not readable: {path}", "check its permissions")
+
+
+# ---------------------------------------------------------------- models
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ModelLoadError(
+            f"{path}: damaged zip archive ({exc})",
+            "the file is truncated or corrupt; save or download it again",
+        ) from exc
+
+
+def _h5_model_kind(path: Path) -> str:
+    """``model`` (full model), ``weights`` (weights only) or ``other`` HDF5 content."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "model_config" in f.attrs:
+                return "model"
+            if "layer_names" in f.attrs or "model_weights" in f:
+                return "weights"
+            return "other"
+    except OSError as exc:
+        raise ModelLoadError(
+            f"{path}: damaged HDF5 file ({str(exc).splitlines()[0]})",
+            "the file is truncated or corrupt; save or download it again",
+        ) from exc
+
+
+def detect_model_format(path: Path) -> str:
+    """``keras`` or ``h5``, or raise a ``ModelLoadError`` that says what the file is instead."""
+    _check_readable(path, "model", ModelLoadError)
+    kind = sniff(path)
+    if kind == "savedmodel":
+        raise ModelLoadError(
+            f"{path}: TensorFlow SavedModel directories cannot be inspected with Keras 3",
+            "load it in the code that made it and save with model.save('model.keras'), "
+            "or pass the original .keras/.h5 file",
+        )
+    if kind == "directory":
+        raise ModelLoadError(f"{path}: is a directory, not a model file", "pass a .keras or .h5 file")
+    if kind == "empty":
+        raise ModelLoadError(f"{path}: model file is empty", "save or download it again")
+    if kind == "npy":
+        raise ModelLoadError(
+            f"{path}: is a NumPy array, not a model", "did you swap MODEL and DATA? usage: "
+            "gradinspect MODEL DATA"
+        )
+    if kind == "zip":
+        names = _zip_names(path)
+        if "config.json" in names:
+            return "keras"
+        if names and all(n.endswith(".npy") for n in names):
+            raise ModelLoadError(
+                f"{path}: is a NumPy .npz archive, not a model",
+                "did you swap MODEL and DATA? usage: gradinspect MODEL DATA",
+            )
+        raise ModelLoadError(
+            f"{path}: zip archive without a Keras config.json", "pass a .keras or .h5 model file"
+        )
+    if kind == "hdf5":
+        h5kind = _h5_model_kind(path)
+        if h5kind == "model":
+            return "h5"
+        if h5kind == "weights":
+            raise ModelLoadError(
+                f"{path}: holds weights only, no architecture",
+                "pass the full model saved with model.save(), or its architecture JSON",
+            )
+        raise ModelLoadError(
+            f"{path}: HDF5 file without a Keras model", "pass a model saved with model.save()"
+        )
+    raise ModelLoadError(
+        f"{path}: unrecognised model format",
+        "gradinspect reads Keras .keras (zip) and .h5/.hdf5 (HDF5) model files",
+    )
+
+
+def _model_inputs(model: Any) -> tuple[InputSpec, ...]:
+    specs = []
+    for i, t in enumerate(getattr(model, "inputs", None) or ()):
+        name = str(getattr(t, "name", "") or f"input_{i}")
+        specs.append(
+            InputSpec(name=name, shape=tuple(t.shape), dtype=str(getattr(t, "dtype", "float32")))
+        )
+    return tuple(specs)
+
+
+def _explain_load_failure(path: Path, exc: Exception) -> ModelLoadError:
+    text = str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    lowered = text.lower()
+    if "could not locate" in lowered or "unknown layer" in lowered or "unknown " in lowered:
+        return ModelLoadError(
+            f"{path}: the model needs a class Keras does not know ({first})",
+            "the model uses a custom layer/activation/loss; it must be importable to load",
+        )
+    if "lambda" in lowered and ("safe_mode" in lowered or "unsafe" in lowered):
+        return ModelLoadError(
+            f"{path}: the model contains a Lambda layer, which runs arbitrary Python code on load",
+            "only inspect it if you trust its source",
+        )
+    return ModelLoadError(f"{path}: could not load the model ({first})", "is the file complete?")
+
+
+def load_model(path: str | os.PathLike[str]) -> LoadedModel:
+    """Load a full Keras model (``.keras`` or ``.h5``, Keras 2 or 3) without compiling it."""
+    p = Path(path)
+    fmt = detect_model_format(p)
+    _, keras = _tf()
+    suffix = ".keras" if fmt == "keras" else ".h5"
+    with tempfile.TemporaryDirectory(prefix="gradinspect-") as tmp:
+        # A read-only view under the extension Keras dispatches on; the file itself is untouched.
+        link = Path(tmp) / f"model{suffix}"
+        link.symlink_to(p.resolve())
+        try:
+            model = keras.models.load_model(str(link), compile=False, safe_mode=True)
+        except Exception as exc:
+            raise _explain_load_failure(p, exc) from exc
+    if not hasattr(model, "inputs") or not model.inputs:
+        raise ModelLoadError(
+            f"{p}: the model has no defined inputs", "save a model built with an Input shape"
+        )
+    return LoadedModel(model=model, path=str(p), format=fmt, inputs=_model_inputs(model))
+
+
+def live_model(model: Any) -> LoadedModel:
+    """Wrap an in-memory model for the API (no file)."""
+    if not getattr(model, "inputs", None):
+        raise ModelLoadError(
+            "the model has no defined inputs (it was never built)",
+            "call the model once on data, or build it with keras.Input",
+        )
+    return LoadedModel(model=model, path=None, format="live", inputs=_model_inputs(model))
+
+
+def _tf() -> tuple[Any, Any]:
+    from gradinspect._tf import tf_modules
+
+    return tf_modules()
+
+
+# ---------------------------------------------------------------- data
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "pickle" in str(exc).lower():
+            raise DataError(
+                f"{path}: holds pickled Python objects; refusing to unpickle untrusted data",
+                "save a numeric array instead: np.save(path, np.asarray(x, dtype='float32'))",
+            ) from exc
+        raise DataError(f"{path}: damaged .npy file ({exc})", "save it again") from exc
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: damaged .npy file ({exc})", "save it again") from exc
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise DataError(
+                f"{path}: holds pickled Python objects; refusing to unpickle untrusted data",
+                "save numeric arrays instead with np.savez",
+            ) from exc
+        raise DataError(f"{path}: damaged .npz file ({exc})", "save it again") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: damaged .npz file ({exc})", "save it again") from exc
+
+
+def _arrays_from_file(path: Path) -> dict[str, np.ndarray]:
+    _check_readable(path, "data", DataError)
+    kind = sniff(path)
+    if kind == "npy":
+        return {"": _load_npy(path)}
+    if kind == "zip":
+        return _load_npz(path)
+    if kind in ("directory", "savedmodel"):
+        raise DataError(f"{path}: is a directory, not a data file", "pass a .npy or .npz file")
+    if kind == "empty":
+        raise DataError(f"{path}: data file is empty", "save the data again")
+    if kind == "hdf5":
+        raise DataError(
+            f"{path}: is an HDF5 file; data is read from .npy or .npz",
+            "did you swap MODEL and DATA? otherwise save the arrays with np.save/np.savez",
+        )
+    raise DataError(
+        f"{path}: unrecognised data format", "gradinspect reads NumPy .npy and .npz files"
+    )
+
+
+def _pick_arrays(
+    path: Path, found: dict[str, np.ndarray], inputs: Sequence[InputSpec]
+) -> tuple[tuple[str, ...], list[np.ndarray]]:
+    if "" in found:  # a lone .npy
+        if len(inputs) != 1:
+            raise DataError(
+                f"{path}: one array given, but the model takes {len(inputs)} inputs "
+                f"({', '.join(s.name for s in inputs)})",
+                "save the inputs in an .npz keyed by input name: np.savez(f, name=array, ...)",
+            )
+        return (inputs[0].name,), [found[""]]
+    keys = [k for k in found if k not in ("y", "labels")]
+    if len(inputs) == 1:
+        name = inputs[0].name
+        for key in (name, "x"):
+            if key in found:
+                return (name,), [found[key]]
+        if len(keys) == 1:
+            return (name,), [found[keys[0]]]
+        raise DataError(
+            f"{path}: cannot tell which array is the input among {', '.join(keys)}",
+            f"name it 'x' or '{name}'",
+        )
+    names = [s.name for s in inputs]
+    if all(n in found for n in names):
+        return tuple(names), [found[n] for n in names]
+    if len(keys) == len(inputs):
+        return tuple(names), [found[k] for k in keys]
+    raise DataError(
+        f"{path}: the model takes {len(inputs)} inputs ({', '.join(names)}) "
+        f"but the file holds {len(keys)} arrays ({', '.join(keys) or 'none'})",
+        "save one array per model input, keyed by input name",
+    )
+
+
+def _check_array(path: Path, spec: InputSpec, array: np.ndarray) -> str | None:
+    """Validate dtype and shape against the input spec; return a note when data is converted."""
+    where = f"{path}: input '{spec.name}'"
+    kind = array.dtype.kind
+    if kind in ("O", "U", "S", "V", "M", "m"):
+        raise DataError(
+            f"{where} has dtype {array.dtype}, not numbers",
+            "convert it to a numeric array (e.g. float32) before saving",
+        )
+    if kind == "c":
+        raise DataError(f"{where} is complex-valued", "pass real-valued data")
+    if array.ndim != len(spec.shape):
+        expected = "(" + ", ".join("N" if d is None else str(d) for d in spec.shape) + ")"
+        hint = "reshape the data to match"
+        if array.ndim == len(spec.shape) - 1:
+            hint = "add a batch axis, e.g. x[None, ...] for a single sample"
+        raise DataError(
+            f"{where} has shape {array.shape}, the model expects {expected}", hint
+        )
+    for axis, (want, got) in enumerate(zip(spec.shape[1:], array.shape[1:], strict=True), 1):
+        if want is not None and want != got:
+            raise DataError(
+                f"{where} has {got} features on axis {axis}, the model expects {want} "
+                f"(data shape {array.shape}, model input {spec.shape})",
+                "check that the data belongs to this model",
+            )
+    if array.shape[0] == 0:
+        raise DataError(f"{where} holds zero samples", "pass at least one sample")
+    if kind in ("i", "u", "b"):
+        return f"input '{spec.name}': {array.dtype} data cast to {spec.dtype}"
+    return None
+
+
+def load_data(
+    path: str | os.PathLike[str], inputs: Sequence[InputSpec], samples: int | None = None
+) -> LoadedData:
+    """Read the data file and match its arrays to the model inputs."""
+    p = Path(path)
+    found = _arrays_from_file(p)
+    names, arrays = _pick_arrays(p, found, inputs)
+    return validate_arrays(str(p), names, arrays, inputs, samples)
+
+
+def validate_arrays(
+    label: str | None,
+    names: Sequence[str],
+    arrays: Sequence[np.ndarray],
+    inputs: Sequence[InputSpec],
+    samples: int | None = None,
+) -> LoadedData:
+    """Check arrays against the model inputs; shared by files and the in-memory API."""
+    where = Path(label) if label else Path("<data>")
+    if len(arrays) != len(inputs):
+        raise DataError(
+            f"{where}: {len(arrays)} arrays given, the model takes {len(inputs)} inputs",
+            "pass one array per model input",
+        )
+    notes = [n for s, a in zip(inputs, arrays, strict=True) if (n := _check_array(where, s, a))]
+    counts = {int(a.shape[0]) for a in arrays}
+    if len(counts) > 1:
+        raise DataError(
+            f"{where}: inputs have different sample counts {sorted(counts)}",
+            "every input needs the same number of samples (axis 0)",
+        )
+    if samples is not None:
+        arrays = [a[:samples] for a in arrays]
+    return LoadedData(
+        path=label,
+        names=tuple(names),
+        arrays=tuple(arrays),
+        stored_dtypes=tuple(str(a.dtype) for a in arrays),
+        notes=tuple(notes),
+    )

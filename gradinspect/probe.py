@@ -1,0 +1,445 @@
+"""The instrumented pass: find Dense layers, hook them, run tf.GradientTape, return raw arrays.
+
+How a hook works. Each Dense layer's ``call`` is replaced, on the instance only, by a wrapper
+that (1) passes its input through ``tf.identity`` and watches it, so dL/dinput is this layer's
+own share even when the same tensor feeds several layers, and (2) swaps the layer's activation
+for a function that records the pre-activation z and then applies the original activation. The
+layer's own ``call`` still does all the arithmetic, so the model computes exactly what it
+computed before. Everything is undone in ``finally``.
+
+One step is one ``tf.function`` trace per input signature: the tape, the gradients of the loss
+with respect to every kernel, bias, layer input, pre-activation and layer output, and
+activation'(z) from a second tape. The step returns numpy arrays; numbers are made elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradinspect.errors import ModelLoadError, ProbeError
+from gradinspect.losses import Loss
+
+LINEAR_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class ActivationProfile:
+    """What an activation's derivative looks like, sampled on a grid of z values.
+
+    ``kind``: ``linear`` (derivative never falls much below its peak: linear, leaky relu),
+    ``saturating`` (derivative vanishes on both sides: sigmoid, tanh, hard_sigmoid, relu6 ...),
+    ``rectifier`` (vanishes on one side: relu, elu, selu, gelu, swish, softplus ...),
+    ``softmax`` (not element-wise; measured on the probabilities).
+    """
+
+    name: str
+    kind: str
+    peak: float
+
+
+@dataclass(frozen=True)
+class DenseSite:
+    """A Dense layer found in the model, with where it sits."""
+
+    layer: Any
+    name: str
+    path: str
+    class_name: str
+    activation: str
+    units: int
+    use_bias: bool
+    profile: ActivationProfile
+
+
+@dataclass(frozen=True)
+class CallCapture:
+    """Raw tensors of one call of a Dense layer, as numpy arrays."""
+
+    x: np.ndarray
+    """Layer input."""
+    z: np.ndarray | None
+    """Pre-activation x @ W + b (``None`` if the layer never applied its activation)."""
+    out: np.ndarray
+    """Layer output, activation(z)."""
+    g_out: np.ndarray
+    """dL/doutput (the upstream gradient g)."""
+    g_z: np.ndarray | None
+    """dL/dz = delta."""
+    g_x: np.ndarray
+    """dL/dinput."""
+    act_prime: np.ndarray | None
+    """activation'(z), element-wise (``None`` for softmax or when z is unknown)."""
+
+
+@dataclass(frozen=True)
+class LayerCapture:
+    """One layer's raw results for one batch."""
+
+    kernel: np.ndarray
+    bias: np.ndarray | None
+    kernel_grad: np.ndarray
+    bias_grad: np.ndarray | None
+    calls: tuple[CallCapture, ...]
+
+
+@dataclass(frozen=True)
+class BatchCapture:
+    """Everything one step produced."""
+
+    loss: float
+    samples: int
+    layers: tuple[LayerCapture, ...]
+    """Aligned with the probe's ``sites``."""
+
+
+# ---------------------------------------------------------------- finding layers
+
+
+def _children(layer: Any) -> list[Any]:
+    flatten = getattr(layer, "_flatten_layers", None)
+    if flatten is not None:
+        return list(flatten(include_self=False, recursive=False))
+    return list(getattr(layer, "layers", []))
+
+
+def activation_name(fn: Any) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return "linear" if name in ("linear", "identity") else str(name)
+
+
+def profile_activation(tf: Any, fn: Any) -> ActivationProfile:
+    """Sample activation'(z) on [-30, 30] and classify its shape (no table of names)."""
+    name = activation_name(fn)
+    if name in ("softmax", "log_softmax"):
+        return ActivationProfile(name=name, kind="softmax", peak=1.0)
+    z = tf.constant(np.linspace(-30.0, 30.0, 6001, dtype=np.float32)[None, :])
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        a = fn(z)
+    d = tape.gradient(a, z)
+    if d is None:
+        return ActivationProfile(name=name, kind="linear", peak=1.0)
+    d = np.abs(np.asarray(d, dtype=np.float64)).ravel()
+    peak = float(d.max()) if d.size else 0.0
+    if not np.isfinite(peak) or peak == 0.0:
+        return ActivationProfile(name=name, kind="linear", peak=1.0)
+    low = d < 0.01 * peak
+    if not low.any() or float(d.min()) > peak * (1 - LINEAR_TOLERANCE) and not low.any():
+        return ActivationProfile(name=name, kind="linear", peak=peak)
+    kind = "saturating" if low[0] and low[-1] else "rectifier"
+    return ActivationProfile(name=name, kind=kind, peak=peak)
+
+
+def find_dense_layers(model: Any) -> list[DenseSite]:
+    """Every Dense layer (subclasses too), nested models included, each once, with its path."""
+    from gradinspect._tf import tf_modules
+
+    tf, keras = tf_modules()
+    dense_type = keras.layers.Dense
+    sites: list[DenseSite] = []
+    seen: set[int] = set()
+
+    def walk(layer: Any, prefix: str) -> None:
+        for child in _children(layer):
+            path = f"{prefix}{child.name}"
+            if isinstance(child, dense_type):
+                if id(child) in seen:
+                    continue
+                seen.add(id(child))
+                sites.append(
+                    DenseSite(
+                        layer=child,
+                        name=child.name,
+                        path=path,
+                        class_name=type(child).__name__,
+                        activation=activation_name(child.activation),
+                        units=int(child.units),
+                        use_bias=child.bias is not None,
+                        profile=profile_activation(tf, child.activation),
+                    )
+                )
+            walk(child, f"{path}/")
+
+    walk(model, "")
+    return sites
+
+
+def layer_classes(model: Any) -> list[str]:
+    """Class names of all layers (nested too), for messages about models without Dense."""
+    names: list[str] = []
+
+    def walk(layer: Any) -> None:
+        for child in _children(layer):
+            names.append(type(child).__name__)
+            walk(child)
+
+    walk(model)
+    return names
+
+
+# ---------------------------------------------------------------- hooks
+
+
+@dataclass
+class _CallRecord:
+    x: Any = None
+    z: Any = None
+    out: Any = None
+
+
+@dataclass
+class _Recorder:
+    """Collects the symbolic tensors of one trace, per site index, in call order."""
+
+    tape: Any = None
+    calls: dict[int, list[_CallRecord]] = field(default_factory=dict)
+    first_call: list[int] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.calls = {}
+        self.first_call = []
+
+    def new_call(self, index: int) -> _CallRecord:
+        record = _CallRecord()
+        if index not in self.calls:
+            self.calls[index] = []
+            self.first_call.append(index)
+        self.calls[index].append(record)
+        return record
+
+
+def _install(tf: Any, index: int, site: DenseSite, recorder: _Recorder) -> Any:
+    layer = site.layer
+    had_instance_call = "call" in vars(layer)
+    original_call = layer.call
+    original_activation = layer.activation
+
+    @functools.wraps(original_call)
+    def hooked_call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        if recorder.tape is None:  # a call outside the probe's pass: leave it alone
+            return original_call(inputs, *args, **kwargs)
+        x = tf.identity(inputs)
+        recorder.tape.watch(x)
+        record = recorder.new_call(index)
+        record.x = x
+
+        def capture(z: Any) -> Any:
+            record.z = z
+            return original_activation(z)
+
+        layer.activation = capture
+        try:
+            out = original_call(x, *args, **kwargs)
+        finally:
+            layer.activation = original_activation
+        record.out = out
+        return out
+
+    layer.call = hooked_call
+
+    def undo() -> None:
+        layer.activation = original_activation
+        if had_instance_call:
+            layer.call = original_call
+        else:
+            try:
+                del layer.call
+            except AttributeError:
+                vars(layer).pop("call", None)
+
+    return undo
+
+
+@contextmanager
+def instrumented(tf: Any, sites: Sequence[DenseSite]) -> Iterator[_Recorder]:
+    """Hooks on every site for the duration of the block; always removed on exit."""
+    recorder = _Recorder()
+    undos = []
+    try:
+        for i, site in enumerate(sites):
+            undos.append(_install(tf, i, site, recorder))
+        yield recorder
+    finally:
+        for undo in reversed(undos):
+            undo()
+
+
+# ---------------------------------------------------------------- the pass
+
+
+class Probe:
+    """A compiled, hooked forward/backward step over batches of one model.
+
+    Use as a context manager: hooks are installed on enter and removed on exit, whatever
+    happens in between. ``order`` is the forward order of the sites (by first call).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        sites: Sequence[DenseSite],
+        loss: Loss,
+        *,
+        training: bool = False,
+        compiled: bool = True,
+    ) -> None:
+        from gradinspect._tf import tf_modules
+
+        self.tf, _ = tf_modules()
+        self.model = model
+        self.sites = list(sites)
+        self.loss = loss
+        self.training = training
+        self.order: list[int] = []
+        self._recorder: _Recorder | None = None
+        self._cm: Any = None
+        self._step = self.tf.function(
+            self._traced, reduce_retracing=True, autograph=False
+        ) if compiled else (
+            self._traced
+        )
+
+    def __enter__(self) -> Probe:
+        self._cm = instrumented(self.tf, self.sites)
+        self._recorder = self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cm, self._cm = self._cm, None
+        if cm is not None:
+            cm.__exit__(*exc)
+
+    def _variables(self, site: DenseSite) -> tuple[Any, Any]:
+        layer = site.layer
+        kernel = getattr(layer, "_kernel", None)
+        if kernel is None:
+            kernel = layer.kernel
+        return _tf_variable(self.tf, kernel), (
+            _tf_variable(self.tf, layer.bias) if layer.bias is not None else None
+        )
+
+    def _traced(self, inputs: list[Any], labels: Any, scale: Any) -> dict[str, Any]:
+        tf = self.tf
+        recorder = self._recorder
+        assert recorder is not None, "Probe used outside its context"
+        recorder.reset()
+        variables = [self._variables(s) for s in self.sites]
+        with tf.GradientTape() as tape:
+            for kernel, bias in variables:
+                tape.watch(kernel)
+                if bias is not None:
+                    tape.watch(bias)
+            recorder.tape = tape
+            try:
+                model_in = inputs if len(inputs) > 1 else inputs[0]
+                outputs = self.model(model_in, training=self.training)
+            finally:
+                recorder.tape = None
+            terms = self.loss.terms(tf, tf.nest.flatten(outputs), labels)
+            total = tf.reduce_sum(terms) * scale
+        calls = {i: recorder.calls.get(i, []) for i in range(len(self.sites))}
+        targets = {
+            "kernel": [k for k, _ in variables],
+            "bias": [b if b is not None else k for k, b in variables],
+            "x": [[c.x for c in calls[i]] for i in calls],
+            "z": [[c.z if c.z is not None else c.out for c in calls[i]] for i in calls],
+            "out": [[c.out for c in calls[i]] for i in calls],
+        }
+        grads = tape.gradient(total, targets, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        act_prime = []
+        for i, site in enumerate(self.sites):
+            per_call = []
+            for c in calls[i]:
+                if c.z is None or site.profile.kind == "softmax":
+                    per_call.append(tf.zeros((0,), tf.float32))
+                    continue
+                with tf.GradientTape() as t2:
+                    t2.watch(c.z)
+                    a = site.layer.activation(c.z)
+                per_call.append(t2.gradient(a, c.z))
+            act_prime.append(per_call)
+        self.order = list(recorder.first_call)
+        return {
+            "loss": total,
+            "kernel": [k for k, _ in variables],
+            "bias": [b if b is not None else tf.zeros((0,)) for _, b in variables],
+            "grads": grads,
+            "x": targets["x"],
+            "z": [[c.z if c.z is not None else tf.zeros((0,)) for c in calls[i]] for i in calls],
+            "out": targets["out"],
+            "act_prime": act_prime,
+        }
+
+    def step(self, inputs: Sequence[np.ndarray], labels: Any = None, scale: float = 1.0) -> (
+        BatchCapture
+    ):
+        """Run one batch; ``scale`` multiplies the summed per-sample loss terms."""
+        tf = self.tf
+        tensors = [tf.convert_to_tensor(a) for a in inputs]
+        try:
+            result = self._step(tensors, labels, tf.constant(scale, tf.float32))
+        except (tf.errors.OpError, ValueError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ProbeError(
+                f"the forward/backward pass failed: {first}",
+                "run with --traceback for details",
+            ) from exc
+        if not self.order:
+            self.order = [i for i in range(len(self.sites)) if result["x"][i]]
+        layers = []
+        grads = result["grads"]
+        for i, site in enumerate(self.sites):
+            call_caps = []
+            for j in range(len(result["x"][i])):
+                z_tensor = result["z"][i][j]
+                z = z_tensor.numpy() if int(np.size(z_tensor)) else None
+                ap = result["act_prime"][i][j]
+                call_caps.append(
+                    CallCapture(
+                        x=result["x"][i][j].numpy(),
+                        z=z,
+                        out=result["out"][i][j].numpy(),
+                        g_out=grads["out"][i][j].numpy(),
+                        g_z=grads["z"][i][j].numpy() if z is not None else None,
+                        g_x=grads["x"][i][j].numpy(),
+                        act_prime=ap.numpy() if int(np.size(ap)) else None,
+                    )
+                )
+            layers.append(
+                LayerCapture(
+                    kernel=result["kernel"][i].numpy(),
+                    bias=result["bias"][i].numpy() if site.use_bias else None,
+                    kernel_grad=grads["kernel"][i].numpy(),
+                    bias_grad=grads["bias"][i].numpy() if site.use_bias else None,
+                    calls=tuple(call_caps),
+                )
+            )
+        return BatchCapture(
+            loss=float(result["loss"].numpy()),
+            samples=int(inputs[0].shape[0]),
+            layers=tuple(layers),
+        )
+
+
+def _tf_variable(tf: Any, variable: Any) -> Any:
+    """The ``tf.Variable`` behind a Keras 3 variable (the tape watches TF objects only)."""
+    if isinstance(variable, tf.Variable):
+        return variable
+    return getattr(variable, "value", variable)
+
+
+def require_dense(model: Any, sites: Sequence[DenseSite], label: str) -> None:
+    """Refuse a model without Dense layers, listing what it has instead."""
+    if sites:
+        return
+    classes = sorted(set(layer_classes(model))) or ["no layers"]
+    raise ModelLoadError(
+        f"{label}: the model has no Dense layer (it has: {', '.join(classes)})",
+        "gradinspect inspects Dense layers; pass a model that contains at least one",
+    )

@@ -1,0 +1,169 @@
+"""Report -> rich renderables: a header, one row per Dense layer, a gradient detail table and the
+findings with their hints. Readable at 100 columns; colour is only decoration."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from gradinspect.report import Finding, GradStats, LayerReport, Report, Severity, Shape
+
+SEVERITY_STYLE = {Severity.INFO: "cyan", Severity.WARNING: "yellow", Severity.ERROR: "bold red"}
+STATUS_LABEL = {Severity.INFO: "info", Severity.WARNING: "warn", Severity.ERROR: "ERROR"}
+
+
+def fmt(value: float | None) -> str:
+    """Four significant digits; ``nan``/``inf`` spelled out; ``-`` for no value."""
+    if value is None:
+        return "-"
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if value == 0:
+        return "0"
+    return f"{value:.4g}"
+
+
+def fmt_shape(shape: Shape) -> str:
+    return "×".join("?" if d is None else str(d) for d in shape) or "scalar"
+
+
+def _status(layer: LayerReport) -> Text:
+    if not layer.warnings:
+        return Text("ok", style="green")
+    worst = max((f.severity for f in layer.warnings), key=lambda s: s.rank)
+    return Text(STATUS_LABEL[worst], style=SEVERITY_STYLE[worst])
+
+
+def _header(report: Report) -> Text:
+    model = report.model
+    data = report.data
+    loss = report.loss
+    arrays = ", ".join(
+        f"{a.name} {fmt_shape(a.shape)} {a.dtype}" for a in data.arrays
+    )
+    reduction = "summed" if loss.reduction == "sum" else "averaged"
+    text = Text()
+    text.append(f"{report.tool.name} {report.tool.version}", style="bold")
+    text.append(f"  model {model.path or model.name} ({model.format}, '{model.name}')\n")
+    text.append(f"data {data.path or '<in memory>'}: {arrays}\n")
+    text.append(f"loss {loss.name} = {fmt(loss.value)}, {reduction} over {data.samples} samples; ")
+    text.append("training mode" if report.training else "inference mode")
+    return text
+
+
+def _layer_label(layer: LayerReport) -> str:
+    return f"{layer.path} ×{layer.calls}" if layer.calls > 1 else layer.path
+
+
+def summary_table(report: Report) -> Table:
+    """One row per Dense layer, forward order."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=None, expand=False)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("layer", overflow="fold")
+    table.add_column("act")
+    table.add_column("kernel", justify="right")
+    table.add_column("‖∂L/∂W‖", justify="right")
+    table.add_column("‖∂L/∂b‖", justify="right")
+    table.add_column("‖∂L/∂x‖", justify="right")
+    table.add_column("‖∂W‖/‖W‖", justify="right")
+    table.add_column("gain", justify="right")
+    table.add_column("status")
+    for i, layer in enumerate(report.layers):
+        table.add_row(
+            str(i),
+            _layer_label(layer),
+            layer.activation,
+            fmt_shape(layer.weights.kernel.shape),
+            fmt(layer.grads.kernel.norm),
+            fmt(layer.grads.bias.norm) if layer.grads.bias else "-",
+            fmt(layer.grads.input.norm),
+            fmt(layer.grad_to_weight),
+            fmt(layer.backward_gain),
+            _status(layer),
+        )
+    return table
+
+
+def detail_table(report: Report) -> Table:
+    """Shape, norm, max |g|, mean |g|, NaN and Inf of every gradient of every layer."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("layer", overflow="fold")
+    table.add_column("grad")
+    table.add_column("shape", justify="right")
+    table.add_column("norm", justify="right")
+    table.add_column("max|g|", justify="right")
+    table.add_column("mean|g|", justify="right")
+    table.add_column("NaN", justify="right")
+    table.add_column("Inf", justify="right")
+    for layer in report.layers:
+        rows: Sequence[tuple[str, GradStats | None]] = (
+            ("∂L/∂W", layer.grads.kernel),
+            ("∂L/∂b", layer.grads.bias),
+            ("∂L/∂x", layer.grads.input),
+        )
+        first = True
+        for label, g in rows:
+            if g is None:
+                continue
+            table.add_row(
+                layer.path if first else "",
+                label,
+                fmt_shape(g.shape),
+                fmt(g.norm),
+                fmt(g.max_abs),
+                fmt(g.mean_abs),
+                Text(str(g.nan), style="bold red" if g.nan else ""),
+                Text(str(g.inf), style="bold red" if g.inf else ""),
+            )
+            first = False
+        table.add_section()
+    return table
+
+
+def _finding_lines(report: Report) -> list[Text]:
+    items: list[tuple[str, Finding]] = [("model", f) for f in report.warnings]
+    items += [(layer.path, f) for layer in report.layers for f in layer.warnings]
+    items.sort(key=lambda item: -item[1].severity.rank)
+    lines = []
+    for where, f in items:
+        line = Text()
+        line.append(f"{f.severity.value:<7}", style=SEVERITY_STYLE[f.severity])
+        line.append(f" {where}: ", style="bold")
+        line.append(f"{f.code}: {f.message}")
+        line.append(f"\n        → {f.hint}", style="dim")
+        lines.append(line)
+    return lines
+
+
+def report_renderable(report: Report, details: bool = True) -> RenderableType:
+    """Everything the table format prints, as one rich renderable."""
+    parts: list[RenderableType] = [_header(report), summary_table(report)]
+    if details:
+        parts.append(detail_table(report))
+    findings = _finding_lines(report)
+    if findings:
+        parts.append(Text("findings", style="bold"))
+        parts.extend(findings)
+    else:
+        parts.append(Text("no findings", style="green"))
+    return Group(*parts)
+
+
+def render_table(report: Report, width: int = 100, color: bool = False, details: bool = True) -> (
+    str
+):
+    """The table format as a string (fixed width, optionally without colour)."""
+    console = Console(
+        width=width, record=False, color_system="standard" if color else None,
+        force_terminal=color, no_color=not color, highlight=False, legacy_windows=False,
+    )
+    with console.capture() as cap:
+        console.print(report_renderable(report, details=details))
+    return cap.get()

@@ -1,0 +1,312 @@
+"""The report: frozen records that every renderer and every script consumes.
+
+Nothing here computes or prints. ``to_dict`` turns a report into plain JSON-ready data in the
+documented key order (schema version ``SCHEMA_VERSION``); non-finite floats become ``None``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+SCHEMA_VERSION = 1
+"""Bumped only on a breaking change of the JSON layout. Added keys do not bump it."""
+
+Shape = tuple[int | None, ...]
+Figure = float | int | str | bool | None
+
+
+class Severity(str, Enum):
+    """How bad a finding is. Ordered: ``info`` < ``warning`` < ``error``."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        """Position in the order info < warning < error."""
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One verdict about a layer or the whole model."""
+
+    code: str
+    """Stable machine-readable identifier, e.g. ``saturated_units`` (listed in the README)."""
+    severity: Severity
+    """``info``, ``warning`` or ``error``."""
+    message: str
+    """What was seen, with the numbers."""
+    hint: str
+    """One line: what to try."""
+    figures: Mapping[str, Figure] = field(default_factory=dict)
+    """The measurements behind the verdict (threshold used, fractions, norms ...)."""
+
+
+@dataclass(frozen=True)
+class GradStats:
+    """Summary of one gradient tensor (or of all calls' tensors, for a shared layer's input)."""
+
+    shape: Shape
+    """Shape of the gradient; a dimension that differs between calls is ``None``."""
+    norm: float
+    """L2 (Frobenius) norm over all entries; NaN if any entry is NaN."""
+    max_abs: float
+    """Largest absolute entry."""
+    mean_abs: float
+    """Mean absolute entry."""
+    nan: int
+    """Number of NaN entries."""
+    inf: int
+    """Number of +/-Inf entries."""
+
+
+@dataclass(frozen=True)
+class WeightStats:
+    """Shape and L2 norm of a weight tensor."""
+
+    shape: Shape
+    """Shape of the variable."""
+    norm: float
+    """L2 (Frobenius) norm."""
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """The Dense layer's variables."""
+
+    kernel: WeightStats
+    """The kernel W, shape (in_features, units)."""
+    bias: WeightStats | None
+    """The bias b, shape (units,); ``None`` when the layer has no bias."""
+
+
+@dataclass(frozen=True)
+class LayerGrads:
+    """The three gradients of the loss the tool makes visible."""
+
+    kernel: GradStats
+    """dL/dW = x^T delta, summed over all calls of the layer."""
+    bias: GradStats | None
+    """dL/db = sum of delta over every axis but the last; ``None`` without bias."""
+    input: GradStats
+    """dL/dinput = delta W^T, over all calls of the layer."""
+
+
+@dataclass(frozen=True)
+class ActivationStats:
+    """How the activation behaves on this data (measured on activation'(z) from the tape)."""
+
+    name: str
+    """Activation name, e.g. ``sigmoid``."""
+    source: str
+    """Where the activation lives: ``layer`` (the Dense itself) or the path of a following layer."""
+    kind: str
+    """``saturating``, ``rectifier``, ``softmax``, ``linear`` or ``other``: what is measured."""
+    low_grad_fraction: float | None
+    """Fraction of (sample, unit) entries where activation'(z) is below the threshold fraction of
+    its maximum (saturated for squashing activations, zero for rectifiers)."""
+    units_always_low: int | None
+    """Units whose activation'(z) is low for (nearly) all samples: saturated or dead units."""
+    units_always_low_fraction: float | None
+    """``units_always_low`` divided by the number of units."""
+    softmax_confident_fraction: float | None
+    """For softmax: fraction of samples whose largest probability is at least the threshold."""
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """Everything gradinspect knows about one Dense layer."""
+
+    name: str
+    """Layer name."""
+    path: str
+    """Nesting path from the top model, e.g. ``encoder/dense_1``."""
+    class_name: str
+    """Python class name (``Dense`` or a subclass)."""
+    activation: str
+    """Name of the Dense layer's own activation (``linear`` when none)."""
+    units: int
+    """Output features."""
+    use_bias: bool
+    """Whether the layer has a bias."""
+    calls: int
+    """How many times the layer was called in one forward pass (shared layers: > 1)."""
+    input_shape: Shape
+    """Input shape of (the first) call; dimensions that differ between calls are ``None``."""
+    output_shape: Shape
+    """Output shape, same convention."""
+    weights: LayerWeights
+    """Kernel and bias shapes and norms."""
+    grads: LayerGrads
+    """dL/dW, dL/db, dL/dinput."""
+    grad_to_weight: float
+    """||dL/dW|| / ||W||: the relative size of one gradient step at learning rate 1."""
+    backward_gain: float
+    """||dL/dinput|| / ||dL/doutput||: how much the backward signal grows (>1) or shrinks (<1)."""
+    activity: ActivationStats | None
+    """Saturation / dead-unit measurements; ``None`` when not measurable."""
+    warnings: tuple[Finding, ...] = ()
+    """Findings about this layer."""
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """One input array as read from the data file."""
+
+    name: str
+    """Model input name (or the key in the file)."""
+    shape: Shape
+    """Shape as used (after ``--samples``)."""
+    dtype: str
+    """dtype as stored in the file."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model was inspected."""
+
+    path: str | None
+    """File path, or ``None`` for a live model passed to the Python API."""
+    format: str
+    """``keras`` (Keras 3 zip), ``h5`` (HDF5 full model, Keras 2 or 3) or ``live``."""
+    name: str
+    """The model's name."""
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """Which data was fed."""
+
+    path: str | None
+    """File path, or ``None`` for arrays passed to the Python API."""
+    arrays: tuple[ArrayInfo, ...]
+    """Inputs in model input order."""
+    samples: int
+    """Number of samples in the pass."""
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    """Which scalar was differentiated."""
+
+    name: str
+    """``sum``, ``mean`` (of all model outputs) or a Keras loss name."""
+    reduction: str
+    """How per-sample terms become the scalar: ``sum`` or ``mean`` over samples."""
+    value: float
+    """The loss value on the data."""
+
+
+@dataclass(frozen=True)
+class ToolInfo:
+    """Who wrote the report."""
+
+    name: str
+    """Always ``gradinspect``."""
+    version: str
+    """gradinspect version."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """The whole report. ``report["dense_1"]`` gives a layer by name or path."""
+
+    tool: ToolInfo
+    """Tool name and version."""
+    model: ModelInfo
+    """The model."""
+    data: DataInfo
+    """The data."""
+    loss: LossInfo
+    """The loss and its reduction."""
+    training: bool
+    """Whether the pass ran in training mode (Dropout active, BatchNorm on batch statistics)."""
+    layers: tuple[LayerReport, ...]
+    """One entry per Dense layer, forward order."""
+    warnings: tuple[Finding, ...] = ()
+    """Model-level findings."""
+    schema_version: int = SCHEMA_VERSION
+    """JSON layout version."""
+
+    def __getitem__(self, key: str) -> LayerReport:
+        for layer in self.layers:
+            if key in (layer.path, layer.name):
+                return layer
+        known = ", ".join(layer.path for layer in self.layers)
+        raise KeyError(f"no Dense layer named {key!r}; layers: {known}")
+
+    def __iter__(self) -> Iterator[LayerReport]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def findings(self) -> tuple[Finding, ...]:
+        """Model-level and per-layer findings together."""
+        return self.warnings + tuple(f for layer in self.layers for f in layer.warnings)
+
+    def worst_severity(self) -> Severity | None:
+        """The highest severity among all findings, or ``None`` when there are none."""
+        found = self.findings()
+        return max((f.severity for f in found), key=lambda s: s.rank) if found else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data in the documented JSON layout (``schema_version`` first)."""
+        return {
+            "schema_version": self.schema_version,
+            "tool": _plain(self.tool),
+            "model": _plain(self.model),
+            "data": _plain(self.data),
+            "loss": _plain(self.loss),
+            "training": self.training,
+            "layers": [_layer_dict(layer) for layer in self.layers],
+            "warnings": [_plain(f) for f in self.warnings],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON text (same as ``gradinspect --json``)."""
+        from gradinspect.render.json import render_json
+
+        return render_json(self, indent=indent)
+
+    def __rich__(self) -> Any:
+        from gradinspect.render.table import report_renderable
+
+        return report_renderable(self)
+
+
+_RENAMED = {"class_name": "class"}
+
+
+def _layer_dict(layer: LayerReport) -> dict[str, Any]:
+    out = _plain(layer)
+    assert isinstance(out, dict)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses -> dicts (field order kept), tuples -> lists, non-finite floats -> None."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            _RENAMED.get(f.name, f.name): _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+        }
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value

@@ -1,0 +1,185 @@
+"""Arrays -> numbers. numpy only, so every figure is testable without TensorFlow.
+
+Accumulators merge: a figure over many batches equals the figure over their concatenation, which
+is what lets the probe stream data batch by batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from gradinspect.report import GradStats, Shape, WeightStats
+
+Array = npt.NDArray[np.floating]
+
+
+def merge_shapes(a: Shape | None, b: Shape) -> Shape:
+    """Combine two shapes: equal dimensions stay, differing ones become ``None``."""
+    if a is None:
+        return tuple(b)
+    if len(a) != len(b):
+        return tuple(None for _ in b) if len(b) >= len(a) else tuple(None for _ in a)
+    return tuple(x if x == y else None for x, y in zip(a, b, strict=True))
+
+
+@dataclass
+class TensorAccumulator:
+    """Running L2 norm, max |x|, mean |x| and NaN/Inf counts over one or more arrays.
+
+    Non-finite entries are counted, and they poison ``norm``/``mean_abs`` (NaN) as they would in
+    an honest computation, so a reader never sees a finite norm of a broken tensor.
+    """
+
+    shape: Shape | None = None
+    count: int = 0
+    sumsq: float = 0.0
+    sum_abs: float = 0.0
+    max_abs: float = 0.0
+    nan: int = 0
+    inf: int = 0
+
+    def update(self, array: npt.ArrayLike, shape: Shape | None = None) -> TensorAccumulator:
+        a = np.asarray(array, dtype=np.float64)
+        self.shape = merge_shapes(self.shape, tuple(shape if shape is not None else a.shape))
+        self.count += a.size
+        if a.size == 0:
+            return self
+        nan = int(np.count_nonzero(np.isnan(a)))
+        inf = int(np.count_nonzero(np.isinf(a)))
+        self.nan += nan
+        self.inf += inf
+        absval = np.abs(a)
+        if nan:
+            self.sumsq = math.nan
+            self.sum_abs = math.nan
+            finite_max = np.nanmax(absval) if nan < a.size else 0.0
+            self.max_abs = max(self.max_abs, float(finite_max))
+        else:
+            self.sumsq += float(np.dot(a.ravel(), a.ravel())) if not inf else math.inf
+            self.sum_abs += float(absval.sum())
+            self.max_abs = max(self.max_abs, float(absval.max()))
+        return self
+
+    def merge(self, other: TensorAccumulator) -> TensorAccumulator:
+        """Fold ``other`` into this accumulator (concatenation semantics)."""
+        if other.shape is not None:
+            self.shape = merge_shapes(self.shape, other.shape)
+        self.count += other.count
+        self.sumsq += other.sumsq
+        self.sum_abs += other.sum_abs
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.nan += other.nan
+        self.inf += other.inf
+        return self
+
+    def result(self) -> GradStats:
+        mean_abs = self.sum_abs / self.count if self.count else 0.0
+        return GradStats(
+            shape=self.shape if self.shape is not None else (),
+            norm=math.sqrt(self.sumsq) if not math.isnan(self.sumsq) else math.nan,
+            max_abs=self.max_abs if not self.nan or self.count > self.nan else math.nan,
+            mean_abs=mean_abs,
+            nan=self.nan,
+            inf=self.inf,
+        )
+
+
+def grad_stats(array: npt.ArrayLike) -> GradStats:
+    """Summary of a single array."""
+    return TensorAccumulator().update(array).result()
+
+
+def weight_stats(array: npt.ArrayLike) -> WeightStats:
+    """Shape and L2 norm of a weight tensor."""
+    a = np.asarray(array, dtype=np.float64)
+    return WeightStats(shape=tuple(a.shape), norm=float(np.sqrt(np.sum(a * a))))
+
+
+def safe_ratio(num: float, den: float) -> float:
+    """num / den, with 0/0 = NaN and x/0 = inf, never raising."""
+    if math.isnan(num) or math.isnan(den):
+        return math.nan
+    if den == 0.0:
+        return math.nan if num == 0.0 else math.inf
+    return num / den
+
+
+@dataclass
+class SumAccumulator:
+    """Sum of arrays of one shape: the gradient of a summed loss over batches (float64)."""
+
+    total: Array | None = None
+
+    def update(self, array: npt.ArrayLike) -> SumAccumulator:
+        a = np.asarray(array, dtype=np.float64)
+        self.total = a.copy() if self.total is None else self.total + a
+        return self
+
+    def merge(self, other: SumAccumulator) -> SumAccumulator:
+        if other.total is not None:
+            self.update(other.total)
+        return self
+
+
+@dataclass
+class ActivityAccumulator:
+    """Per-unit counts of entries whose activation'(z) is 'low' (saturated or dead).
+
+    ``low_threshold`` is absolute (a fraction of the activation's largest derivative, computed by
+    the caller). Entries are counted per unit over every leading axis (samples, time steps).
+    Softmax is measured separately: ``confident`` counts rows whose top probability passes
+    ``confidence``.
+    """
+
+    units: int
+    low_threshold: float
+    entries: int = 0
+    rows_per_unit: int = 0
+    low_entries: int = 0
+    low_per_unit: npt.NDArray[np.int64] = field(init=False)
+    rows: int = 0
+    confident: int = 0
+
+    def __post_init__(self) -> None:
+        self.low_per_unit = np.zeros(self.units, dtype=np.int64)
+
+    def update_derivative(self, act_prime: npt.ArrayLike) -> ActivityAccumulator:
+        d = np.asarray(act_prime).reshape(-1, self.units)
+        low = np.abs(d) < self.low_threshold
+        self.entries += d.size
+        self.rows_per_unit += d.shape[0]
+        self.low_entries += int(low.sum())
+        self.low_per_unit += low.sum(axis=0)
+        return self
+
+    def update_probabilities(self, probs: npt.ArrayLike, confidence: float) -> ActivityAccumulator:
+        p = np.asarray(probs).reshape(-1, self.units)
+        self.rows += p.shape[0]
+        self.confident += int(np.count_nonzero(p.max(axis=1) >= confidence))
+        return self
+
+    def merge(self, other: ActivityAccumulator) -> ActivityAccumulator:
+        self.entries += other.entries
+        self.rows_per_unit += other.rows_per_unit
+        self.low_entries += other.low_entries
+        self.low_per_unit += other.low_per_unit
+        self.rows += other.rows
+        self.confident += other.confident
+        return self
+
+    def low_fraction(self) -> float | None:
+        return self.low_entries / self.entries if self.entries else None
+
+    def units_always_low(self, nearly_all: float) -> int | None:
+        """Units low for at least ``nearly_all`` (a fraction) of their rows."""
+        if not self.rows_per_unit:
+            return None
+        frac = self.low_per_unit / self.rows_per_unit
+        return int(np.count_nonzero(frac >= nearly_all))
+
+    def confident_fraction(self) -> float | None:
+        return self.confident / self.rows if self.rows else None
