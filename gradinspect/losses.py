@@ -57,8 +57,8 @@ class MeanOfOutputs:
 
     def terms(self, tf: Any, outputs: list[Any], labels: Any) -> Any:
         flat = _flat_per_sample(tf, outputs)
-        width = sum(int(f.shape[1]) for f in flat)
-        return tf.add_n([tf.reduce_sum(f, axis=1) for f in flat]) / float(width)
+        width = tf.add_n([tf.cast(tf.shape(f)[1], tf.float32) for f in flat])
+        return tf.add_n([tf.reduce_sum(f, axis=1) for f in flat]) / width
 
 
 BUILTIN_LOSSES: dict[str, Loss] = {"sum": SumOfOutputs(), "mean": MeanOfOutputs()}

@@ -17,6 +17,16 @@ from gradinspect.report import GradStats, Shape, WeightStats
 Array = npt.NDArray[np.floating]
 
 
+def concat_shapes(a: Shape | None, b: Shape) -> Shape:
+    """Shape of the concatenation along axis 0; other differing dimensions become ``None``."""
+    if a is None:
+        return tuple(b)
+    if not a or not b:
+        return merge_shapes(a, b)
+    lead = a[0] + b[0] if a[0] is not None and b[0] is not None else None
+    return (lead, *merge_shapes(a[1:], b[1:]))
+
+
 def merge_shapes(a: Shape | None, b: Shape) -> Shape:
     """Combine two shapes: equal dimensions stay, differing ones become ``None``."""
     if a is None:
@@ -28,7 +38,7 @@ def merge_shapes(a: Shape | None, b: Shape) -> Shape:
 
 @dataclass
 class TensorAccumulator:
-    """Running L2 norm, max |x|, mean |x| and NaN/Inf counts over one or more arrays.
+    """Running L2 norm, max |x|, mean |x| and NaN/Inf counts over arrays concatenated on axis 0.
 
     Non-finite entries are counted, and they poison ``norm``/``mean_abs`` (NaN) as they would in
     an honest computation, so a reader never sees a finite norm of a broken tensor.
@@ -44,7 +54,7 @@ class TensorAccumulator:
 
     def update(self, array: npt.ArrayLike, shape: Shape | None = None) -> TensorAccumulator:
         a = np.asarray(array, dtype=np.float64)
-        self.shape = merge_shapes(self.shape, tuple(shape if shape is not None else a.shape))
+        self.shape = concat_shapes(self.shape, tuple(shape if shape is not None else a.shape))
         self.count += a.size
         if a.size == 0:
             return self
@@ -67,7 +77,7 @@ class TensorAccumulator:
     def merge(self, other: TensorAccumulator) -> TensorAccumulator:
         """Fold ``other`` into this accumulator (concatenation semantics)."""
         if other.shape is not None:
-            self.shape = merge_shapes(self.shape, other.shape)
+            self.shape = concat_shapes(self.shape, other.shape)
         self.count += other.count
         self.sumsq += other.sumsq
         self.sum_abs += other.sum_abs

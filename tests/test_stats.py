@@ -1,0 +1,91 @@
+"""stats: numpy-only accumulators, checked against direct numpy computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from gradinspect.stats import (
+    ActivityAccumulator,
+    SumAccumulator,
+    TensorAccumulator,
+    concat_shapes,
+    grad_stats,
+    merge_shapes,
+    safe_ratio,
+    weight_stats,
+)
+
+finite = st.floats(-1e6, 1e6, allow_nan=False, width=32)
+
+
+@given(arrays(np.float32, st.tuples(st.integers(1, 20), st.integers(1, 5)), elements=finite),
+       st.integers(1, 19))
+def test_accumulator_over_batches_equals_one_pass(a: np.ndarray, cut: int) -> None:
+    cut = min(cut, a.shape[0])
+    whole = grad_stats(a)
+    parts = TensorAccumulator().update(a[:cut]).merge(TensorAccumulator().update(a[cut:]))
+    merged = parts.result()
+    a64 = a.astype(np.float64)
+    assert whole.norm == pytest.approx(float(np.linalg.norm(a64)), rel=1e-12, abs=1e-300)
+    assert merged.norm == pytest.approx(whole.norm, rel=1e-12, abs=1e-300)
+    assert merged.max_abs == whole.max_abs == float(np.abs(a64).max())
+    assert merged.mean_abs == pytest.approx(float(np.abs(a64).mean()), rel=1e-9, abs=1e-300)
+    assert merged.shape == whole.shape == a.shape
+
+
+def test_nan_and_inf_are_counted_and_poison_the_norm() -> None:
+    a = np.array([1.0, np.nan, np.inf, -np.inf, 2.0])
+    s = grad_stats(a)
+    assert (s.nan, s.inf) == (1, 2)
+    assert math.isnan(s.norm)
+    assert math.isnan(s.mean_abs)
+    inf_only = grad_stats(np.array([1.0, np.inf]))
+    assert inf_only.norm == math.inf
+    assert inf_only.max_abs == math.inf
+
+
+def test_all_nan_max_is_nan() -> None:
+    assert math.isnan(grad_stats(np.array([np.nan, np.nan])).max_abs)
+
+
+def test_merge_shapes_marks_differing_dims() -> None:
+    assert merge_shapes(None, (2, 3)) == (2, 3)
+    assert merge_shapes((2, 3), (2, 4)) == (2, None)
+    assert concat_shapes((2, 3), (5, 3)) == (7, 3)
+    assert concat_shapes((2, 3, 4), (5, 3, 1)) == (7, 3, None)
+
+
+def test_sum_accumulator_adds_in_float64() -> None:
+    acc = SumAccumulator().update(np.float32([1e8, 1.0])).update(np.float32([1.0, 1.0]))
+    assert acc.total is not None
+    assert acc.total.tolist() == [1e8 + 1, 2.0]
+
+
+def test_weight_stats_and_ratio() -> None:
+    w = weight_stats(np.array([[3.0, 4.0]]))
+    assert (w.shape, w.norm) == ((1, 2), 5.0)
+    assert safe_ratio(1.0, 0.0) == math.inf
+    assert math.isnan(safe_ratio(0.0, 0.0))
+    assert safe_ratio(1.0, 4.0) == 0.25
+
+
+def test_activity_counts_low_entries_and_units() -> None:
+    d = np.array([[0.0, 0.5, 0.0], [0.0, 0.5, 0.2], [0.0, 0.0, 0.0]])
+    acc = ActivityAccumulator(units=3, low_threshold=0.01).update_derivative(d)
+    assert acc.low_fraction() == pytest.approx(6 / 9)
+    assert acc.units_always_low(0.99) == 1
+    assert acc.units_always_low(0.6) == 2
+    other = ActivityAccumulator(units=3, low_threshold=0.01).update_derivative(d[:1])
+    assert acc.merge(other).units_always_low(0.99) == 1
+
+
+def test_activity_softmax_confidence() -> None:
+    p = np.array([[0.995, 0.005], [0.6, 0.4]])
+    acc = ActivityAccumulator(units=2, low_threshold=0.0).update_probabilities(p, 0.99)
+    assert acc.confident_fraction() == 0.5
