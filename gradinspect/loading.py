@@ -196,16 +196,85 @@ def _explain_load_failure(path: Path, exc: Exception) -> ModelLoadError:
     return ModelLoadError(f"{path}: could not load the model ({first})", "is the file complete?")
 
 
+_MODEL_CLASSES = ("Sequential", "Functional", "Model")
+
+
+def _fix_keras2_node_indices(config: dict[str, Any]) -> bool:
+    """Shift Keras 2 inbound-node indices of nested models down by one; True if any changed.
+
+    In Keras 2 a nested model built with an input owns node 0 itself (its own input call), so
+    the first call from the outer model is node 1. Keras 3 numbers that call 0 and rejects the
+    Keras 2 graph as disconnected. Applies recursively to models nested in models.
+    """
+    layers = config.get("config", {}).get("layers", [])
+    built: set[str] = set()
+    changed = False
+    for layer in layers:
+        if layer.get("class_name") not in _MODEL_CLASSES:
+            continue
+        changed |= _fix_keras2_node_indices(layer)
+        inner = layer.get("config", {}).get("layers", [])
+        has_input = layer["class_name"] != "Sequential" or any(
+            x.get("class_name") == "InputLayer" or "batch_input_shape" in x.get("config", {})
+            for x in inner[:1]
+        )
+        if has_input:
+            built.add(layer.get("name") or layer.get("config", {}).get("name"))
+    for layer in layers:
+        for node in layer.get("inbound_nodes", []):
+            refs = node if isinstance(node, list) else []
+            for ref in refs:
+                if isinstance(ref, list) and len(ref) >= 2 and ref[0] in built and ref[1] >= 1:
+                    ref[1] -= 1
+                    changed = True
+    return changed
+
+
+def _keras2_fixed_config(path: Path) -> str | None:
+    """The model config of a Keras 2 .h5 rewritten for Keras 3, or None when none is needed."""
+    import json
+
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        version = f.attrs.get("keras_version", b"")
+        version = version.decode() if isinstance(version, bytes) else str(version)
+        raw = f.attrs.get("model_config")
+    if not version.startswith("2.") or raw is None:
+        return None
+    config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    return json.dumps(config) if _fix_keras2_node_indices(config) else None
+
+
+def _staged_model_file(p: Path, fmt: str, tmp: Path) -> Path:
+    """A path Keras can load: a symlink under the right extension, or, for a Keras 2 .h5 whose
+    graph needs rewriting, a private copy with the rewritten config. The original is only read."""
+    suffix = ".keras" if fmt == "keras" else ".h5"
+    staged = tmp / f"model{suffix}"
+    fixed = _keras2_fixed_config(p) if fmt == "h5" else None
+    if fixed is None:
+        staged.symlink_to(p.resolve())
+        return staged
+    import shutil
+
+    import h5py
+
+    shutil.copyfile(p, staged)
+    with h5py.File(staged, "r+") as f:
+        f.attrs["model_config"] = fixed
+    return staged
+
+
 def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     """Load a full Keras model (``.keras`` or ``.h5``, Keras 2 or 3) without compiling it."""
     p = Path(path)
     fmt = detect_model_format(p)
     _, keras = _tf()
-    suffix = ".keras" if fmt == "keras" else ".h5"
     with tempfile.TemporaryDirectory(prefix="gradinspect-") as tmp:
-        # A read-only view under the extension Keras dispatches on; the file itself is untouched.
-        link = Path(tmp) / f"model{suffix}"
-        link.symlink_to(p.resolve())
+        try:
+            link = _staged_model_file(p, fmt, Path(tmp))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{p}: could not read the model ({exc})") from exc
         try:
             model = keras.models.load_model(str(link), compile=False, safe_mode=True)
         except Exception as exc:
