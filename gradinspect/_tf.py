@@ -27,8 +27,8 @@ def tf_modules() -> tuple[ModuleType, ModuleType]:
         saved = os.dup(2)
         os.dup2(buffer.fileno(), 2)
         try:
-            import tensorflow as tf
             import keras
+            import tensorflow as tf
         except BaseException:
             os.dup2(saved, 2)
             buffer.seek(0)

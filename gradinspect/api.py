@@ -95,7 +95,7 @@ def run_inspection(
     require_dense(loaded.model, sites, loaded.path or "model")
     thresholds = options.thresholds
     accs = [
-        _LayerAccumulators(s.units, s.profile.peak * thresholds.saturation_derivative)
+        _LayerAccumulators(s.units, s.measured.peak * thresholds.saturation_derivative)
         for s in sites
     ]
     total = data.samples
@@ -138,21 +138,22 @@ def _accumulate(site: Any, acc: _LayerAccumulators, cap: Any, t: Thresholds) -> 
         acc.output_shape = merge_shapes(acc.output_shape, call.out.shape[1:])
         acc.input_grad.update(call.g_x)
         acc.output_grad.update(call.g_out)
-        if site.profile.kind == "softmax":
-            acc.activity.update_probabilities(call.out, t.softmax_confidence)
-        elif call.act_prime is not None:
-            acc.activity.update_derivative(call.act_prime)
+    for measured in cap.activity:
+        if measured.probabilities is not None:
+            acc.activity.update_probabilities(measured.probabilities, t.softmax_confidence)
+        elif measured.derivative is not None:
+            acc.activity.update_derivative(measured.derivative)
 
 
 def _activity_stats(site: Any, acc: _LayerAccumulators, t: Thresholds) -> ActivationStats | None:
     act = acc.activity
-    kind = site.profile.kind
+    kind = site.measured.kind
     if act is None or kind == "linear" or (kind != "softmax" and not act.entries):
         return None
     always = act.units_always_low(t.unit_always) if kind != "softmax" else None
     return ActivationStats(
-        name=site.activation,
-        source="layer",
+        name=site.measured.name,
+        source=site.measured_source,
         kind=kind,
         low_grad_fraction=act.low_fraction() if kind != "softmax" else None,
         units_always_low=always,
@@ -161,14 +162,16 @@ def _activity_stats(site: Any, acc: _LayerAccumulators, t: Thresholds) -> Activa
     )
 
 
-def _output_activations(loaded: LoadedModel, sites: Sequence[Any]) -> tuple[str, ...]:
-    """Activations of Dense layers whose output tensor is a model output (top level)."""
-    outputs = getattr(loaded.model, "outputs", None) or []
-    out_ids = {id(getattr(o, "_keras_history", (None,))[0]) for o in outputs}
-    found = tuple(s.activation for s in sites if id(s.layer) in out_ids)
-    if found:
-        return found
-    return (sites[-1].activation,) if sites else ()
+def _constant_softmax_outputs(loaded: LoadedModel, sites: Sequence[Any], loss: Any) -> tuple[
+    set[int], bool
+]:
+    """Sites whose softmax output enters a ``sum``/``mean`` loss (a constant), and whether every
+    model output is one of them."""
+    if loss.name not in ("sum", "mean"):
+        return set(), False
+    constant = {i for i, s in enumerate(sites) if s.is_output and s.measured.kind == "softmax"}
+    n_outputs = len(getattr(loaded.model, "outputs", None) or [])
+    return constant, bool(constant) and len(constant) >= n_outputs
 
 
 def _build_report(
@@ -184,13 +187,15 @@ def _build_report(
     entries: int,
 ) -> Report:
     t = options.thresholds
+    constant, constant_loss = _constant_softmax_outputs(loaded, sites, loss)
     figures = []
     partial = []
     for i in order:
         site, acc = sites[i], accs[i]
         if acc.calls == 0:
             continue
-        assert acc.kernel is not None and acc.kernel_grad.total is not None
+        assert acc.kernel is not None
+        assert acc.kernel_grad.total is not None
         kernel_w = weight_stats(acc.kernel)
         bias_w = weight_stats(acc.bias) if acc.bias is not None else None
         grads = LayerGrads(
@@ -215,6 +220,7 @@ def _build_report(
                 grad_to_weight=ratio,
                 backward_gain=gain,
                 activity=activity,
+                constant_output=i in constant,
             )
         )
         partial.append((site, acc, LayerWeights(kernel=kernel_w, bias=bias_w)))
@@ -225,7 +231,7 @@ def _build_report(
         loss_value=loss_value,
         data_nonfinite=nonfinite,
         data_entries=entries,
-        output_activations=_output_activations(loaded, sites),
+        constant_loss=constant_loss,
     )
     per_layer, model_findings = diagnose(figures, run, t)
     layers = tuple(

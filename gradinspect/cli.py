@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import tomllib
 import traceback
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, assert_never
 
+import tomllib
 import typer
 from rich.console import Console
 
@@ -84,7 +84,9 @@ def _parse_thresholds(pairs: list[str], base: Thresholds) -> Thresholds:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep:
-            raise UsageError(f"--threshold {pair!r}: expected NAME=VALUE", "e.g. vanishing_abs=1e-8")
+            raise UsageError(
+                f"--threshold {pair!r}: expected NAME=VALUE", "e.g. vanishing_abs=1e-8"
+            )
         try:
             changes[name.strip().replace("-", "_")] = float(value)
         except ValueError:
@@ -209,10 +211,12 @@ def _fail(message: str, status: ExitStatus) -> NoReturn:
 
 @app.command(epilog=EXIT_CODES_HELP)
 def inspect(
-    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Keras model file (.keras, or .h5/.hdf5 from "
-                                          "Keras 2 or 3).", show_default=False)],
-    data: Annotated[Path, typer.Argument(metavar="DATA", help="Input sample: .npy, or .npz keyed by input name "
-                                         "(or 'x').", show_default=False)],
+    model: Annotated[Path, typer.Argument(
+        metavar="MODEL", help="Keras model file (.keras, or .h5/.hdf5 from Keras 2 or 3).",
+        show_default=False)],
+    data: Annotated[Path, typer.Argument(
+        metavar="DATA", help="Input sample: .npy, or .npz keyed by input name (or 'x').",
+        show_default=False)],
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout "
                                            "instead of tables.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON "

@@ -49,7 +49,7 @@ class Thresholds:
             if name not in known:
                 raise KeyError(name)
             values[name] = int(value) if known[name].type in ("int", int) else float(value)
-        return Thresholds(**values)  # type: ignore[arg-type]
+        return Thresholds(**values)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,9 @@ class LayerFigures:
     grad_to_weight: float
     backward_gain: float
     activity: ActivationStats | None
+    constant_output: bool = False
+    """The layer's output reaches the loss only as a sum of softmax probabilities (constant),
+    so its gradients are mathematically zero and what the tape shows is rounding noise."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,8 @@ class RunFigures:
     loss_value: float
     data_nonfinite: int
     data_entries: int
-    output_activations: tuple[str, ...]
-    """Activations of the Dense layers whose output is a model output (best effort)."""
+    constant_loss: bool = False
+    """Every model output is a softmax fed to ``sum``/``mean``: the loss is a constant."""
 
 
 def _fmt(x: float) -> str:
@@ -192,6 +195,19 @@ def _magnitude(
     g = layer.grads.kernel
     if not math.isfinite(g.norm):
         return []
+    if run.constant_loss or layer.constant_output:
+        return [
+            Finding(
+                "zero_gradient",
+                Severity.ERROR,
+                f"dL/dW is zero up to rounding (||dL/dW|| = {_fmt(g.norm)}): the loss takes "
+                f"this layer's output as the {run.loss_name} of softmax probabilities, which "
+                "is constant",
+                "pass labels and a real loss (e.g. categorical_crossentropy) instead of "
+                f"--loss {run.loss_name}",
+                {"kernel_norm": g.norm, "loss": run.loss_name},
+            )
+        ]
     if g.norm == 0.0 and (layer.grads.bias is None or layer.grads.bias.norm == 0.0):
         return [
             Finding(
@@ -271,7 +287,7 @@ def diagnose(
     all_zero = bool(layers) and all(
         any(f.code == "zero_gradient" for f in found) for found in per_layer
     )
-    if all_zero and run.loss_name in ("sum", "mean") and "softmax" in run.output_activations:
+    if run.constant_loss:
         model.append(
             Finding(
                 "constant_loss",
@@ -295,7 +311,8 @@ def diagnose(
                 {"loss": run.loss_name, "value": run.loss_value},
             )
         )
-    model += _collapse(layers, t)
+    if not run.constant_loss:
+        model += _collapse([ly for ly in layers if not ly.constant_output], t)
     return per_layer, tuple(model)
 
 
@@ -308,8 +325,9 @@ def _collapse(layers: Sequence[LayerFigures], t: Thresholds) -> list[Finding]:
                 Finding(
                     "signal_collapse",
                     Severity.WARNING,
-                    f"the backward signal shrinks {1 / gain:.3g}x through {layer.path} "
-                    f"(||dL/dinput|| / ||dL/doutput|| = {_fmt(gain)})",
+                    (f"the backward signal shrinks {1 / gain:.3g}x through {layer.path} "
+                     if gain > 0 else f"the backward signal stops at {layer.path} ")
+                    + f"(||dL/dinput|| / ||dL/doutput|| = {_fmt(gain)})",
                     "layers before this one barely learn: look at this layer's activation "
                     "(saturation, dead units) and its weight scale",
                     {"layer": layer.path, "backward_gain": gain},

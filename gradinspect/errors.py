@@ -19,7 +19,7 @@ class ExitStatus(IntEnum):
     USAGE = 2
     """Bad command-line usage (unknown option, bad value). Also used by the option parser."""
     MODEL_ERROR = 3
-    """The model file is missing, unreadable, corrupt, of an unsupported format or has no Dense layer."""
+    """The model file is missing, unreadable, corrupt, unsupported, or has no Dense layer."""
     DATA_ERROR = 4
     """The data (or labels) file is missing, unreadable, corrupt, or does not fit the model."""
     RUN_ERROR = 5

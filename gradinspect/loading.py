@@ -131,7 +131,9 @@ def detect_model_format(path: Path) -> str:
             "or pass the original .keras/.h5 file",
         )
     if kind == "directory":
-        raise ModelLoadError(f"{path}: is a directory, not a model file", "pass a .keras or .h5 file")
+        raise ModelLoadError(
+            f"{path}: is a directory, not a model file", "pass a .keras or .h5 file"
+        )
     if kind == "empty":
         raise ModelLoadError(f"{path}: model file is empty", "save or download it again")
     if kind == "npy":
@@ -307,7 +309,8 @@ def _tf() -> tuple[Any, Any]:
 
 def _load_npy(path: Path) -> np.ndarray:
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        array: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+        return array
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "pickle" in str(exc).lower():
             raise DataError(

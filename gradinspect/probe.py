@@ -44,6 +44,16 @@ class ActivationProfile:
 
 
 @dataclass(frozen=True)
+class Follower:
+    """An activation layer that acts on a linear Dense layer's output, found through the graph
+    (``Dense(linear) -> [BatchNormalization | Dropout ...] -> Activation/ReLU/PReLU ...``)."""
+
+    layer: Any
+    path: str
+    profile: ActivationProfile
+
+
+@dataclass(frozen=True)
 class DenseSite:
     """A Dense layer found in the model, with where it sits."""
 
@@ -55,6 +65,21 @@ class DenseSite:
     units: int
     use_bias: bool
     profile: ActivationProfile
+    """The Dense layer's own activation."""
+    follower: Follower | None = None
+    """A following activation layer, measured instead of the (linear) own activation."""
+    is_output: bool = False
+    """Its output (or its follower's) is a model output, as is."""
+
+    @property
+    def measured(self) -> ActivationProfile:
+        """The activation whose saturation is measured for this layer."""
+        return self.follower.profile if self.follower is not None else self.profile
+
+    @property
+    def measured_source(self) -> str:
+        """``layer`` or the path of the following activation layer."""
+        return self.follower.path if self.follower is not None else "layer"
 
 
 @dataclass(frozen=True)
@@ -73,8 +98,16 @@ class CallCapture:
     """dL/dz = delta."""
     g_x: np.ndarray
     """dL/dinput."""
-    act_prime: np.ndarray | None
-    """activation'(z), element-wise (``None`` for softmax or when z is unknown)."""
+
+
+
+@dataclass(frozen=True)
+class ActivityCapture:
+    """What the measured activation did on one call: its element-wise derivative at its input,
+    or, for softmax, its output probabilities."""
+
+    derivative: np.ndarray | None
+    probabilities: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -86,6 +119,8 @@ class LayerCapture:
     kernel_grad: np.ndarray
     bias_grad: np.ndarray | None
     calls: tuple[CallCapture, ...]
+    activity: tuple[ActivityCapture, ...] = ()
+    """One per call of the measured activation (the Dense's own or its follower's)."""
 
 
 @dataclass(frozen=True)
@@ -130,10 +165,83 @@ def profile_activation(tf: Any, fn: Any) -> ActivationProfile:
     if not np.isfinite(peak) or peak == 0.0:
         return ActivationProfile(name=name, kind="linear", peak=1.0)
     low = d < 0.01 * peak
-    if not low.any() or float(d.min()) > peak * (1 - LINEAR_TOLERANCE) and not low.any():
+    if not low.any() or (float(d.min()) > peak * (1 - LINEAR_TOLERANCE) and not low.any()):
         return ActivationProfile(name=name, kind="linear", peak=peak)
     kind = "saturating" if low[0] and low[-1] else "rectifier"
     return ActivationProfile(name=name, kind=kind, peak=peak)
+
+
+PASS_THROUGH = (
+    "BatchNormalization", "LayerNormalization", "GroupNormalization", "UnitNormalization",
+    "Dropout", "AlphaDropout", "GaussianDropout", "GaussianNoise", "ActivityRegularization",
+)
+ACTIVATION_LAYERS = ("Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax")
+
+
+def _sole_consumer(layer: Any) -> Any | None:
+    consumers = {id(n.operation): n.operation for n in getattr(layer, "_outbound_nodes", [])
+                 if getattr(n, "operation", None) is not None}
+    return next(iter(consumers.values())) if len(consumers) == 1 else None
+
+
+def _layer_fn(tf: Any, layer: Any, units: int) -> Any:
+    """An element-wise view of an activation layer for profiling: z -> mean over units."""
+
+    def fn(z: Any) -> Any:
+        tiled = tf.tile(tf.transpose(z), [1, units])
+        return tf.reduce_mean(layer(tiled), axis=1)[None, :]
+
+    fn.__name__ = _snake(type(layer).__name__)
+    return fn
+
+
+def _snake(name: str) -> str:
+    return {"ReLU": "relu", "LeakyReLU": "leaky_relu", "PReLU": "prelu", "ELU": "elu",
+            "Softmax": "softmax"}.get(name, name.lower())
+
+
+def _find_follower(tf: Any, dense: Any, prefix: str) -> Follower | None:
+    """Walk from a linear Dense layer through pass-through layers to an activation layer."""
+    current = dense
+    for _ in range(8):
+        nxt = _sole_consumer(current)
+        if nxt is None:
+            return None
+        kind = type(nxt).__name__
+        if kind in ACTIVATION_LAYERS:
+            path = f"{prefix}{nxt.name}"
+            try:
+                if kind == "Activation":
+                    profile = profile_activation(tf, nxt.activation)
+                elif kind == "Softmax":
+                    profile = ActivationProfile(name="softmax", kind="softmax", peak=1.0)
+                else:
+                    profile = profile_activation(tf, _layer_fn(tf, nxt, int(dense.units)))
+            except Exception:  # an exotic layer we cannot profile: measure nothing
+                return None
+            return Follower(layer=nxt, path=path, profile=profile)
+        if kind not in PASS_THROUGH:
+            return None
+        current = nxt
+    return None
+
+
+def output_layers(model: Any) -> set[int]:
+    """ids of the layers whose output tensors are the model's outputs (into nested models)."""
+    found: set[int] = set()
+
+    def walk(m: Any) -> None:
+        for t in getattr(m, "outputs", None) or []:
+            history = getattr(t, "_keras_history", None)
+            op = history[0] if history else None
+            if op is None:
+                continue
+            found.add(id(op))
+            if getattr(op, "outputs", None) and op is not m:
+                walk(op)
+
+    walk(model)
+    return found
 
 
 def find_dense_layers(model: Any) -> list[DenseSite]:
@@ -144,6 +252,7 @@ def find_dense_layers(model: Any) -> list[DenseSite]:
     dense_type = keras.layers.Dense
     sites: list[DenseSite] = []
     seen: set[int] = set()
+    outputs = output_layers(model)
 
     def walk(layer: Any, prefix: str) -> None:
         for child in _children(layer):
@@ -152,6 +261,8 @@ def find_dense_layers(model: Any) -> list[DenseSite]:
                 if id(child) in seen:
                     continue
                 seen.add(id(child))
+                own = profile_activation(tf, child.activation)
+                follower = _find_follower(tf, child, prefix) if own.kind == "linear" else None
                 sites.append(
                     DenseSite(
                         layer=child,
@@ -161,7 +272,10 @@ def find_dense_layers(model: Any) -> list[DenseSite]:
                         activation=activation_name(child.activation),
                         units=int(child.units),
                         use_bias=child.bias is not None,
-                        profile=profile_activation(tf, child.activation),
+                        profile=own,
+                        follower=follower,
+                        is_output=id(child) in outputs
+                        or (follower is not None and id(follower.layer) in outputs),
                     )
                 )
             walk(child, f"{path}/")
@@ -200,10 +314,12 @@ class _Recorder:
     tape: Any = None
     calls: dict[int, list[_CallRecord]] = field(default_factory=dict)
     first_call: list[int] = field(default_factory=list)
+    follower_calls: dict[int, list[_CallRecord]] = field(default_factory=dict)
 
     def reset(self) -> None:
         self.calls = {}
         self.first_call = []
+        self.follower_calls = {}
 
     def new_call(self, index: int) -> _CallRecord:
         record = _CallRecord()
@@ -256,6 +372,28 @@ def _install(tf: Any, index: int, site: DenseSite, recorder: _Recorder) -> Any:
     return undo
 
 
+def _install_follower(index: int, layer: Any, recorder: _Recorder) -> Any:
+    had_instance_call = "call" in vars(layer)
+    original_call = layer.call
+
+    @functools.wraps(original_call)
+    def hooked_call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        out = original_call(inputs, *args, **kwargs)
+        if recorder.tape is not None:
+            recorder.follower_calls.setdefault(index, []).append(_CallRecord(x=inputs, out=out))
+        return out
+
+    layer.call = hooked_call
+
+    def undo() -> None:
+        if had_instance_call:
+            layer.call = original_call
+        else:
+            vars(layer).pop("call", None)
+
+    return undo
+
+
 @contextmanager
 def instrumented(tf: Any, sites: Sequence[DenseSite]) -> Iterator[_Recorder]:
     """Hooks on every site for the duration of the block; always removed on exit."""
@@ -264,6 +402,8 @@ def instrumented(tf: Any, sites: Sequence[DenseSite]) -> Iterator[_Recorder]:
     try:
         for i, site in enumerate(sites):
             undos.append(_install(tf, i, site, recorder))
+            if site.follower is not None:
+                undos.append(_install_follower(i, site.follower.layer, recorder))
         yield recorder
     finally:
         for undo in reversed(undos):
@@ -355,14 +495,27 @@ class Probe:
         act_prime = []
         for i, site in enumerate(self.sites):
             per_call = []
-            for c in calls[i]:
-                if c.z is None or site.profile.kind == "softmax":
-                    per_call.append(tf.zeros((0,), tf.float32))
-                    continue
-                with tf.GradientTape() as t2:
-                    t2.watch(c.z)
-                    a = site.layer.activation(c.z)
-                per_call.append(t2.gradient(a, c.z))
+            if site.follower is not None:
+                # measured where the activation really is: at the following layer's input
+                for c in recorder.follower_calls.get(i, []):
+                    if site.measured.kind == "softmax":
+                        per_call.append(c.out)
+                        continue
+                    with tf.GradientTape() as t2:
+                        t2.watch(c.x)
+                        a = site.follower.layer.call(c.x)
+                    per_call.append(t2.gradient(a, c.x))
+            else:
+                for c in calls[i]:
+                    if c.z is None:
+                        per_call.append(tf.zeros((0,), tf.float32))
+                    elif site.profile.kind == "softmax":
+                        per_call.append(c.out)
+                    else:
+                        with tf.GradientTape() as t2:
+                            t2.watch(c.z)
+                            a = site.layer.activation(c.z)
+                        per_call.append(t2.gradient(a, c.z))
             act_prime.append(per_call)
         self.order = list(recorder.first_call)
         return {
@@ -399,7 +552,6 @@ class Probe:
             for j in range(len(result["x"][i])):
                 z_tensor = result["z"][i][j]
                 z = z_tensor.numpy() if int(np.size(z_tensor)) else None
-                ap = result["act_prime"][i][j]
                 call_caps.append(
                     CallCapture(
                         x=result["x"][i][j].numpy(),
@@ -408,9 +560,17 @@ class Probe:
                         g_out=grads["out"][i][j].numpy(),
                         g_z=grads["z"][i][j].numpy() if z is not None else None,
                         g_x=grads["x"][i][j].numpy(),
-                        act_prime=ap.numpy() if int(np.size(ap)) else None,
                     )
                 )
+            softmax = site.measured.kind == "softmax"
+            activity = tuple(
+                ActivityCapture(
+                    derivative=None if softmax else a.numpy(),
+                    probabilities=a.numpy() if softmax else None,
+                )
+                for a in result["act_prime"][i]
+                if int(np.size(a))
+            )
             layers.append(
                 LayerCapture(
                     kernel=result["kernel"][i].numpy(),
@@ -418,6 +578,7 @@ class Probe:
                     kernel_grad=grads["kernel"][i].numpy(),
                     bias_grad=grads["bias"][i].numpy() if site.use_bias else None,
                     calls=tuple(call_caps),
+                    activity=activity,
                 )
             )
         return BatchCapture(

@@ -21,14 +21,15 @@ def _sig(z: np.ndarray) -> np.ndarray:
 
 
 DERIVATIVES = {
-    "linear": lambda z: np.ones_like(z),
+    "linear": np.ones_like,
     "relu": lambda z: (z > 0).astype(np.float64),
     "sigmoid": lambda z: _sig(z) * (1 - _sig(z)),
     "tanh": lambda z: 1 - np.tanh(z) ** 2,
     "elu": lambda z: np.where(z > 0, 1.0, np.exp(np.minimum(z, 0))),
     "softplus": _sig,
     "silu": lambda z: _sig(z) + z * _sig(z) * (1 - _sig(z)),
-    "selu": lambda z: SELU_SCALE * np.where(z > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(z, 0))),
+    # at z == 0 exactly (relu output feeding a bias-free layer) TF takes the right-hand branch
+    "selu": lambda z: SELU_SCALE * np.where(z >= 0, 1.0, SELU_ALPHA * np.exp(np.minimum(z, 0))),
 }
 ACTIVATIONS = {
     "linear": lambda z: z,

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 settings.register_profile(
-    "ci", max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+    "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
     derandomize=True,
 )
 settings.register_profile(

@@ -138,7 +138,7 @@ def test_hooks_do_not_change_outputs_or_loss(tfk: Any, arch: Arch, loss: str) ->
 
 
 def test_hooks_removed_when_the_pass_fails(tfk: Any) -> None:
-    tf, keras = tfk
+    _tf, keras = tfk
     arch = Arch((3,), None, (4, 2), ("tanh", "relu"), (True, True), None, None, 2, 1)
     model = build(keras, arch)
     sites = find_dense_layers(model)
@@ -162,7 +162,7 @@ def test_hooks_removed_when_the_pass_fails(tfk: Any) -> None:
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 7])
 @pytest.mark.parametrize("loss", ["sum", "mean"])
 def test_batched_pass_equals_single_pass(tfk: Any, batch_size: int, loss: str) -> None:
-    tf, keras = tfk
+    _tf, keras = tfk
     arch = Arch((4,), None, (5, 3), ("sigmoid", "relu"), (True, False), None, None, 7, 3)
     model = build(keras, arch)
     inputs = data_for(arch)

@@ -166,4 +166,4 @@ def render_table(report: Report, width: int = 100, color: bool = False, details:
     )
     with console.capture() as cap:
         console.print(report_renderable(report, details=details))
-    return cap.get()
+    return "".join(line.rstrip() + "\n" for line in cap.get().splitlines())
