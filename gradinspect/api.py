@@ -265,6 +265,7 @@ def _build_report(
                 for n, a, d in zip(data.names, data.arrays, data.stored_dtypes, strict=True)
             ),
             samples=data.samples,
+            notes=data.notes,
         ),
         loss=LossInfo(name=loss.name, reduction=loss.reduction, value=loss_value),
         training=options.training,

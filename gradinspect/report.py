@@ -193,6 +193,8 @@ class DataInfo:
     """Inputs in model input order."""
     samples: int
     """Number of samples in the pass."""
+    notes: tuple[str, ...] = ()
+    """Conversions applied to the data (e.g. integers cast to float32)."""
 
 
 @dataclass(frozen=True)

@@ -281,3 +281,33 @@ def test_console_script_end_to_end_has_no_tf_noise(seed_c: tuple[Path, Path]) ->
     assert result.returncode == 0
     assert result.stderr == "", result.stderr
     validate_schema(json.loads(result.stdout))
+
+
+def test_integer_data_is_cast_and_said(tmp_path: Path, samples_dir: Path) -> None:
+    np.save(tmp_path / "ints.npy", np.arange(20, dtype=np.int64).reshape(2, 10))
+    result = invoke(samples_dir / "seed_c.h5", tmp_path / "ints.npy", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["data"]["arrays"][0]["dtype"] == "int64"
+    assert any("cast" in n for n in doc["data"]["notes"])
+    table = invoke(samples_dir / "seed_c.h5", tmp_path / "ints.npy")
+    assert "cast to float32" in table.stdout
+
+
+def test_thresholds_from_pyproject_and_flag(tmp_path: Path, samples_dir: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    args = (samples_dir / "mnist_mlp.h5", samples_dir / "mnist_mlp_x.npy", "--json")
+    monkeypatch.chdir(tmp_path)
+    base = json.loads(invoke(*args).stdout)
+    assert any(f["code"] == "dead_units" for ly in base["layers"] for f in ly["warnings"])
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.gradinspect.thresholds]\nsaturation_derivative = 0.0\ndead_entries = 2\n")
+    quiet = json.loads(invoke(*args).stdout)
+    assert not any(f["code"] == "dead_units" for ly in quiet["layers"] for f in ly["warnings"])
+    # the flag wins over the file
+    loud = json.loads(invoke(*args, "--threshold", "saturation_derivative=0.01").stdout)
+    assert any(f["code"] == "dead_units" for ly in loud["layers"] for f in ly["warnings"])
+    (tmp_path / "pyproject.toml").write_text("[tool.gradinspect.thresholds]\nbogus = 1\n")
+    bad = invoke(*args)
+    assert bad.exit_code == ExitStatus.USAGE
+    assert "bogus" in bad.stderr

@@ -53,6 +53,8 @@ def _header(report: Report) -> Text:
     text.append(f"{report.tool.name} {report.tool.version}", style="bold")
     text.append(f"  model {model.path or model.name} ({model.format}, '{model.name}')\n")
     text.append(f"data {data.path or '<in memory>'}: {arrays}\n")
+    for note in data.notes:
+        text.append(f"note: {note}\n", style="yellow")
     text.append(f"loss {loss.name} = {fmt(loss.value)}, {reduction} over {data.samples} samples; ")
     text.append("training mode" if report.training else "inference mode")
     return text
@@ -127,19 +129,26 @@ def detail_table(report: Report) -> Table:
     return table
 
 
-def _finding_lines(report: Report) -> list[Text]:
+def findings_table(report: Report) -> Table | None:
+    """Findings, most severe first: severity, where and code, then message and hint."""
     items: list[tuple[str, Finding]] = [("model", f) for f in report.warnings]
     items += [(layer.path, f) for layer in report.layers for f in layer.warnings]
+    if not items:
+        return None
     items.sort(key=lambda item: -item[1].severity.rank)
-    lines = []
+    table = Table.grid(padding=(0, 1))
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True, max_width=34, overflow="fold")
+    table.add_column(ratio=1)
     for where, f in items:
-        line = Text()
-        line.append(f"{f.severity.value:<7}", style=SEVERITY_STYLE[f.severity])
-        line.append(f" {where}: ", style="bold")
-        line.append(f"{f.code}: {f.message}")
-        line.append(f"\n        → {f.hint}", style="dim")
-        lines.append(line)
-    return lines
+        text = Text(f.message)
+        text.append(f"\n→ {f.hint}", style="dim")
+        table.add_row(
+            Text(f.severity.value, style=SEVERITY_STYLE[f.severity]),
+            Text.assemble((where, "bold"), "\n", (f.code, "")),
+            text,
+        )
+    return table
 
 
 def report_renderable(report: Report, details: bool = True) -> RenderableType:
@@ -147,10 +156,10 @@ def report_renderable(report: Report, details: bool = True) -> RenderableType:
     parts: list[RenderableType] = [_header(report), summary_table(report)]
     if details:
         parts.append(detail_table(report))
-    findings = _finding_lines(report)
-    if findings:
+    findings = findings_table(report)
+    if findings is not None:
         parts.append(Text("findings", style="bold"))
-        parts.extend(findings)
+        parts.append(findings)
     else:
         parts.append(Text("no findings", style="green"))
     return Group(*parts)
