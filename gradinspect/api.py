@@ -15,6 +15,12 @@ from typing import Any
 import numpy as np
 
 from gradinspect import __version__
+from gradinspect.checks import (
+    VerifyAccumulator,
+    closed_form_delta,
+    per_sample_sq_norms,
+    per_sample_stats,
+)
 from gradinspect.config import InspectOptions, Thresholds
 from gradinspect.diagnose import LayerFigures, RunFigures, diagnose
 from gradinspect.errors import DataError
@@ -22,12 +28,15 @@ from gradinspect.loading import LoadedData, LoadedModel, live_model, load_data, 
 from gradinspect.report import (
     ActivationStats,
     ArrayInfo,
+    ChecksInfo,
     DataInfo,
+    GradcheckStats,
     LayerGrads,
     LayerReport,
     LayerWeights,
     LossInfo,
     ModelInfo,
+    PerSampleStats,
     Report,
     ToolInfo,
 )
@@ -49,6 +58,9 @@ ProgressHook = Callable[[int, int], None]
 class _LayerAccumulators:
     units: int
     low_threshold: float
+    use_bias: bool
+    verify: VerifyAccumulator | None = None
+    per_sample: list[np.ndarray] | None = None
     kernel_grad: SumAccumulator = field(default_factory=SumAccumulator)
     bias_grad: SumAccumulator = field(default_factory=SumAccumulator)
     input_grad: TensorAccumulator = field(default_factory=TensorAccumulator)
@@ -62,6 +74,26 @@ class _LayerAccumulators:
 
     def __post_init__(self) -> None:
         self.activity = ActivityAccumulator(self.units, self.low_threshold)
+
+
+@dataclass
+class _Run:
+    """State of one inspection while it runs."""
+
+    loaded: LoadedModel
+    data: LoadedData
+    options: InspectOptions
+    sites: list[Any]
+    accs: list[_LayerAccumulators]
+    loss: Any
+    scale: float
+    loss_value: float = 0.0
+    nonfinite: int = 0
+    entries: int = 0
+    order: list[int] = field(default_factory=list)
+    gradcheck: Any = None
+    gradcheck_note: str | None = None
+    per_sample_note: str | None = None
 
 
 def _batches(arrays: Sequence[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
@@ -84,48 +116,101 @@ def run_inspection(
     options: InspectOptions,
     progress: ProgressHook | None = None,
 ) -> Report:
-    """Run the hooked pass over the data and build the report."""
+    """Run the hooked pass over the data (and the requested checks) and build the report."""
     from gradinspect._tf import tf_modules
     from gradinspect.losses import get_loss
-    from gradinspect.probe import Probe, find_dense_layers, require_dense
+    from gradinspect.probe import Probe, batch_interactions, find_dense_layers, require_dense
 
-    tf_modules()
+    _, keras = tf_modules()
     loss = get_loss(options.loss)
     sites = find_dense_layers(loaded.model)
     require_dense(loaded.model, sites, loaded.path or "model")
-    thresholds = options.thresholds
-    accs = [
-        _LayerAccumulators(s.units, s.measured.peak * thresholds.saturation_derivative)
-        for s in sites
-    ]
-    total = data.samples
-    batch_size = options.batch_size or total
-    dtypes = [s.dtype if s.dtype.startswith(("float", "bfloat")) else "float32"
-              for s in loaded.inputs]
-    scale = 1.0 if loss.reduction == "sum" else 1.0 / total
-    loss_value = 0.0
-    nonfinite = 0
-    entries = 0
+    t = options.thresholds
+    run = _Run(
+        loaded=loaded, data=data, options=options, sites=sites, loss=loss,
+        scale=1.0 if loss.reduction == "sum" else 1.0 / data.samples,
+        accs=[
+            _LayerAccumulators(
+                s.units, s.measured.peak * t.saturation_derivative, s.use_bias,
+                verify=VerifyAccumulator(s.use_bias) if options.verify else None,
+                per_sample=[] if options.per_sample else None,
+            )
+            for s in sites
+        ],
+    )
+    if options.per_sample:
+        interacting = batch_interactions(loaded.model, options.training)
+        if interacting:
+            run.per_sample_note = (
+                "not available: in training mode " + ", ".join(interacting) + " mixes samples "
+                "(batch statistics), so per-sample gradients are not defined; run without "
+                "--training"
+            )
+            for acc in run.accs:
+                acc.per_sample = None
+        else:
+            run.per_sample_note = (
+                "norms of the gradients of the per-sample loss terms l_i (the loss is "
+                f"{'the sum' if loss.reduction == 'sum' else 'the mean'} of them), from the "
+                "single backward pass"
+            )
+    if options.training:
+        keras.utils.set_random_seed(options.seed)
+    batch_size = options.batch_size or data.samples
+    dtypes = _input_dtypes(loaded)
     done = 0
-    with Probe(loaded.model, sites, loss, training=options.training) as probe:
+    with Probe(loaded.model, sites, loss, training=options.training,
+               verify=options.verify) as probe:
         for raw in _batches(data.arrays, batch_size):
             batch = _as_model_dtype(raw, dtypes)
             for a in batch:
-                nonfinite += int(a.size - np.count_nonzero(np.isfinite(a)))
-                entries += int(a.size)
-            capture = probe.step(batch, None, scale)
-            loss_value += capture.loss
-            for site, acc, cap in zip(sites, accs, capture.layers, strict=True):
-                _accumulate(site, acc, cap, thresholds)
+                run.nonfinite += int(a.size - np.count_nonzero(np.isfinite(a)))
+                run.entries += int(a.size)
+            capture = probe.step(batch, None, run.scale)
+            run.loss_value += capture.loss
+            for site, acc, cap in zip(sites, run.accs, capture.layers, strict=True):
+                _accumulate(site, acc, cap, t, run.scale)
             done += capture.samples
             if progress is not None:
-                progress(done, total)
-        order = list(probe.order) + [i for i in range(len(sites)) if i not in probe.order]
-    return _build_report(loaded, data, options, sites, accs, order, loss, loss_value,
-                         nonfinite, entries)
+                progress(done, data.samples)
+        run.order = list(probe.order) + [i for i in range(len(sites)) if i not in probe.order]
+    if options.gradcheck > 0:
+        _run_gradcheck(run, dtypes)
+    return _build_report(run)
 
 
-def _accumulate(site: Any, acc: _LayerAccumulators, cap: Any, t: Thresholds) -> None:
+def _input_dtypes(loaded: LoadedModel) -> list[str]:
+    return [s.dtype if s.dtype.startswith(("float", "bfloat")) else "float32"
+            for s in loaded.inputs]
+
+
+def _run_gradcheck(run: _Run, dtypes: Sequence[str]) -> None:
+    """Finite differences on the first samples, against a tape pass on the same samples."""
+    from gradinspect.probe import Probe, gradcheck
+
+    options = run.options
+    n = min(run.data.samples, options.gradcheck_samples)
+    inputs = _as_model_dtype([a[:n] for a in run.data.arrays], dtypes)
+    scale = 1.0 if run.loss.reduction == "sum" else 1.0 / n
+    with Probe(run.loaded.model, run.sites, run.loss, training=False) as probe:
+        capture = probe.step(inputs, None, scale)
+    tape = [(c.kernel_grad, c.bias_grad) for c in capture.layers]
+    try:
+        run.gradcheck = gradcheck(run.loaded.model, run.sites, run.loss, inputs, tape,
+                                  coordinates=options.gradcheck, seed=options.seed,
+                                  scale=scale)
+    except ValueError as exc:
+        run.gradcheck_note = f"not possible: {exc}"
+        return
+    run.gradcheck_note = (
+        f"central differences in float64 on up to {options.gradcheck} coordinates of each W "
+        f"and b, first {n} samples, seed {options.seed}, inference mode (Dropout and other "
+        "randomness off), against a float32 tape pass on the same samples"
+    )
+
+
+def _accumulate(site: Any, acc: _LayerAccumulators, cap: Any, t: Thresholds,
+                scale: float) -> None:
     acc.kernel = cap.kernel
     acc.bias = cap.bias
     acc.kernel_grad.update(cap.kernel_grad)
@@ -138,11 +223,23 @@ def _accumulate(site: Any, acc: _LayerAccumulators, cap: Any, t: Thresholds) -> 
         acc.output_shape = merge_shapes(acc.output_shape, call.out.shape[1:])
         acc.input_grad.update(call.g_x)
         acc.output_grad.update(call.g_out)
+        if acc.verify is not None and call.z is not None and call.g_z is not None:
+            delta = closed_form_delta(site.profile.kind, site.profile.name, call.z, call.g_out,
+                                      call.derivative64, call.kink, call.g_z)
+            acc.verify.update_call(cap.kernel, cap.bias, call.x, call.z, delta, call.g_z,
+                                   call.g_x)
     for measured in cap.activity:
         if measured.probabilities is not None:
             acc.activity.update_probabilities(measured.probabilities, t.softmax_confidence)
         elif measured.derivative is not None:
             acc.activity.update_derivative(measured.derivative)
+    if acc.per_sample is not None:
+        if cap.calls and all(c.g_z is not None for c in cap.calls):
+            deltas = [np.asarray(c.g_z, dtype=np.float64) / scale for c in cap.calls]
+            acc.per_sample.append(per_sample_sq_norms([c.x for c in cap.calls], deltas,
+                                                      site.use_bias))
+        else:
+            acc.per_sample = None
 
 
 def _activity_stats(site: Any, acc: _LayerAccumulators, t: Thresholds) -> ActivationStats | None:
@@ -162,36 +259,47 @@ def _activity_stats(site: Any, acc: _LayerAccumulators, t: Thresholds) -> Activa
     )
 
 
-def _constant_softmax_outputs(loaded: LoadedModel, sites: Sequence[Any], loss: Any) -> tuple[
-    set[int], bool
-]:
+def _constant_softmax_outputs(run: _Run) -> tuple[set[int], bool]:
     """Sites whose softmax output enters a ``sum``/``mean`` loss (a constant), and whether every
     model output is one of them."""
-    if loss.name not in ("sum", "mean"):
+    if run.loss.name not in ("sum", "mean"):
         return set(), False
-    constant = {i for i, s in enumerate(sites) if s.is_output and s.measured.kind == "softmax"}
-    n_outputs = len(getattr(loaded.model, "outputs", None) or [])
+    constant = {i for i, s in enumerate(run.sites)
+                if s.is_output and s.measured.kind == "softmax"}
+    n_outputs = len(getattr(run.loaded.model, "outputs", None) or [])
     return constant, bool(constant) and len(constant) >= n_outputs
 
 
-def _build_report(
-    loaded: LoadedModel,
-    data: LoadedData,
-    options: InspectOptions,
-    sites: Sequence[Any],
-    accs: Sequence[_LayerAccumulators],
-    order: Sequence[int],
-    loss: Any,
-    loss_value: float,
-    nonfinite: int,
-    entries: int,
-) -> Report:
-    t = options.thresholds
-    constant, constant_loss = _constant_softmax_outputs(loaded, sites, loss)
+def _per_sample(run: _Run, acc: _LayerAccumulators, grads: LayerGrads) -> PerSampleStats | None:
+    if acc.per_sample is None or not acc.per_sample:
+        return None
+    n = run.data.samples
+    total_sq = grads.kernel.norm ** 2 + (grads.bias.norm ** 2 if grads.bias else 0.0)
+    mean_grad_sq = total_sq / (run.scale * n) ** 2
+    return per_sample_stats(np.concatenate(acc.per_sample), mean_grad_sq)
+
+
+def _gradcheck_stats(run: _Run, i: int) -> GradcheckStats | None:
+    result = run.gradcheck
+    if result is None:
+        return None
+    rel = result.max_rel_error[i]
+    return GradcheckStats(
+        coordinates=result.coordinates[i],
+        max_rel_error=rel,
+        max_abs_error=result.max_abs_error[i],
+        ok=bool(rel <= run.options.thresholds.gradcheck_tolerance),
+    )
+
+
+def _build_report(run: _Run) -> Report:
+    t = run.options.thresholds
+    data = run.data
+    constant, constant_loss = _constant_softmax_outputs(run)
     figures = []
     partial = []
-    for i in order:
-        site, acc = sites[i], accs[i]
+    for i in run.order:
+        site, acc = run.sites[i], run.accs[i]
         if acc.calls == 0:
             continue
         assert acc.kernel is not None
@@ -203,9 +311,9 @@ def _build_report(
             bias=grad_stats(acc.bias_grad.total) if acc.bias_grad.total is not None else None,
             input=_with_batch(acc.input_grad.result(), data.samples),
         )
-        ratio = safe_ratio(grads.kernel.norm, kernel_w.norm)
-        gain = safe_ratio(grads.input.norm, acc.output_grad.result().norm)
-        activity = _activity_stats(site, acc, t)
+        verify = (acc.verify.result(acc.kernel_grad.total, acc.bias_grad.total,
+                                    t.verify_tolerance)
+                  if acc.verify is not None and acc.verify.kernel_sum is not None else None)
         weights_nonfinite = not (math.isfinite(kernel_w.norm) and
                                  (bias_w is None or math.isfinite(bias_w.norm)))
         figures.append(
@@ -217,23 +325,25 @@ def _build_report(
                 kernel_norm=kernel_w.norm,
                 bias_norm=bias_w.norm if bias_w else None,
                 weights_nonfinite=weights_nonfinite,
-                grad_to_weight=ratio,
-                backward_gain=gain,
-                activity=activity,
+                grad_to_weight=safe_ratio(grads.kernel.norm, kernel_w.norm),
+                backward_gain=safe_ratio(grads.input.norm, acc.output_grad.result().norm),
+                activity=_activity_stats(site, acc, t),
                 constant_output=i in constant,
+                verify=verify,
+                gradcheck=_gradcheck_stats(run, i),
             )
         )
         partial.append((site, acc, LayerWeights(kernel=kernel_w, bias=bias_w)))
-    run = RunFigures(
+    figures_run = RunFigures(
         samples=data.samples,
-        loss_name=loss.name,
-        loss_reduction=loss.reduction,
-        loss_value=loss_value,
-        data_nonfinite=nonfinite,
-        data_entries=entries,
+        loss_name=run.loss.name,
+        loss_reduction=run.loss.reduction,
+        loss_value=run.loss_value,
+        data_nonfinite=run.nonfinite,
+        data_entries=run.entries,
         constant_loss=constant_loss,
     )
-    per_layer, model_findings = diagnose(figures, run, t)
+    per_layer, model_findings = diagnose(figures, figures_run, t)
     layers = tuple(
         LayerReport(
             name=site.name,
@@ -250,14 +360,17 @@ def _build_report(
             grad_to_weight=fig.grad_to_weight,
             backward_gain=fig.backward_gain,
             activity=fig.activity,
+            verify=fig.verify,
+            gradcheck=fig.gradcheck,
+            per_sample=_per_sample(run, acc, fig.grads),
             warnings=found,
         )
         for (site, acc, weights), fig, found in zip(partial, figures, per_layer, strict=True)
     )
-    model_name = str(getattr(loaded.model, "name", "model"))
+    model_name = str(getattr(run.loaded.model, "name", "model"))
     return Report(
         tool=ToolInfo(name="gradinspect", version=__version__),
-        model=ModelInfo(path=loaded.path, format=loaded.format, name=model_name),
+        model=ModelInfo(path=run.loaded.path, format=run.loaded.format, name=model_name),
         data=DataInfo(
             path=data.path,
             arrays=tuple(
@@ -267,10 +380,15 @@ def _build_report(
             samples=data.samples,
             notes=data.notes,
         ),
-        loss=LossInfo(name=loss.name, reduction=loss.reduction, value=loss_value),
-        training=options.training,
+        loss=LossInfo(name=run.loss.name, reduction=run.loss.reduction, value=run.loss_value),
+        training=run.options.training,
         layers=layers,
         warnings=model_findings,
+        checks=ChecksInfo(
+            verify=run.options.verify,
+            gradcheck=run.gradcheck_note,
+            per_sample=run.per_sample_note,
+        ),
     )
 
 
@@ -306,6 +424,10 @@ def inspect(
     samples: int | None = None,
     training: bool = False,
     thresholds: Thresholds | None = None,
+    verify: bool = False,
+    gradcheck: int = 0,
+    per_sample: bool = False,
+    seed: int = 0,
 ) -> Report:
     """Inspect a live Keras model on in-memory data.
 
@@ -332,5 +454,9 @@ def inspect(
         samples=samples,
         training=training,
         thresholds=thresholds or Thresholds(),
+        verify=verify,
+        gradcheck=gradcheck,
+        per_sample=per_sample,
+        seed=seed,
     )
     return run_inspection(loaded, data, options)

@@ -33,6 +33,21 @@ EXIT_CODES_HELP = (
 )
 
 
+GRADCHECK_DEFAULT = 5
+
+
+def _normalise_argv(argv: list[str]) -> list[str]:
+    """``--gradcheck`` may come without K: give it the default count."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--gradcheck":
+            following = argv[i + 1] if i + 1 < len(argv) else ""
+            if not following.isdigit():
+                out.append(str(GRADCHECK_DEFAULT))
+    return out
+
+
 class FailOn(str, Enum):
     """Severity at which the exit code becomes 1."""
 
@@ -237,6 +252,18 @@ def inspect(
     threshold: Annotated[list[str] | None, typer.Option(
         help="Override a finding threshold, NAME=VALUE (repeatable); see the README.",
         metavar="NAME=VALUE", show_default=False)] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Check every layer's tape gradients "
+                                         "against the closed-form Dense formulas in float64.")
+                      ] = False,
+    gradcheck: Annotated[int, typer.Option(
+        "--gradcheck", min=0, metavar="[K]",
+        help=f"Check the tape against float64 finite differences on K coordinates of each W and "
+        f"b (K defaults to {GRADCHECK_DEFAULT} when omitted).", show_default=False)] = 0,
+    per_sample: Annotated[bool, typer.Option("--per-sample", help="Per-sample gradient norms, "
+                                             "outlier samples and the gradient signal-to-noise "
+                                             "ratio, from the same single pass.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for --gradcheck coordinates and training-mode "
+                                      "randomness.")] = 0,
     details: Annotated[bool, typer.Option(help="Show the per-gradient detail table "
                                           "(shape, max, mean, NaN, Inf).")] = True,
     show_traceback: Annotated[bool, typer.Option("--traceback", help="Show the Python "
@@ -254,7 +281,8 @@ def inspect(
             data=data,
             options=InspectOptions(
                 loss=loss.value, batch_size=batch_size, samples=samples, training=training,
-                thresholds=thresholds,
+                thresholds=thresholds, verify=verify, gradcheck=gradcheck,
+                per_sample=per_sample, seed=seed,
             ),
             output_format=OutputFormat.JSON if json_out else OutputFormat.TABLE,
             output=output,
@@ -284,6 +312,6 @@ def inspect(
 def main() -> None:
     """Console-script entry point."""
     try:
-        app()
+        app(args=_normalise_argv(sys.argv[1:]), prog_name="gradinspect")
     except KeyboardInterrupt:
         _fail("interrupted", ExitStatus.INTERRUPTED)

@@ -40,6 +40,12 @@ class Thresholds:
     at learning rate 0.1 would change W by more than its own size."""
     collapse_gain: float = 1e-3
     """Backward signal collapses at a layer whose ||dL/dinput|| / ||dL/doutput|| is below this."""
+    verify_tolerance: float = 1e-3
+    """``--verify``: largest error relative to the reference's largest entry before a
+    ``gradient_mismatch`` (float32 tape vs float64 closed form agree to ~1e-6)."""
+    gradcheck_tolerance: float = 1e-2
+    """``--gradcheck``: largest relative error of the tape against float64 finite differences
+    before a ``gradcheck_mismatch``."""
 
     def replace(self, **changes: float) -> Thresholds:
         """A copy with some thresholds changed; unknown names raise ``KeyError``."""
@@ -66,3 +72,14 @@ class InspectOptions:
     """Run the model in training mode."""
     thresholds: Thresholds = field(default_factory=Thresholds)
     """Finding thresholds."""
+    verify: bool = False
+    """Check the tape against the closed-form Dense formulas (float64)."""
+    gradcheck: int = 0
+    """Check the tape against float64 finite differences on this many coordinates of every W
+    and b (0 = off)."""
+    gradcheck_samples: int = 256
+    """``gradcheck`` uses at most this many samples (each coordinate costs two passes)."""
+    per_sample: bool = False
+    """Per-sample gradient norms and the gradient signal-to-noise ratio."""
+    seed: int = 0
+    """Seed for everything random (gradcheck coordinates, training-mode randomness)."""

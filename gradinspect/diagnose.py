@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gradinspect.config import Thresholds
-from gradinspect.report import ActivationStats, Finding, GradStats, LayerGrads, Severity
+from gradinspect.report import (
+    ActivationStats,
+    Finding,
+    GradcheckStats,
+    GradStats,
+    LayerGrads,
+    Severity,
+    VerifyStats,
+)
 
 CODES: dict[str, str] = {
     "nan_gradient": "a gradient contains NaN",
@@ -27,6 +35,8 @@ CODES: dict[str, str] = {
     "dead_units": "rectifier units (relu ...) have zero derivative on every sample",
     "softmax_saturated": "softmax outputs are so confident that their gradient collapses",
     "signal_collapse": "the backward signal shrinks by orders of magnitude at one layer",
+    "gradient_mismatch": "--verify: the tape disagrees with the closed-form Dense formulas",
+    "gradcheck_mismatch": "--gradcheck: the tape disagrees with float64 finite differences",
 }
 
 
@@ -47,6 +57,8 @@ class LayerFigures:
     constant_output: bool = False
     """The layer's output reaches the loss only as a sum of softmax probabilities (constant),
     so its gradients are mathematically zero and what the tape shows is rounding noise."""
+    verify: VerifyStats | None = None
+    gradcheck: GradcheckStats | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +266,41 @@ def _magnitude(
     return found
 
 
+def _checks(layer: LayerFigures) -> list[Finding]:
+    found = []
+    v = layer.verify
+    if v is not None and not v.ok:
+        parts = {"z": v.forward, "dL/dW": v.kernel, "dL/db": v.bias, "dL/dinput": v.input}
+        bad = [name for name, e in parts.items()
+               if e is not None and not (e.max_rel_error <= v.tolerance)]
+        found.append(
+            Finding(
+                "gradient_mismatch",
+                Severity.ERROR,
+                f"the tape disagrees with the closed-form Dense formulas on {', '.join(bad)} "
+                f"(worst relative error {_fmt(v.worst_rel_error)} > {v.tolerance:g})",
+                "a custom Dense subclass, a custom gradient or activation, or a precision "
+                "problem: compare this layer's call with x @ W + b and its activation",
+                {"worst_rel_error": v.worst_rel_error, "tolerance": v.tolerance,
+                 "parts": ", ".join(bad)},
+            )
+        )
+    g = layer.gradcheck
+    if g is not None and not g.ok:
+        found.append(
+            Finding(
+                "gradcheck_mismatch",
+                Severity.ERROR,
+                f"finite differences disagree with the tape (max relative error "
+                f"{_fmt(g.max_rel_error)} over {g.coordinates} coordinates)",
+                "a custom gradient or a non-differentiable operation sits in or after this "
+                "layer; check the activation and any custom layers downstream",
+                {"max_rel_error": g.max_rel_error, "coordinates": g.coordinates},
+            )
+        )
+    return found
+
+
 def diagnose_layer(
     layer: LayerFigures, largest: float, run: RunFigures, t: Thresholds
 ) -> tuple[Finding, ...]:
@@ -262,6 +309,7 @@ def diagnose_layer(
     if not found:
         found += _magnitude(layer, largest, run, t)
     found += _activity(layer, run, t)
+    found += _checks(layer)
     return tuple(sorted(found, key=lambda f: -f.severity.rank))
 
 

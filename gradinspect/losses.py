@@ -30,7 +30,9 @@ class Loss(Protocol):
 
 
 def _flat_per_sample(tf: Any, outputs: list[Any]) -> list[Any]:
-    return [tf.reshape(tf.cast(o, tf.float32), (tf.shape(o)[0], -1)) for o in outputs]
+    """Outputs as (batch, entries), in float32 or, when they already are, float64 (gradcheck)."""
+    dtype = tf.float64 if all(o.dtype == tf.float64 for o in outputs) else tf.float32
+    return [tf.reshape(tf.cast(o, dtype), (tf.shape(o)[0], -1)) for o in outputs]
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class MeanOfOutputs:
 
     def terms(self, tf: Any, outputs: list[Any], labels: Any) -> Any:
         flat = _flat_per_sample(tf, outputs)
-        width = tf.add_n([tf.cast(tf.shape(f)[1], tf.float32) for f in flat])
+        width = tf.add_n([tf.cast(tf.shape(f)[1], f.dtype) for f in flat])
         return tf.add_n([tf.reduce_sum(f, axis=1) for f in flat]) / width
 
 

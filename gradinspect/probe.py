@@ -98,7 +98,11 @@ class CallCapture:
     """dL/dz = delta."""
     g_x: np.ndarray
     """dL/dinput."""
-
+    derivative64: np.ndarray | None = None
+    """``verify`` only: activation'(z) by float64 central differences (``None`` when the
+    activation is not element-wise or does not compute in float64)."""
+    kink: np.ndarray | None = None
+    """``verify`` only: entries where the left and right derivatives differ (relu at 0 ...)."""
 
 
 @dataclass(frozen=True)
@@ -428,6 +432,7 @@ class Probe:
         *,
         training: bool = False,
         compiled: bool = True,
+        verify: bool = False,
     ) -> None:
         from gradinspect._tf import tf_modules
 
@@ -436,6 +441,7 @@ class Probe:
         self.sites = list(sites)
         self.loss = loss
         self.training = training
+        self.verify = verify
         self.order: list[int] = []
         self._recorder: _Recorder | None = None
         self._cm: Any = None
@@ -552,6 +558,9 @@ class Probe:
             for j in range(len(result["x"][i])):
                 z_tensor = result["z"][i][j]
                 z = z_tensor.numpy() if int(np.size(z_tensor)) else None
+                derivative64 = kink = None
+                if self.verify and z is not None and site.profile.kind != "softmax":
+                    derivative64, kink = fd_derivative(tf, site.layer.activation, z)
                 call_caps.append(
                     CallCapture(
                         x=result["x"][i][j].numpy(),
@@ -560,6 +569,8 @@ class Probe:
                         g_out=grads["out"][i][j].numpy(),
                         g_z=grads["z"][i][j].numpy() if z is not None else None,
                         g_x=grads["x"][i][j].numpy(),
+                        derivative64=derivative64,
+                        kink=kink,
                     )
                 )
             softmax = site.measured.kind == "softmax"
@@ -586,6 +597,145 @@ class Probe:
             samples=int(inputs[0].shape[0]),
             layers=tuple(layers),
         )
+
+
+def fd_derivative(tf: Any, fn: Any, z: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """activation'(z) by float64 central differences, and where it has a kink.
+
+    Independent of any gradient the activation registers. ``(None, None)`` when the activation
+    does not compute in float64 (finite differences in float32 would be too coarse to judge).
+    """
+    z64 = np.asarray(z, dtype=np.float64)
+    h = 1e-5 * np.maximum(1.0, np.abs(z64))
+    try:
+        outs = [fn(tf.constant(v)) for v in (z64 - h, z64, z64 + h)]
+    except Exception:  # an activation that refuses float64 input
+        return None, None
+    if any(getattr(o, "dtype", None) != tf.float64 for o in outs):
+        return None, None
+    minus, mid, plus = (np.asarray(o, dtype=np.float64) for o in outs)
+    left = (mid - minus) / h
+    right = (plus - mid) / h
+    kink = np.abs(right - left) > 1e-3 * np.maximum(1.0, np.maximum(np.abs(left),
+                                                                    np.abs(right)))
+    return (plus - minus) / (2 * h), kink
+
+
+def batch_interactions(model: Any, training: bool) -> list[str]:
+    """Layers that make one sample's output depend on the others (BatchNormalization in
+    training mode): per-sample gradients are not defined for them."""
+    if not training:
+        return []
+    found: list[str] = []
+
+    def walk(layer: Any, prefix: str) -> None:
+        for child in _children(layer):
+            if type(child).__name__ in ("BatchNormalization", "SyncBatchNormalization"):
+                found.append(f"{prefix}{child.name}")
+            walk(child, f"{prefix}{child.name}/")
+
+    walk(model, "")
+    return found
+
+
+def _float64_dtype(config: Any) -> Any:
+    if isinstance(config, dict):
+        if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+            return {**config, "config": {**config.get("config", {}), "name": "float64"}}
+        return {
+            k: "float64" if k == "dtype" and v in ("float32", "float16", "bfloat16",
+                                                  "mixed_float16", "mixed_bfloat16")
+            else _float64_dtype(v)
+            for k, v in config.items()
+        }
+    if isinstance(config, list):
+        return [_float64_dtype(v) for v in config]
+    return config
+
+
+@dataclass(frozen=True)
+class GradcheckResult:
+    """Per site (aligned with the sites given): coordinates tried, max errors."""
+
+    coordinates: tuple[int, ...]
+    max_rel_error: tuple[float, ...]
+    max_abs_error: tuple[float, ...]
+    samples: int
+
+
+def gradcheck(
+    model: Any,
+    sites: Sequence[DenseSite],
+    loss: Loss,
+    inputs: Sequence[np.ndarray],
+    tape_grads: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    *,
+    coordinates: int,
+    seed: int,
+    scale: float,
+) -> GradcheckResult:
+    """Central differences of the loss in float64 on sampled coordinates of every W and b.
+
+    The model is rebuilt from its config with a float64 dtype policy and the same weights, and
+    run in inference mode (Dropout and other randomness off). ``tape_grads`` are the tape's
+    (dL/dW, dL/db) per site on the same inputs; ``scale`` is the loss scale used for them.
+    Raises ``ValueError`` when the model cannot be rebuilt in float64.
+    """
+    from gradinspect._tf import tf_modules
+
+    tf, _keras = tf_modules()
+    try:
+        model64 = type(model).from_config(_float64_dtype(model.get_config()))
+        model64.set_weights([np.asarray(w, dtype=np.float64) for w in model.get_weights()])
+    except Exception as exc:
+        raise ValueError(f"the model cannot be rebuilt in float64 ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    by_path = {s.path: s for s in find_dense_layers(model64)}
+    x64 = [tf.constant(np.asarray(a, dtype=np.float64)) for a in inputs]
+
+    @tf.function(autograph=False)  # type: ignore[untyped-decorator]
+    def total() -> Any:
+        out = model64(x64 if len(x64) > 1 else x64[0], training=False)
+        terms = loss.terms(tf, [tf.cast(o, tf.float64) for o in tf.nest.flatten(out)], None)
+        if terms.dtype != tf.float64:
+            raise ValueError(f"the loss {loss.name!r} does not compute in float64")
+        return tf.reduce_sum(terms) * tf.constant(scale, tf.float64)
+
+    rng = np.random.default_rng(seed)
+    counts, rels, abss = [], [], []
+    for site, (kernel_grad, bias_grad) in zip(sites, tape_grads, strict=True):
+        twin = by_path.get(site.path)
+        if twin is None:
+            raise ValueError(f"layer {site.path} not found in the float64 rebuild")
+        pairs = [(_tf_variable(tf, twin.layer.kernel), kernel_grad)]
+        if site.use_bias and bias_grad is not None:
+            pairs.append((_tf_variable(tf, twin.layer.bias), bias_grad))
+        floor = 0.01 * max(float(np.max(np.abs(g))) for _, g in pairs)
+        n, worst_rel, worst_abs = 0, 0.0, 0.0
+        for variable, tape in pairs:
+            flat_size = int(np.prod(variable.shape))
+            picks = rng.choice(flat_size, size=min(coordinates, flat_size), replace=False)
+            base = variable.numpy()
+            for flat in picks:
+                idx = np.unravel_index(int(flat), base.shape)
+                h = 1e-5 * max(1.0, abs(float(base[idx])))
+                values = []
+                for sign in (1.0, -1.0):
+                    bumped = base.copy()
+                    bumped[idx] += sign * h
+                    variable.assign(bumped)
+                    values.append(float(total()))
+                variable.assign(base)
+                fd = (values[0] - values[1]) / (2 * h)
+                t = float(np.asarray(tape, dtype=np.float64)[idx])
+                err = abs(fd - t)
+                worst_abs = max(worst_abs, err)
+                worst_rel = max(worst_rel, err / max(abs(fd), abs(t), floor, 1e-12))
+                n += 1
+        counts.append(n)
+        rels.append(worst_rel)
+        abss.append(worst_abs)
+    return GradcheckResult(tuple(counts), tuple(rels), tuple(abss), int(inputs[0].shape[0]))
 
 
 def _tf_variable(tf: Any, variable: Any) -> Any:

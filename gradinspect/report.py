@@ -124,6 +124,81 @@ class ActivationStats:
 
 
 @dataclass(frozen=True)
+class ErrorStats:
+    """How far the tape is from an independent computation."""
+
+    max_abs_error: float
+    """Largest absolute difference over all entries."""
+    max_rel_error: float
+    """``max_abs_error`` divided by the largest absolute entry of the reference."""
+
+
+@dataclass(frozen=True)
+class VerifyStats:
+    """``--verify``: the tape against the closed-form Dense formulas in float64."""
+
+    forward: ErrorStats
+    """z (pre-activation) against x @ W + b."""
+    kernel: ErrorStats
+    """dL/dW against sum over calls of x^T delta, delta = g * activation'(z)."""
+    bias: ErrorStats | None
+    """dL/db against sum of delta; ``None`` without bias."""
+    input: ErrorStats
+    """dL/dinput against delta W^T."""
+    worst_rel_error: float
+    """The largest of the relative errors above."""
+    tolerance: float
+    """Relative error above which the layer gets a ``gradient_mismatch`` finding."""
+    ok: bool
+    """``worst_rel_error <= tolerance``."""
+
+
+@dataclass(frozen=True)
+class GradcheckStats:
+    """``--gradcheck``: central finite differences in float64 against the tape."""
+
+    coordinates: int
+    """How many coordinates of W and b were perturbed."""
+    max_rel_error: float
+    """Largest |fd - tape| / max(|fd|, |tape|, 1% of the layer's largest |tape| entry)."""
+    max_abs_error: float
+    """Largest |fd - tape|."""
+    ok: bool
+    """``max_rel_error`` within the ``gradcheck_tolerance`` threshold."""
+
+
+@dataclass(frozen=True)
+class SampleNorm:
+    """One sample's gradient norm."""
+
+    index: int
+    """Sample index in the data (after ``--samples``)."""
+    norm: float
+    """||dl_i/dW, dl_i/db|| for that sample's loss term."""
+
+
+@dataclass(frozen=True)
+class PerSampleStats:
+    """``--per-sample``: norms of the per-sample gradients of this layer's W and b together."""
+
+    min: float
+    """Smallest per-sample gradient norm."""
+    median: float
+    """Median per-sample gradient norm."""
+    max: float
+    """Largest per-sample gradient norm."""
+    top: tuple[SampleNorm, ...]
+    """The samples with the largest gradient norms, largest first."""
+    outliers: tuple[int, ...]
+    """Samples whose norm exceeds median + 5 x MAD (robust), largest first (at most 20)."""
+    outlier_count: int
+    """How many samples are outliers."""
+    gsnr: float
+    """Gradient signal-to-noise ratio ||mean g_i||^2 / mean ||g_i||^2, in [0, 1]: near 1, the
+    samples agree; near 0, the batch gradient is mostly noise."""
+
+
+@dataclass(frozen=True)
 class LayerReport:
     """Everything gradinspect knows about one Dense layer."""
 
@@ -155,6 +230,12 @@ class LayerReport:
     """||dL/dinput|| / ||dL/doutput||: how much the backward signal grows (>1) or shrinks (<1)."""
     activity: ActivationStats | None
     """Saturation / dead-unit measurements; ``None`` when not measurable."""
+    verify: VerifyStats | None = None
+    """``--verify`` results; ``None`` when not requested."""
+    gradcheck: GradcheckStats | None = None
+    """``--gradcheck`` results; ``None`` when not requested or not possible."""
+    per_sample: PerSampleStats | None = None
+    """``--per-sample`` results; ``None`` when not requested or not well defined."""
     warnings: tuple[Finding, ...] = ()
     """Findings about this layer."""
 
@@ -220,6 +301,20 @@ class ToolInfo:
 
 
 @dataclass(frozen=True)
+class ChecksInfo:
+    """Which self-checks ran, and how."""
+
+    verify: bool
+    """``--verify`` ran (closed form vs tape)."""
+    gradcheck: str | None
+    """How ``--gradcheck`` ran (samples, coordinates, seed, mode), why it could not, or ``None``
+    when not requested."""
+    per_sample: str | None
+    """What the per-sample norms are (gradients of the per-sample loss terms), why they are not
+    available (samples interact), or ``None`` when not requested."""
+
+
+@dataclass(frozen=True)
 class Report:
     """The whole report. ``report["dense_1"]`` gives a layer by name or path."""
 
@@ -237,6 +332,8 @@ class Report:
     """One entry per Dense layer, forward order."""
     warnings: tuple[Finding, ...] = ()
     """Model-level findings."""
+    checks: ChecksInfo = ChecksInfo(verify=False, gradcheck=None, per_sample=None)
+    """Self-checks requested for this report."""
     schema_version: int = SCHEMA_VERSION
     """JSON layout version."""
 
@@ -273,6 +370,7 @@ class Report:
             "training": self.training,
             "layers": [_layer_dict(layer) for layer in self.layers],
             "warnings": [_plain(f) for f in self.warnings],
+            "checks": _plain(self.checks),
         }
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -225,7 +225,13 @@ def test_thresholds_change_verdicts(tfk: Any) -> None:
     assert find(lax, "saturated_units").severity is Severity.INFO
 
 
+PLANTED_ELSEWHERE = {
+    "gradient_mismatch": "test_checks.py::test_verify_catches_a_wrong_custom_gradient",
+    "gradcheck_mismatch": "test_checks.py::test_gradcheck_catches_a_wrong_custom_gradient",
+}
+
+
 def test_every_code_is_planted() -> None:
     """Runs last in this file: every documented code was produced by some planted model."""
-    missing = set(CODES) - SEEN
+    missing = set(CODES) - SEEN - set(PLANTED_ELSEWHERE)
     assert not missing, f"codes without a planted model: {sorted(missing)}"

@@ -129,6 +129,53 @@ def detail_table(report: Report) -> Table:
     return table
 
 
+def checks_table(report: Report) -> Table | None:
+    """``--verify`` / ``--gradcheck`` / ``--per-sample`` results, one row per layer."""
+    checks = report.checks
+    if not (checks.verify or checks.gradcheck or checks.per_sample):
+        return None
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="checks", title_justify="left")
+    table.add_column("layer", overflow="fold")
+    if checks.verify:
+        table.add_column("verify err", justify="right")
+    if checks.gradcheck:
+        table.add_column("gradcheck err", justify="right")
+    if checks.per_sample:
+        table.add_column("per-sample ‖g_i‖ min / median / max", justify="right")
+        table.add_column("GSNR", justify="right")
+        table.add_column("outliers", overflow="fold")
+    for layer in report.layers:
+        row: list[Text | str] = [layer.path]
+        if checks.verify:
+            v = layer.verify
+            row.append(Text(fmt(v.worst_rel_error), style="" if v.ok else "bold red")
+                       if v else "-")
+        if checks.gradcheck:
+            g = layer.gradcheck
+            row.append(Text(f"{fmt(g.max_rel_error)} ({g.coordinates})",
+                            style="" if g.ok else "bold red") if g else "-")
+        if checks.per_sample:
+            p = layer.per_sample
+            if p is None:
+                row += ["-", "-", "-"]
+            else:
+                shown = ", ".join(str(i) for i in p.outliers[:5])
+                more = f" +{p.outlier_count - 5}" if p.outlier_count > 5 else ""
+                row += [f"{fmt(p.min)} / {fmt(p.median)} / {fmt(p.max)}", fmt(p.gsnr),
+                        (shown + more) or "none"]
+        table.add_row(*row)
+    return table
+
+
+def _check_notes(report: Report) -> Text | None:
+    notes = []
+    if report.checks.gradcheck:
+        notes.append(f"gradcheck: {report.checks.gradcheck}")
+    if report.checks.per_sample:
+        notes.append(f"per-sample: {report.checks.per_sample}")
+    return Text("\n".join(notes), style="dim") if notes else None
+
+
 def findings_table(report: Report) -> Table | None:
     """Findings, most severe first: severity, where and code, then message and hint."""
     items: list[tuple[str, Finding]] = [("model", f) for f in report.warnings]
@@ -156,6 +203,12 @@ def report_renderable(report: Report, details: bool = True) -> RenderableType:
     parts: list[RenderableType] = [_header(report), summary_table(report)]
     if details:
         parts.append(detail_table(report))
+    checks = checks_table(report)
+    if checks is not None:
+        parts.append(checks)
+        notes = _check_notes(report)
+        if notes is not None:
+            parts.append(notes)
     findings = findings_table(report)
     if findings is not None:
         parts.append(Text("findings", style="bold"))

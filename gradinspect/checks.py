@@ -1,0 +1,206 @@
+"""Self-checks from the Dense identities, in float64 numpy: closed-form verification of the tape
+(``--verify``) and per-sample gradient norms from one backward pass (``--per-sample``).
+
+No TensorFlow here: the probe hands over the captured x, z, g and (for ``--verify``) a float64
+finite-difference derivative of the activation; everything else is arithmetic on arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from gradinspect.report import ErrorStats, PerSampleStats, SampleNorm, VerifyStats
+
+F64 = npt.NDArray[np.float64]
+
+
+def _rows(a: npt.ArrayLike) -> F64:
+    arr = np.asarray(a, dtype=np.float64)
+    return arr.reshape(-1, arr.shape[-1])
+
+
+def closed_form_delta(
+    activation_kind: str,
+    activation_name: str,
+    z: npt.ArrayLike,
+    g_out: npt.ArrayLike,
+    derivative: npt.ArrayLike | None,
+    kink: npt.ArrayLike | None,
+    tape_delta: npt.ArrayLike,
+) -> F64:
+    """delta = g * activation'(z), in float64.
+
+    Softmax and log-softmax use their closed-form Jacobian products. Element-wise activations
+    use the finite-difference derivative; at kinks (relu at 0 ...), where the derivative is not
+    defined, the framework's choice (the tape's delta) is taken as is.
+    """
+    g = _rows(g_out)
+    zz = _rows(z)
+    if activation_kind == "softmax":
+        shifted = zz - zz.max(axis=1, keepdims=True)
+        s = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        if activation_name == "log_softmax":
+            return np.asarray(g - s * g.sum(axis=1, keepdims=True), dtype=np.float64)
+        return np.asarray(s * (g - (g * s).sum(axis=1, keepdims=True)), dtype=np.float64)
+    if derivative is None:
+        return _rows(tape_delta)
+    delta = g * _rows(derivative)
+    if kink is not None:
+        mask = _rows(kink).astype(bool)
+        delta[mask] = _rows(tape_delta)[mask]
+    return delta
+
+
+def _error(expected: F64, actual: npt.ArrayLike) -> tuple[float, float]:
+    """(max absolute error, max error relative to the largest |expected| entry)."""
+    a = np.asarray(actual, dtype=np.float64).reshape(expected.shape)
+    if expected.size == 0:
+        return 0.0, 0.0
+    diff = np.abs(expected - a)
+    max_abs = float(np.max(diff))
+    scale = float(np.max(np.abs(expected)))
+    if not math.isfinite(max_abs):
+        return math.nan, math.nan
+    return max_abs, (max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf))
+
+
+@dataclass
+class _ErrorAcc:
+    max_abs: float = 0.0
+    scale: float = 0.0
+
+    def update(self, expected: F64, actual: npt.ArrayLike) -> None:
+        a = np.asarray(actual, dtype=np.float64).reshape(expected.shape)
+        if expected.size == 0:
+            return
+        diff = float(np.max(np.abs(expected - a)))
+        self.max_abs = max(self.max_abs, diff) if math.isfinite(diff) else math.nan
+        self.scale = max(self.scale, float(np.max(np.abs(expected))))
+
+    def result(self) -> ErrorStats:
+        if math.isnan(self.max_abs):
+            return ErrorStats(max_abs_error=math.nan, max_rel_error=math.nan)
+        rel = self.max_abs / self.scale if self.scale > 0 else (0.0 if not self.max_abs else
+                                                                math.inf)
+        return ErrorStats(max_abs_error=self.max_abs, max_rel_error=rel)
+
+
+@dataclass
+class VerifyAccumulator:
+    """Closed-form dL/dW, dL/db summed over calls and batches; per-entry errors of z and
+    dL/dinput tracked as they stream by."""
+
+    use_bias: bool
+    kernel_sum: F64 | None = None
+    bias_sum: F64 | None = None
+    forward: _ErrorAcc = field(default_factory=_ErrorAcc)
+    delta: _ErrorAcc = field(default_factory=_ErrorAcc)
+    input: _ErrorAcc = field(default_factory=_ErrorAcc)
+
+    def update_call(
+        self,
+        kernel: npt.ArrayLike,
+        bias: npt.ArrayLike | None,
+        x: npt.ArrayLike,
+        z: npt.ArrayLike,
+        delta: F64,
+        tape_delta: npt.ArrayLike,
+        tape_input_grad: npt.ArrayLike,
+    ) -> None:
+        w = np.asarray(kernel, dtype=np.float64)
+        xr = _rows(x)
+        z_expected = xr @ w + (np.asarray(bias, dtype=np.float64) if bias is not None else 0.0)
+        self.forward.update(z_expected, z)
+        self.delta.update(delta, tape_delta)
+        self.input.update(delta @ w.T, np.asarray(tape_input_grad).reshape(-1, w.shape[0]))
+        dw = xr.T @ delta
+        self.kernel_sum = dw if self.kernel_sum is None else self.kernel_sum + dw
+        if self.use_bias:
+            db = delta.sum(axis=0)
+            self.bias_sum = db if self.bias_sum is None else self.bias_sum + db
+
+    def result(self, tape_kernel: npt.ArrayLike, tape_bias: npt.ArrayLike | None,
+               tolerance: float) -> VerifyStats:
+        kernel = _ErrorAcc()
+        if self.kernel_sum is not None:
+            kernel.update(self.kernel_sum, tape_kernel)
+        bias = None
+        if self.use_bias and self.bias_sum is not None and tape_bias is not None:
+            b = _ErrorAcc()
+            b.update(self.bias_sum, tape_bias)
+            bias = b.result()
+        parts = [self.forward.result(), kernel.result(), self.input.result()]
+        if bias is not None:
+            parts.append(bias)
+        worst = max((p.max_rel_error for p in parts), key=lambda v: (math.isnan(v), v))
+        return VerifyStats(
+            forward=parts[0],
+            kernel=parts[1],
+            bias=bias,
+            input=parts[2],
+            worst_rel_error=worst,
+            tolerance=tolerance,
+            ok=bool(worst <= tolerance),
+        )
+
+
+def per_sample_sq_norms(
+    xs: Sequence[npt.ArrayLike], deltas: Sequence[npt.ArrayLike], with_bias: bool
+) -> F64:
+    """||dl_i/dW||^2 (+ ||dl_i/db||^2) for every sample i, from one pass's x and delta.
+
+    Rank-2, one call: ||x_i delta_i^T||_F^2 = ||x_i||^2 ||delta_i||^2 (bias adds ||delta_i||^2).
+    Otherwise every call and position of sample i is a row of X_i and Delta_i, and
+    ||X_i^T Delta_i||_F^2 = <X_i X_i^T, Delta_i Delta_i^T> (Gram form), or the per-sample
+    product itself when that is cheaper.
+    """
+    xs64 = [np.asarray(x, dtype=np.float64) for x in xs]
+    ds64 = [np.asarray(d, dtype=np.float64) for d in deltas]
+    batch = xs64[0].shape[0]
+    if len(xs64) == 1 and xs64[0].ndim == 2:
+        x, d = xs64[0], ds64[0]
+        dd = np.einsum("bo,bo->b", d, d)
+        return np.asarray(dd * (np.einsum("bi,bi->b", x, x) + (1.0 if with_bias else 0.0)),
+                          dtype=np.float64)
+    big_x = np.concatenate([x.reshape(batch, -1, x.shape[-1]) for x in xs64], axis=1)
+    big_d = np.concatenate([d.reshape(batch, -1, d.shape[-1]) for d in ds64], axis=1)
+    rows, n_in, n_out = big_x.shape[1], big_x.shape[2], big_d.shape[2]
+    if rows * rows <= n_in * n_out:
+        gx = np.einsum("bri,bsi->brs", big_x, big_x)
+        gd = np.einsum("bro,bso->brs", big_d, big_d)
+        sq = np.einsum("brs,brs->b", gx, gd)
+    else:
+        per = np.einsum("bri,bro->bio", big_x, big_d)
+        sq = np.einsum("bio,bio->b", per, per)
+    if with_bias:
+        s = big_d.sum(axis=1)
+        sq = sq + np.einsum("bo,bo->b", s, s)
+    return np.asarray(sq, dtype=np.float64)
+
+
+def per_sample_stats(sq_norms: npt.ArrayLike, mean_grad_sq_norm: float, top: int = 5,
+                     outlier_mad: float = 5.0) -> PerSampleStats:
+    """Summary of per-sample gradient norms: spread, the samples that dominate, and the gradient
+    signal-to-noise ratio ||mean g||^2 / mean ||g_i||^2."""
+    sq = np.asarray(sq_norms, dtype=np.float64)
+    norms = np.sqrt(np.maximum(sq, 0.0))
+    median = float(np.median(norms))
+    mad = float(np.median(np.abs(norms - median))) * 1.4826
+    order = np.argsort(-norms, kind="stable")[:top]
+    cut = median + outlier_mad * mad
+    outliers = [int(i) for i in np.argsort(-norms, kind="stable") if norms[i] > cut and mad > 0]
+    mean_sq = float(sq.mean())
+    return PerSampleStats(
+        min=float(norms.min()),
+        median=median,
+        max=float(norms.max()),
+        top=tuple(SampleNorm(index=int(i), norm=float(norms[i])) for i in order),
+        outliers=tuple(outliers[:20]),
+        outlier_count=len(outliers),
+        gsnr=mean_grad_sq_norm / mean_sq if mean_sq > 0 else math.nan,
+    )
