@@ -94,6 +94,8 @@ class _Run:
     gradcheck: Any = None
     gradcheck_note: str | None = None
     per_sample_note: str | None = None
+    label_prep: LabelPrep | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _batches(arrays: Sequence[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
@@ -118,16 +120,33 @@ def run_inspection(
 ) -> Report:
     """Run the hooked pass over the data (and the requested checks) and build the report."""
     from gradinspect._tf import tf_modules
-    from gradinspect.losses import get_loss
-    from gradinspect.probe import Probe, batch_interactions, find_dense_layers, require_dense
+    from gradinspect.losses import LossRequest, resolve_loss
+    from gradinspect.probe import (
+        Probe,
+        batch_interactions,
+        find_dense_layers,
+        require_dense,
+        seeded,
+    )
 
-    _, keras = tf_modules()
-    loss = get_loss(options.loss)
+    tf_modules()
+    loss = resolve_loss(
+        LossRequest(options.loss, options.reduction, options.from_logits),
+        loaded.compile_config,
+        [o.name for o in loaded.outputs],
+        has_labels=data.labels is not None,
+    )
+    label_notes: list[str] = []
+    label_prep = prepare_labels(loss, loaded, data, label_notes)
+    if data.labels is not None and not loss.needs_labels:
+        label_notes.append(f"labels are not used by the loss {loss.name!r}; pass --loss NAME "
+                           "to use them")
     sites = find_dense_layers(loaded.model)
     require_dense(loaded.model, sites, loaded.path or "model")
     t = options.thresholds
     run = _Run(
         loaded=loaded, data=data, options=options, sites=sites, loss=loss,
+        label_prep=label_prep, notes=label_notes,
         scale=1.0 if loss.reduction == "sum" else 1.0 / data.samples,
         accs=[
             _LayerAccumulators(
@@ -154,19 +173,21 @@ def run_inspection(
                 f"{'the sum' if loss.reduction == 'sum' else 'the mean'} of them), from the "
                 "single backward pass"
             )
-    if options.training:
-        keras.utils.set_random_seed(options.seed)
     batch_size = options.batch_size or data.samples
     dtypes = _input_dtypes(loaded)
     done = 0
+    label_batches = (_batches(data.labels, batch_size) if label_prep is not None and
+                     data.labels is not None else None)
     with Probe(loaded.model, sites, loss, training=options.training,
-               verify=options.verify) as probe:
+               verify=options.verify) as probe, seeded(loaded.model, options.seed):
         for raw in _batches(data.arrays, batch_size):
             batch = _as_model_dtype(raw, dtypes)
-            for a in batch:
+            labels = (label_prep(next(label_batches), done) if label_prep is not None and
+                      label_batches is not None else None)
+            for a in [*batch, *(labels or [])]:
                 run.nonfinite += int(a.size - np.count_nonzero(np.isfinite(a)))
                 run.entries += int(a.size)
-            capture = probe.step(batch, None, run.scale)
+            capture = probe.step(batch, labels, run.scale)
             run.loss_value += capture.loss
             for site, acc, cap in zip(sites, run.accs, capture.layers, strict=True):
                 _accumulate(site, acc, cap, t, run.scale)
@@ -191,14 +212,16 @@ def _run_gradcheck(run: _Run, dtypes: Sequence[str]) -> None:
     options = run.options
     n = min(run.data.samples, options.gradcheck_samples)
     inputs = _as_model_dtype([a[:n] for a in run.data.arrays], dtypes)
+    labels = (run.label_prep([y[:n] for y in run.data.labels], 0)
+              if run.label_prep is not None and run.data.labels is not None else None)
     scale = 1.0 if run.loss.reduction == "sum" else 1.0 / n
     with Probe(run.loaded.model, run.sites, run.loss, training=False) as probe:
-        capture = probe.step(inputs, None, scale)
+        capture = probe.step(inputs, labels, scale)
     tape = [(c.kernel_grad, c.bias_grad) for c in capture.layers]
     try:
         run.gradcheck = gradcheck(run.loaded.model, run.sites, run.loss, inputs, tape,
                                   coordinates=options.gradcheck, seed=options.seed,
-                                  scale=scale)
+                                  scale=scale, labels=labels)
     except ValueError as exc:
         run.gradcheck_note = f"not possible: {exc}"
         return
@@ -331,6 +354,7 @@ def _build_report(run: _Run) -> Report:
                 constant_output=i in constant,
                 verify=verify,
                 gradcheck=_gradcheck_stats(run, i),
+                logits_mismatch=_logits_mismatch(run.loss, site),
             )
         )
         partial.append((site, acc, LayerWeights(kernel=kernel_w, bias=bias_w)))
@@ -378,9 +402,16 @@ def _build_report(run: _Run) -> Report:
                 for n, a, d in zip(data.names, data.arrays, data.stored_dtypes, strict=True)
             ),
             samples=data.samples,
-            notes=data.notes,
+            notes=(*data.notes, *run.notes),
         ),
-        loss=LossInfo(name=run.loss.name, reduction=run.loss.reduction, value=run.loss_value),
+        loss=LossInfo(
+            name=run.loss.name,
+            reduction=run.loss.reduction,
+            value=run.loss_value,
+            source=_loss_source(run),
+            from_logits=_from_logits(run.loss),
+            labels=run.data.label_source if run.loss.needs_labels else None,
+        ),
         training=run.options.training,
         layers=layers,
         warnings=model_findings,
@@ -390,6 +421,118 @@ def _build_report(run: _Run) -> Report:
             per_sample=run.per_sample_note,
         ),
     )
+
+
+LabelPrep = Callable[[Sequence[Any], int], list[np.ndarray]]
+"""Turns one batch of stored labels (and its first row's index) into what the loss takes."""
+
+
+def _loss_source(run: _Run) -> str:
+    source = getattr(run.loss, "source", None)
+    if source is not None:
+        return str(source)
+    return "flag" if run.options.loss is not None else "default"
+
+
+PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid", "hard_sigmoid")
+
+
+def _logits_mismatch(loss: Any, site: Any) -> tuple[str, bool] | None:
+    """(loss name, from_logits) when a crossentropy loss and the output activation disagree."""
+    from gradinspect.losses import CROSSENTROPY
+
+    per_output = getattr(loss, "per_output", ())
+    if site.output_index is None or site.output_index >= len(per_output):
+        return None
+    spec = per_output[site.output_index]
+    if spec.name not in CROSSENTROPY:
+        return None
+    from_logits = bool(spec.from_logits)
+    measured = site.measured
+    probabilities = measured.kind == "softmax" or measured.name in PROBABILITY_ACTIVATIONS
+    if from_logits and probabilities:
+        return spec.name, True
+    if not from_logits and measured.kind == "linear":
+        return spec.name, False
+    return None
+
+
+def _from_logits(loss: Any) -> bool | None:
+    values = {p.from_logits for p in getattr(loss, "per_output", ())} - {None}
+    return values.pop() if len(values) == 1 else None
+
+
+def prepare_labels(loss: Any, loaded: LoadedModel, data: LoadedData,
+                   notes: list[str]) -> LabelPrep | None:
+    """Check the labels against the loss and the outputs once, and return the per-batch
+    conversion (sparse class ids to one-hot for categorical losses, dtype casts, range checks).
+    Conversions are described in ``notes``.
+    """
+    if not loss.needs_labels:
+        return None
+    where = data.label_source or "labels"
+    if data.labels is None:
+        raise DataError(
+            f"the loss {loss.name!r} needs labels",
+            "pass --labels FILE, or put a 'y' array in the .npz/HDF5 data file",
+        )
+    if len(data.labels) != len(loaded.outputs):
+        raise DataError(f"{where}: {len(data.labels)} label arrays for "
+                        f"{len(loaded.outputs)} model outputs", "one label array per output")
+    steps = []
+    for y, out, spec in zip(data.labels, loaded.outputs, loss.per_output, strict=True):
+        step, note = _label_step(where, y, out, spec.name)
+        steps.append(step)
+        if note:
+            notes.append(note)
+    return lambda batch, start: [step(np.asarray(y), start) for step, y in zip(steps, batch,
+                                                                                strict=True)]
+
+
+def _label_step(where: str, y: Any, out: Any, loss_name: str) -> tuple[
+    Callable[[np.ndarray, int], np.ndarray], str | None
+]:
+    out_shape = tuple(out.shape[1:])
+    classes = out_shape[-1] if out_shape else None
+    y_shape = tuple(y.shape[1:])
+    kind = np.dtype(y.dtype).kind
+    integral = kind in ("i", "u", "b")
+    label = f"{where}: labels for output '{out.name}'"
+
+    def in_range(ids: np.ndarray, start: int) -> np.ndarray:
+        if classes is None:
+            return ids
+        bad = (ids < 0) | (ids >= classes) | (ids != np.floor(ids))
+        if bad.any():
+            row = start + int(np.argwhere(bad.reshape(bad.shape[0], -1).any(axis=1))[0][0])
+            value = float(ids.ravel()[bad.ravel()][0])
+            raise DataError(f"{label}: sample {row} has class id {value:g}"
+                            f", outside 0..{classes - 1}",
+                            "check the labels belong to this model's classes")
+        return ids
+
+    if loss_name.startswith("sparse_"):
+        if y_shape not in ((), (1,), out_shape[:-1], (*out_shape[:-1], 1)):
+            raise DataError(f"{label} have shape {tuple(y.shape)}; "
+                            f"{loss_name} takes class ids of shape (N,) for output "
+                            f"{tuple(out.shape)}",
+                            "pass integer class ids, or use categorical_crossentropy for "
+                            "one-hot labels")
+        return (lambda b, start: in_range(b.astype(np.float64), start).astype(np.int32)), None
+    if (loss_name == "categorical_crossentropy" and y_shape in ((), (1,)) and classes
+            and classes > 1 and integral):
+        def one_hot(b: np.ndarray, start: int) -> np.ndarray:
+            ids = in_range(b.reshape(-1).astype(np.float64), start).astype(np.int64)
+            return np.eye(int(classes), dtype=np.float32)[ids]
+        return one_hot, (f"labels for output '{out.name}': integer class ids one-hot encoded "
+                         f"({classes} classes) for categorical_crossentropy")
+    if y_shape != out_shape:
+        hint = "labels need the output's shape"
+        if loss_name == "categorical_crossentropy" and y_shape in ((), (1,)):
+            hint = "integer class ids are one-hot encoded automatically; these are not integers"
+        raise DataError(f"{label} have shape {tuple(y.shape)}, the output is "
+                        f"{tuple(out.shape)}", hint)
+    return (lambda b, start: np.asarray(b, dtype=np.float32)), None
 
 
 def _full(shape: tuple[int | None, ...] | None) -> tuple[int | None, ...]:
@@ -407,19 +550,27 @@ def inspect_files(
     data_path: str | os.PathLike[str],
     options: InspectOptions | None = None,
     progress: ProgressHook | None = None,
+    labels_path: str | os.PathLike[str] | None = None,
 ) -> Report:
-    """Load a model file and a data file and inspect them (what the CLI runs)."""
+    """Load a model file, a data file (and labels) and inspect them (what the CLI runs)."""
     options = options or InspectOptions()
     loaded = load_model(model_path)
-    data = load_data(data_path, loaded.inputs, options.samples)
-    return run_inspection(loaded, data, options, progress)
+    data = load_data(data_path, loaded.inputs, options.samples, labels_path=labels_path,
+                     outputs=loaded.outputs)
+    try:
+        return run_inspection(loaded, data, options, progress)
+    finally:
+        data.close()
 
 
 def inspect(
     model: Any,
     x: Any,
+    y: Any = None,
     *,
-    loss: str = "sum",
+    loss: str | None = None,
+    reduction: str | None = None,
+    from_logits: bool | None = None,
     batch_size: int | None = None,
     samples: int | None = None,
     training: bool = False,
@@ -447,9 +598,24 @@ def inspect(
         arrays = [np.asarray(a) for a in x]
     else:
         arrays = [np.asarray(x)]
-    data = validate_arrays(None, names, arrays, loaded.inputs, samples)
+    labels = None
+    if y is not None:
+        out_names = [o.name for o in loaded.outputs]
+        if isinstance(y, Mapping):
+            missing = [n for n in out_names if n not in y]
+            if missing:
+                raise DataError(f"no labels for output(s) {missing}", f"pass keys {out_names}")
+            labels = [np.asarray(y[n]) for n in out_names]
+        elif isinstance(y, (list, tuple)) and len(loaded.outputs) > 1:
+            labels = [np.asarray(a) for a in y]
+        else:
+            labels = [np.asarray(y)]
+    data = validate_arrays(None, names, arrays, loaded.inputs, samples, labels=labels,
+                           label_source="<labels>" if labels is not None else None)
     options = InspectOptions(
         loss=loss,
+        reduction=reduction,
+        from_logits=from_logits,
         batch_size=batch_size,
         samples=samples,
         training=training,

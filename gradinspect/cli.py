@@ -57,8 +57,8 @@ class FailOn(str, Enum):
     ERROR = "error"
 
 
-class LossChoice(str, Enum):
-    """Loss names the CLI accepts."""
+class Reduction(str, Enum):
+    """How per-sample loss terms are combined."""
 
     SUM = "sum"
     MEAN = "mean"
@@ -69,7 +69,8 @@ class CliConfig:
     """Everything one CLI run needs, parsed and checked."""
 
     model: Path
-    data: Path
+    data: str
+    labels: str | None
     options: InspectOptions
     output_format: OutputFormat
     output: Path | None
@@ -211,7 +212,8 @@ def run(config: CliConfig) -> ExitStatus:
 
     hook, progress = _progress_hook(config)
     try:
-        report = inspect_files(config.model, config.data, config.options, progress=hook)
+        report = inspect_files(config.model, config.data, config.options, progress=hook,
+                               labels_path=config.labels)
     finally:
         if progress is not None:
             progress.stop()
@@ -229,16 +231,32 @@ def inspect(
     model: Annotated[Path, typer.Argument(
         metavar="MODEL", help="Keras model file (.keras, or .h5/.hdf5 from Keras 2 or 3).",
         show_default=False)],
-    data: Annotated[Path, typer.Argument(
-        metavar="DATA", help="Input sample: .npy, or .npz keyed by input name (or 'x').",
+    data: Annotated[str, typer.Argument(
+        metavar="DATA", help="Input sample: .npy (memory-mapped), .npz keyed by input name "
+        "(or 'x'), HDF5 (.h5; FILE:/dataset picks one), or numeric .csv.",
         show_default=False)],
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout "
                                            "instead of tables.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON "
                                                 "report to FILE (atomically).",
                                                 metavar="FILE")] = None,
-    loss: Annotated[LossChoice, typer.Option(help="Scalar to differentiate: the sum or the "
-                                             "mean of all model outputs.")] = LossChoice.SUM,
+    labels: Annotated[str | None, typer.Option(
+        "--labels", "-y", metavar="FILE", show_default=False,
+        help="Labels for the loss (.npy, .npz, .h5, .csv; FILE:/dataset for HDF5). A 'y' array "
+        "in the data file is used when this is not given.")] = None,
+    loss: Annotated[str | None, typer.Option(
+        metavar="NAME", show_default=False,
+        help="sum or mean of all model outputs; compiled (the loss saved with the model); or a "
+        "Keras loss: mse, mae, huber, binary_crossentropy, categorical_crossentropy, "
+        "sparse_categorical_crossentropy, kl_divergence ... [default: compiled with labels "
+        "when the model has one, else sum]")] = None,
+    reduction: Annotated[Reduction | None, typer.Option(
+        show_default=False, help="For Keras losses: sum or mean of the per-sample terms "
+        "[default: mean, as Keras].")] = None,
+    from_logits: Annotated[bool | None, typer.Option(
+        "--from-logits/--from-probabilities", show_default=False,
+        help="Override whether a crossentropy loss takes logits [default: the compiled "
+        "loss's setting, else probabilities].")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Samples per forward/backward "
                                                    "step [default: all at once].",
                                                    show_default=False)] = None,
@@ -279,8 +297,11 @@ def inspect(
         config = CliConfig(
             model=model,
             data=data,
+            labels=labels,
             options=InspectOptions(
-                loss=loss.value, batch_size=batch_size, samples=samples, training=training,
+                loss=loss, reduction=reduction.value if reduction else None,
+                from_logits=from_logits,
+                batch_size=batch_size, samples=samples, training=training,
                 thresholds=thresholds, verify=verify, gradcheck=gradcheck,
                 per_sample=per_sample, seed=seed,
             ),

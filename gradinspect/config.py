@@ -62,8 +62,13 @@ class Thresholds:
 class InspectOptions:
     """How to run one inspection (shared by the CLI and the Python API)."""
 
-    loss: str = "sum"
-    """Loss name: ``sum`` or ``mean`` of all model outputs."""
+    loss: str | None = None
+    """``sum``/``mean`` of all model outputs, a Keras loss name, ``compiled``, or ``None``:
+    ``compiled`` when there are labels and the model has a compiled loss, else ``sum``."""
+    reduction: str | None = None
+    """``sum`` or ``mean`` over samples for Keras losses (default ``mean``, like Keras)."""
+    from_logits: bool | None = None
+    """Override ``from_logits`` of crossentropy losses."""
     batch_size: int | None = None
     """Samples per forward/backward step; ``None`` = all samples in one step."""
     samples: int | None = None

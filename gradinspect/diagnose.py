@@ -35,6 +35,8 @@ CODES: dict[str, str] = {
     "dead_units": "rectifier units (relu ...) have zero derivative on every sample",
     "softmax_saturated": "softmax outputs are so confident that their gradient collapses",
     "signal_collapse": "the backward signal shrinks by orders of magnitude at one layer",
+    "logits_mismatch": "a crossentropy loss expects logits but the output is a probability, "
+    "or the reverse",
     "gradient_mismatch": "--verify: the tape disagrees with the closed-form Dense formulas",
     "gradcheck_mismatch": "--gradcheck: the tape disagrees with float64 finite differences",
 }
@@ -59,6 +61,8 @@ class LayerFigures:
     so its gradients are mathematically zero and what the tape shows is rounding noise."""
     verify: VerifyStats | None = None
     gradcheck: GradcheckStats | None = None
+    logits_mismatch: tuple[str, bool] | None = None
+    """(loss name, its from_logits) when they contradict this output layer's activation."""
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,27 @@ def _magnitude(
     return found
 
 
+def _logits(layer: LayerFigures) -> list[Finding]:
+    if layer.logits_mismatch is None:
+        return []
+    loss, from_logits = layer.logits_mismatch
+    act = layer.activity.name if layer.activity is not None else layer.activation
+    if from_logits:
+        # Keras 3 notices a softmax/sigmoid-produced tensor and uses its logits (with a
+        # warning); Keras 2 and hand-written losses squash the probabilities a second time.
+        severity = Severity.INFO
+        message = (f"{loss} is set to take logits (from_logits=True) but this output applies "
+                   f"{act}; Keras 3 falls back to the logits it kept, Keras 2 would squash twice")
+        hint = "make it explicit: drop the output activation, or set from_logits=False"
+    else:
+        severity = Severity.WARNING
+        message = (f"{loss} expects probabilities (from_logits=False) but this output is "
+                   "linear (logits): the loss clips them to [eps, 1-eps] and gradients vanish")
+        hint = "add a softmax/sigmoid to the output, or use --from-logits / from_logits=True"
+    return [Finding("logits_mismatch", severity, message, hint,
+                    {"loss": loss, "from_logits": from_logits, "activation": act})]
+
+
 def _checks(layer: LayerFigures) -> list[Finding]:
     found = []
     v = layer.verify
@@ -309,6 +334,7 @@ def diagnose_layer(
     if not found:
         found += _magnitude(layer, largest, run, t)
     found += _activity(layer, run, t)
+    found += _logits(layer)
     found += _checks(layer)
     return tuple(sorted(found, key=lambda f: -f.severity.rank))
 

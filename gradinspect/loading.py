@@ -41,21 +41,35 @@ class LoadedModel:
     path: str | None
     format: str
     inputs: tuple[InputSpec, ...]
+    outputs: tuple[InputSpec, ...] = ()
+    """Model outputs (name, shape, dtype), in order."""
+    compile_config: dict[str, Any] | None = None
+    """The compile configuration saved with the model (``loss``, ``loss_weights`` ...)."""
 
 
 @dataclass(frozen=True)
 class LoadedData:
-    """Input arrays in model-input order (memory-mapped where the format allows)."""
+    """Input arrays in model-input order, read lazily where the format allows (memory-mapped
+    .npy, HDF5 row views), and the labels per model output when there are any."""
 
     path: str | None
     names: tuple[str, ...]
-    arrays: tuple[np.ndarray, ...]
+    arrays: tuple[Any, ...]
     stored_dtypes: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    labels: tuple[Any, ...] | None = None
+    label_source: str | None = None
+    closers: tuple[Any, ...] = ()
+    """Open files (HDF5) to close when the run is over."""
 
     @property
     def samples(self) -> int:
         return int(self.arrays[0].shape[0])
+
+    def close(self) -> None:
+        """Close files kept open for streaming."""
+        for f in self.closers:
+            f.close()
 
 
 # ---------------------------------------------------------------- sniffing
@@ -181,6 +195,39 @@ def _model_inputs(model: Any) -> tuple[InputSpec, ...]:
     return tuple(specs)
 
 
+def _model_outputs(model: Any) -> tuple[InputSpec, ...]:
+    outputs = list(getattr(model, "outputs", None) or ())
+    names = list(getattr(model, "output_names", None) or ())
+    specs = []
+    for i, t in enumerate(outputs):
+        history = getattr(t, "_keras_history", None)
+        fallback = getattr(history[0], "name", None) if history else None
+        name = names[i] if i < len(names) else (fallback or f"output_{i}")
+        specs.append(InputSpec(name=str(name), shape=tuple(t.shape),
+                               dtype=str(getattr(t, "dtype", "float32"))))
+    return tuple(specs)
+
+
+def read_compile_config(path: Path, fmt: str) -> dict[str, Any] | None:
+    """The training/compile configuration stored in a model file, or ``None``."""
+    import json
+
+    try:
+        if fmt == "keras":
+            with zipfile.ZipFile(path) as z:
+                config = json.loads(z.read("config.json"))
+            found = config.get("compile_config")
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                raw = f.attrs.get("training_config")
+            found = json.loads(raw.decode() if isinstance(raw, bytes) else raw) if raw else None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    return found if isinstance(found, dict) else None
+
+
 def _explain_load_failure(path: Path, exc: Exception) -> ModelLoadError:
     text = str(exc)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
@@ -285,7 +332,9 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         raise ModelLoadError(
             f"{p}: the model has no defined inputs", "save a model built with an Input shape"
         )
-    return LoadedModel(model=model, path=str(p), format=fmt, inputs=_model_inputs(model))
+    return LoadedModel(model=model, path=str(p), format=fmt, inputs=_model_inputs(model),
+                       outputs=_model_outputs(model),
+                       compile_config=read_compile_config(p, fmt))
 
 
 def live_model(model: Any) -> LoadedModel:
@@ -295,7 +344,15 @@ def live_model(model: Any) -> LoadedModel:
             "the model has no defined inputs (it was never built)",
             "call the model once on data, or build it with keras.Input",
         )
-    return LoadedModel(model=model, path=None, format="live", inputs=_model_inputs(model))
+    compile_config = None
+    get_compile_config = getattr(model, "get_compile_config", None)
+    if callable(get_compile_config) and getattr(model, "compiled", False):
+        try:
+            compile_config = get_compile_config()
+        except Exception:  # a model compiled with objects that do not serialize
+            compile_config = None
+    return LoadedModel(model=model, path=None, format="live", inputs=_model_inputs(model),
+                       outputs=_model_outputs(model), compile_config=compile_config)
 
 
 def _tf() -> tuple[Any, Any]:
@@ -305,6 +362,44 @@ def _tf() -> tuple[Any, Any]:
 
 
 # ---------------------------------------------------------------- data
+
+
+ArrayLike = Any
+"""A numpy array, a memory map, or a lazy row view of an HDF5 dataset (``H5Rows``)."""
+
+
+class H5Rows:
+    """Rows of an HDF5 dataset read on demand: slicing reads only the rows asked for."""
+
+    def __init__(self, dataset: Any, rows: int | None = None) -> None:
+        self.dataset = dataset
+        total = int(dataset.shape[0]) if dataset.shape else 0
+        self.shape = (min(total, rows) if rows is not None else total, *dataset.shape[1:])
+        self.dtype = dataset.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, stop, step = index.indices(self.shape[0])
+        return np.asarray(self.dataset[start:stop:step])
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+
+def _first_rows(array: ArrayLike, n: int) -> ArrayLike:
+    if isinstance(array, H5Rows):
+        return H5Rows(array.dataset, n)
+    return array[:n]
+
+
+def split_dataset_spec(spec: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """``FILE:/path/in/file`` -> (FILE, '/path/in/file'); a plain path -> (path, None)."""
+    text = os.fspath(spec)
+    if ":/" in text and not Path(text).exists():
+        file_part, _, inner = text.rpartition(":/")
+        if Path(file_part).exists():
+            return Path(file_part), "/" + inner
+    return Path(text), None
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -322,7 +417,7 @@ def _load_npy(path: Path) -> np.ndarray:
         raise DataError(f"{path}: damaged .npy file ({exc})", "save it again") from exc
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def _load_npz(path: Path) -> dict[str, ArrayLike]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -337,31 +432,112 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: damaged .npz file ({exc})", "save it again") from exc
 
 
-def _arrays_from_file(path: Path) -> dict[str, np.ndarray]:
+def _load_hdf5(path: Path, inner: str | None, closers: list[Any]) -> dict[str, ArrayLike]:
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: damaged HDF5 file ({str(exc).splitlines()[0]})",
+                        "save it again") from exc
+    closers.append(f)
+    if "model_config" in f.attrs or "model_weights" in f:
+        raise DataError(f"{path}: is a Keras model, not data",
+                        "did you swap MODEL and DATA? usage: gradinspect MODEL DATA")
+    if inner is not None:
+        node = f.get(inner)
+        if not isinstance(node, h5py.Dataset):
+            raise DataError(f"{path}: no dataset at {inner}",
+                            f"datasets in the file: {', '.join(_h5_datasets(f)) or 'none'}")
+        return {"": H5Rows(node)}
+    found = {name: H5Rows(f[name]) for name in _h5_datasets(f)}
+    if not found:
+        raise DataError(f"{path}: HDF5 file holds no datasets", "pass a file with arrays")
+    return found
+
+
+def _h5_datasets(f: Any) -> list[str]:
+    import h5py
+
+    names: list[str] = []
+    f.visititems(lambda name, node: names.append(name) if isinstance(node, h5py.Dataset)
+                 else None)
+    return names
+
+
+def _load_csv(path: Path) -> dict[str, ArrayLike]:
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    cells = [c.strip() for c in first.split(",")]
+    try:
+        [float(c) for c in cells if c]
+        skip = 0
+    except ValueError:
+        skip = 1  # a header row
+    try:
+        array = np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise DataError(f"{path}: CSV holds non-numeric values ({exc})",
+                        "only numeric CSV is read; encode categories as numbers first") from exc
+    return {"": array}
+
+
+def read_arrays(spec: str | os.PathLike[str], closers: list[Any]) -> tuple[Path, dict[str,
+                                                                                       ArrayLike]]:
+    """Every array a data file holds, by name (``""`` for a single unnamed array)."""
+    path, inner = split_dataset_spec(spec)
     _check_readable(path, "data", DataError)
     kind = sniff(path)
+    if inner is not None and kind != "hdf5":
+        raise DataError(f"{path}: FILE:/dataset works for HDF5 files only", "drop :/...")
     if kind == "npy":
-        return {"": _load_npy(path)}
+        return path, {"": _load_npy(path)}
     if kind == "zip":
-        return _load_npz(path)
+        names = _zip_names_data(path)
+        if "config.json" in names:
+            raise DataError(f"{path}: is a Keras model, not data",
+                            "did you swap MODEL and DATA? usage: gradinspect MODEL DATA")
+        return path, _load_npz(path)
+    if kind == "hdf5":
+        return path, _load_hdf5(path, inner, closers)
     if kind in ("directory", "savedmodel"):
-        raise DataError(f"{path}: is a directory, not a data file", "pass a .npy or .npz file")
+        raise DataError(f"{path}: is a directory, not a data file",
+                        "pass a .npy, .npz, .h5 or .csv file")
     if kind == "empty":
         raise DataError(f"{path}: data file is empty", "save the data again")
-    if kind == "hdf5":
-        raise DataError(
-            f"{path}: is an HDF5 file; data is read from .npy or .npz",
-            "did you swap MODEL and DATA? otherwise save the arrays with np.save/np.savez",
-        )
-    raise DataError(
-        f"{path}: unrecognised data format", "gradinspect reads NumPy .npy and .npz files"
-    )
+    if kind == "unknown" and _looks_like_text(path):
+        return path, _load_csv(path)
+    raise DataError(f"{path}: unrecognised data format",
+                    "gradinspect reads .npy, .npz, HDF5 (.h5, FILE:/dataset) and numeric .csv")
+
+
+def _zip_names_data(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"{path}: damaged zip/.npz archive ({exc})", "save it again") from exc
+
+
+def _looks_like_text(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+LABEL_KEYS = ("y", "labels")
 
 
 def _pick_arrays(
-    path: Path, found: dict[str, np.ndarray], inputs: Sequence[InputSpec]
-) -> tuple[tuple[str, ...], list[np.ndarray]]:
-    if "" in found:  # a lone .npy
+    path: Path, found: dict[str, ArrayLike], inputs: Sequence[InputSpec]
+) -> tuple[tuple[str, ...], list[ArrayLike]]:
+    if "" in found:  # a lone array
         if len(inputs) != 1:
             raise DataError(
                 f"{path}: one array given, but the model takes {len(inputs)} inputs "
@@ -369,7 +545,7 @@ def _pick_arrays(
                 "save the inputs in an .npz keyed by input name: np.savez(f, name=array, ...)",
             )
         return (inputs[0].name,), [found[""]]
-    keys = [k for k in found if k not in ("y", "labels")]
+    keys = [k for k in found if k not in LABEL_KEYS and not k.startswith("y_")]
     if len(inputs) == 1:
         name = inputs[0].name
         for key in (name, "x"):
@@ -393,10 +569,8 @@ def _pick_arrays(
     )
 
 
-def _check_array(path: Path, spec: InputSpec, array: np.ndarray) -> str | None:
-    """Validate dtype and shape against the input spec; return a note when data is converted."""
-    where = f"{path}: input '{spec.name}'"
-    kind = array.dtype.kind
+def _check_numeric(where: str, array: ArrayLike) -> None:
+    kind = np.dtype(array.dtype).kind
     if kind in ("O", "U", "S", "V", "M", "m"):
         raise DataError(
             f"{where} has dtype {array.dtype}, not numbers",
@@ -404,44 +578,114 @@ def _check_array(path: Path, spec: InputSpec, array: np.ndarray) -> str | None:
         )
     if kind == "c":
         raise DataError(f"{where} is complex-valued", "pass real-valued data")
+
+
+def _check_array(path: Path, spec: InputSpec, array: ArrayLike) -> str | None:
+    """Validate dtype and shape against the input spec; return a note when data is converted."""
+    where = f"{path}: input '{spec.name}'"
+    _check_numeric(where, array)
     if array.ndim != len(spec.shape):
         expected = "(" + ", ".join("N" if d is None else str(d) for d in spec.shape) + ")"
         hint = "reshape the data to match"
         if array.ndim == len(spec.shape) - 1:
             hint = "add a batch axis, e.g. x[None, ...] for a single sample"
         raise DataError(
-            f"{where} has shape {array.shape}, the model expects {expected}", hint
+            f"{where} has shape {tuple(array.shape)}, the model expects {expected}", hint
         )
     for axis, (want, got) in enumerate(zip(spec.shape[1:], array.shape[1:], strict=True), 1):
         if want is not None and want != got:
             raise DataError(
                 f"{where} has {got} features on axis {axis}, the model expects {want} "
-                f"(data shape {array.shape}, model input {spec.shape})",
+                f"(data shape {tuple(array.shape)}, model input {spec.shape})",
                 "check that the data belongs to this model",
             )
     if array.shape[0] == 0:
         raise DataError(f"{where} holds zero samples", "pass at least one sample")
-    if kind in ("i", "u", "b"):
+    if np.dtype(array.dtype).kind in ("i", "u", "b"):
         return f"input '{spec.name}': {array.dtype} data cast to {spec.dtype}"
     return None
 
 
+def _pick_labels(path: Path, found: dict[str, ArrayLike], outputs: Sequence[InputSpec],
+                 from_data_file: bool) -> list[ArrayLike] | None:
+    """Labels per model output: the lone array / ``y`` / ``labels`` / ``y_<output>`` keys."""
+    if "" in found:
+        if from_data_file:
+            return None
+        if len(outputs) != 1:
+            raise DataError(f"{path}: one label array given for {len(outputs)} outputs",
+                            "save labels in an .npz keyed by output name")
+        return [found[""]]
+    names = [o.name for o in outputs]
+    if len(outputs) == 1:
+        for key in (*LABEL_KEYS, f"y_{names[0]}", names[0]):
+            if key in found and (key not in names or not from_data_file):
+                return [found[key]]
+        if not from_data_file and len(found) == 1:
+            return [next(iter(found.values()))]
+        return None
+    picked = []
+    for name in names:
+        for key in (f"y_{name}", name):
+            if key in found and (not from_data_file or key.startswith("y_")):
+                picked.append(found[key])
+                break
+    if len(picked) == len(names):
+        return picked
+    if not from_data_file and len(found) == len(names):
+        return list(found.values())
+    if from_data_file and not any(k.startswith("y_") for k in found):
+        return None
+    raise DataError(f"{path}: labels for outputs {names} not found (keys: {', '.join(found)})",
+                    "key the labels by output name (y_<output> in a data file)")
+
+
 def load_data(
-    path: str | os.PathLike[str], inputs: Sequence[InputSpec], samples: int | None = None
+    path: str | os.PathLike[str],
+    inputs: Sequence[InputSpec],
+    samples: int | None = None,
+    labels_path: str | os.PathLike[str] | None = None,
+    outputs: Sequence[InputSpec] = (),
 ) -> LoadedData:
-    """Read the data file and match its arrays to the model inputs."""
-    p = Path(path)
-    found = _arrays_from_file(p)
-    names, arrays = _pick_arrays(p, found, inputs)
-    return validate_arrays(str(p), names, arrays, inputs, samples)
+    """Read the data (and labels) and match the arrays to the model inputs (and outputs)."""
+    closers: list[Any] = []
+    try:
+        p, found = read_arrays(path, closers)
+        names, arrays = _pick_arrays(p, found, inputs)
+        labels = None
+        label_source = None
+        if labels_path is not None:
+            lp, lfound = read_arrays(labels_path, closers)
+            labels = _pick_labels(lp, lfound, outputs, from_data_file=False)
+            if labels is None:
+                raise DataError(f"{lp}: no labels found", "name the array 'y'")
+            label_source = str(lp)
+        elif outputs:
+            labels = _pick_labels(p, found, outputs, from_data_file=True)
+            label_source = str(p) if labels is not None else None
+        loaded = validate_arrays(str(p), names, arrays, inputs, samples, labels=labels,
+                                 label_source=label_source)
+    except BaseException:
+        for f in closers:
+            f.close()
+        raise
+    return dataclasses_replace(loaded, closers=tuple(closers))
+
+
+def dataclasses_replace(data: LoadedData, **changes: Any) -> LoadedData:
+    import dataclasses
+
+    return dataclasses.replace(data, **changes)
 
 
 def validate_arrays(
     label: str | None,
     names: Sequence[str],
-    arrays: Sequence[np.ndarray],
+    arrays: Sequence[ArrayLike],
     inputs: Sequence[InputSpec],
     samples: int | None = None,
+    labels: Sequence[ArrayLike] | None = None,
+    label_source: str | None = None,
 ) -> LoadedData:
     """Check arrays against the model inputs; shared by files and the in-memory API."""
     where = Path(label) if label else Path("<data>")
@@ -457,12 +701,26 @@ def validate_arrays(
             f"{where}: inputs have different sample counts {sorted(counts)}",
             "every input needs the same number of samples (axis 0)",
         )
+    if labels is not None:
+        lwhere = label_source or "labels"
+        for y in labels:
+            _check_numeric(f"{lwhere}: labels", y)
+            if not y.shape or int(y.shape[0]) != int(arrays[0].shape[0]):
+                raise DataError(
+                    f"{lwhere}: labels have {y.shape[0] if y.shape else 0} rows, the data has "
+                    f"{arrays[0].shape[0]} samples",
+                    "labels need one row per sample, in the same order",
+                )
     if samples is not None:
-        arrays = [a[:samples] for a in arrays]
+        arrays = [_first_rows(a, samples) for a in arrays]
+        if labels is not None:
+            labels = [_first_rows(y, samples) for y in labels]
     return LoadedData(
         path=label,
         names=tuple(names),
         arrays=tuple(arrays),
         stored_dtypes=tuple(str(a.dtype) for a in arrays),
         notes=tuple(notes),
+        labels=tuple(labels) if labels is not None else None,
+        label_source=label_source,
     )

@@ -1,17 +1,29 @@
 """Losses the probe differentiates, as pluggable pieces.
 
-A loss turns the model outputs of one batch into per-sample terms (shape ``(batch,)``); the
-probe sums the terms and multiplies by a scale, 1 for ``reduction == "sum"`` and 1/N (N = all
-samples of the run, not of the batch) for ``"mean"``, so that the gradients of the batches add
-up exactly to the gradient of the loss over all samples.
+A loss turns one batch of model outputs (and labels) into per-sample terms, shape ``(batch,)``;
+the probe sums the terms and multiplies by a scale: 1 for ``reduction == "sum"``, 1/N for
+``"mean"`` (N = all samples of the run, not of the batch), so that the gradients of the batches
+add up exactly to the gradient of the loss over all samples.
+
+Besides ``sum``/``mean`` of the outputs, any Keras loss by name or alias works, and ``compiled``
+takes the loss (per output, with loss weights) that the model file was compiled with. TensorFlow
+and Keras are used only inside ``terms``/``resolve_loss``, imported lazily.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gradinspect.errors import UsageError
+
+OUTPUT_LOSSES = ("sum", "mean")
+CROSSENTROPY = ("categorical_crossentropy", "sparse_categorical_crossentropy",
+                "binary_crossentropy", "binary_focal_crossentropy",
+                "categorical_focal_crossentropy")
 
 
 class Loss(Protocol):
@@ -24,6 +36,10 @@ class Loss(Protocol):
     @property
     def reduction(self) -> str:
         """``sum`` or ``mean`` over samples."""
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether ``terms`` uses labels."""
 
     def terms(self, tf: Any, outputs: list[Any], labels: Any) -> Any:
         """Per-sample loss terms, shape ``(batch,)``, from the flattened model outputs."""
@@ -41,6 +57,7 @@ class SumOfOutputs:
 
     name: str = "sum"
     reduction: str = "sum"
+    needs_labels: bool = False
 
     def terms(self, tf: Any, outputs: list[Any], labels: Any) -> Any:
         flat = _flat_per_sample(tf, outputs)
@@ -56,6 +73,7 @@ class MeanOfOutputs:
 
     name: str = "mean"
     reduction: str = "mean"
+    needs_labels: bool = False
 
     def terms(self, tf: Any, outputs: list[Any], labels: Any) -> Any:
         flat = _flat_per_sample(tf, outputs)
@@ -63,14 +81,186 @@ class MeanOfOutputs:
         return tf.add_n([tf.reduce_sum(f, axis=1) for f in flat]) / width
 
 
-BUILTIN_LOSSES: dict[str, Loss] = {"sum": SumOfOutputs(), "mean": MeanOfOutputs()}
+@dataclass(frozen=True)
+class OutputLoss:
+    """One Keras loss function applied to one model output."""
+
+    name: str
+    """Canonical Keras name, e.g. ``categorical_crossentropy``."""
+    fn: Callable[..., Any] = field(repr=False, compare=False)
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments (``from_logits``, ``label_smoothing``, ``delta`` ...)."""
+    weight: float = 1.0
+
+    @property
+    def from_logits(self) -> bool | None:
+        """The effective ``from_logits`` (given, or the function's default); ``None`` when the
+        loss has no such parameter."""
+        if "from_logits" in self.kwargs:
+            return bool(self.kwargs["from_logits"])
+        param = inspect.signature(self.fn).parameters.get("from_logits")
+        return bool(param.default) if param is not None else None
+
+
+@dataclass(frozen=True)
+class KerasLoss:
+    """Keras losses with labels: ``sum_k weight_k * loss_k(y_k, output_k)`` per sample."""
+
+    name: str
+    reduction: str
+    per_output: tuple[OutputLoss, ...]
+    source: str
+    """``flag`` (``--loss``) or ``compiled`` (from the model file)."""
+    needs_labels: bool = True
+
+    def terms(self, tf: Any, outputs: list[Any], labels: Any) -> Any:
+        total = None
+        for output, y, spec in zip(outputs, labels, self.per_output, strict=True):
+            values = spec.fn(tf.cast(y, output.dtype) if not _sparse(spec.name) else y, output,
+                             **spec.kwargs)
+            if len(values.shape) > 1:
+                values = tf.reduce_mean(tf.reshape(values, (tf.shape(values)[0], -1)), axis=1)
+            values = values * tf.cast(spec.weight, values.dtype)
+            total = values if total is None else total + values
+        return total
+
+
+def _sparse(name: str) -> bool:
+    return name.startswith("sparse_")
+
+
+def _snake(class_name: str) -> str:
+    special = {"KLDivergence": "kl_divergence", "MeanSquaredError": "mean_squared_error"}
+    if class_name in special:
+        return special[class_name]
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
+
+
+def _keras_function(keras: Any, name: str) -> Callable[..., Any]:
+    try:
+        fn = keras.losses.get(name)
+    except (ValueError, TypeError):
+        fn = None
+    if fn is None or not callable(fn) or isinstance(fn, type):
+        raise UsageError(
+            f"unknown loss {name!r}",
+            "use sum, mean, compiled, or a Keras loss name such as mse, mae, huber, "
+            "binary_crossentropy, categorical_crossentropy, sparse_categorical_crossentropy, "
+            "kl_divergence",
+        )
+    if hasattr(fn, "fn"):  # a Loss object (LossFunctionWrapper): use its function
+        fn = fn.fn
+    return fn  # type: ignore[no-any-return]
+
+
+def _accepted(fn: Callable[..., Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in config.items() if k in params and k not in ("y_true", "y_pred")}
+
+
+def _output_loss(keras: Any, spec: Any, weight: float, from_logits: bool | None) -> OutputLoss:
+    """A loss from a name, or from a serialized Keras 2/3 loss object config."""
+    if isinstance(spec, str):
+        fn = _keras_function(keras, spec)
+        kwargs: dict[str, Any] = {}
+    elif isinstance(spec, Mapping) and "class_name" in spec:
+        config = dict(spec.get("config") or {})
+        candidates = [config.get("fn"), config.get("name"), _snake(str(spec["class_name"]))]
+        found: Callable[..., Any] | None = None
+        for candidate in candidates:
+            if isinstance(candidate, str):
+                try:
+                    found = _keras_function(keras, candidate)
+                    break
+                except UsageError:
+                    continue
+        if found is None:
+            raise UsageError(
+                f"the compiled loss {spec['class_name']!r} is not a built-in Keras loss",
+                "pass --loss with a built-in name instead of compiled",
+            )
+        fn = found
+        kwargs = _accepted(fn, config)
+    else:
+        raise UsageError(f"cannot understand the compiled loss {spec!r}", "pass --loss NAME")
+    if from_logits is not None and "from_logits" in inspect.signature(fn).parameters:
+        kwargs["from_logits"] = from_logits
+    return OutputLoss(name=str(getattr(fn, "__name__", "loss")), fn=fn, kwargs=kwargs,
+                      weight=float(weight))
+
+
+def _per_output(value: Any, output_names: Sequence[str], what: str) -> list[Any]:
+    if isinstance(value, Mapping) and "class_name" not in value:
+        missing = [n for n in output_names if n not in value]
+        if missing:
+            raise UsageError(f"the compiled {what} has no entry for output(s) {missing}",
+                             "pass --loss NAME to use one loss for every output")
+        return [value[n] for n in output_names]
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(output_names):
+            raise UsageError(
+                f"the compiled {what} has {len(value)} entries for {len(output_names)} outputs",
+                "pass --loss NAME to use one loss for every output",
+            )
+        return list(value)
+    return [value] * len(output_names)
+
+
+@dataclass(frozen=True)
+class LossRequest:
+    """What the user asked for: ``--loss``, ``--reduction``, ``--from-logits``."""
+
+    name: str | None = None
+    """``None`` = automatic: ``compiled`` with labels and a compile config, else ``sum``."""
+    reduction: str | None = None
+    """``sum``/``mean`` over samples for Keras losses (default ``mean``, as Keras does)."""
+    from_logits: bool | None = None
+    """Override ``from_logits`` of crossentropy losses."""
+
+
+def resolve_loss(
+    request: LossRequest,
+    compile_config: Mapping[str, Any] | None,
+    output_names: Sequence[str],
+    has_labels: bool,
+) -> Loss:
+    """The loss to differentiate, from the request, the model's compile config and the labels."""
+    name = request.name
+    if name is None:
+        name = "compiled" if has_labels and compile_config and compile_config.get("loss") \
+            else "sum"
+    if name in OUTPUT_LOSSES:
+        if request.reduction is not None and request.reduction != name:
+            raise UsageError(f"--loss {name} has a fixed reduction ({name})",
+                             "drop --reduction, or use a Keras loss with labels")
+        return SumOfOutputs() if name == "sum" else MeanOfOutputs()
+    from gradinspect._tf import tf_modules
+
+    _, keras = tf_modules()
+    reduction = request.reduction or "mean"
+    if reduction not in ("sum", "mean"):
+        raise UsageError(f"unknown reduction {reduction!r}", "use sum or mean")
+    if name == "compiled":
+        if not compile_config or not compile_config.get("loss"):
+            raise UsageError("--loss compiled: the model file has no compiled loss",
+                             "pass --loss NAME (e.g. --loss categorical_crossentropy)")
+        specs = _per_output(compile_config["loss"], output_names, "loss")
+        weights_cfg = compile_config.get("loss_weights")
+        weights = _per_output(weights_cfg, output_names, "loss_weights") if weights_cfg \
+            else [1.0] * len(output_names)
+        per = tuple(_output_loss(keras, s, w, request.from_logits)
+                    for s, w in zip(specs, weights, strict=True))
+        source = "compiled"
+    else:
+        one = _output_loss(keras, name, 1.0, request.from_logits)
+        per = tuple(one for _ in output_names)
+        source = "flag"
+    label = "+".join(dict.fromkeys(p.name for p in per))
+    return KerasLoss(name=label, reduction=reduction, per_output=per, source=source)
 
 
 def get_loss(name: str) -> Loss:
-    """The loss for a ``--loss`` value."""
-    try:
-        return BUILTIN_LOSSES[name]
-    except KeyError:
-        raise UsageError(
-            f"unknown loss {name!r}", f"choose one of: {', '.join(BUILTIN_LOSSES)}"
-        ) from None
+    """A loss that needs no labels and no model config (``sum``, ``mean``)."""
+    if name in OUTPUT_LOSSES:
+        return SumOfOutputs() if name == "sum" else MeanOfOutputs()
+    raise UsageError(f"the loss {name!r} needs labels and a model", "use resolve_loss")

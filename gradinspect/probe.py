@@ -68,8 +68,12 @@ class DenseSite:
     """The Dense layer's own activation."""
     follower: Follower | None = None
     """A following activation layer, measured instead of the (linear) own activation."""
-    is_output: bool = False
-    """Its output (or its follower's) is a model output, as is."""
+    output_index: int | None = None
+    """Index of the model output that is this layer's output (or its follower's), as is."""
+
+    @property
+    def is_output(self) -> bool:
+        return self.output_index is not None
 
     @property
     def measured(self) -> ActivationProfile:
@@ -230,21 +234,23 @@ def _find_follower(tf: Any, dense: Any, prefix: str) -> Follower | None:
     return None
 
 
-def output_layers(model: Any) -> set[int]:
-    """ids of the layers whose output tensors are the model's outputs (into nested models)."""
-    found: set[int] = set()
+def output_layers(model: Any) -> dict[int, int]:
+    """id of each layer whose output tensor is a model output (into nested models) -> the
+    index of that model output."""
+    found: dict[int, int] = {}
 
-    def walk(m: Any) -> None:
-        for t in getattr(m, "outputs", None) or []:
+    def walk(m: Any, index: int | None) -> None:
+        for k, t in enumerate(getattr(m, "outputs", None) or []):
             history = getattr(t, "_keras_history", None)
             op = history[0] if history else None
             if op is None:
                 continue
-            found.add(id(op))
+            position = k if index is None else index
+            found.setdefault(id(op), position)
             if getattr(op, "outputs", None) and op is not m:
-                walk(op)
+                walk(op, position)
 
-    walk(model)
+    walk(model, None)
     return found
 
 
@@ -278,8 +284,9 @@ def find_dense_layers(model: Any) -> list[DenseSite]:
                         use_bias=child.bias is not None,
                         profile=own,
                         follower=follower,
-                        is_output=id(child) in outputs
-                        or (follower is not None and id(follower.layer) in outputs),
+                        output_index=outputs.get(id(child))
+                        if id(child) in outputs
+                        else (outputs.get(id(follower.layer)) if follower is not None else None),
                     )
                 )
             walk(child, f"{path}/")
@@ -541,8 +548,9 @@ class Probe:
         """Run one batch; ``scale`` multiplies the summed per-sample loss terms."""
         tf = self.tf
         tensors = [tf.convert_to_tensor(a) for a in inputs]
+        label_tensors = [tf.convert_to_tensor(y) for y in labels] if labels is not None else None
         try:
-            result = self._step(tensors, labels, tf.constant(scale, tf.float32))
+            result = self._step(tensors, label_tensors, tf.constant(scale, tf.float32))
         except (tf.errors.OpError, ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ProbeError(
@@ -621,6 +629,29 @@ def fd_derivative(tf: Any, fn: Any, z: np.ndarray) -> tuple[np.ndarray | None, n
     return (plus - minus) / (2 * h), kink
 
 
+@contextmanager
+def seeded(model: Any, seed: int) -> Iterator[int]:
+    """Every Keras seed generator in the model (Dropout, GaussianNoise ...) set to a state
+    derived from ``seed`` for the block, and restored afterwards. Yields how many were set."""
+    generators: list[Any] = []
+    seen: set[int] = set()
+    flatten = getattr(model, "_flatten_layers", None)
+    layers = list(flatten(include_self=True, recursive=True)) if flatten else [model]
+    for layer in layers:
+        for generator in getattr(layer, "_seed_generators", None) or []:
+            if id(generator) not in seen:
+                seen.add(id(generator))
+                generators.append(generator)
+    saved = [np.asarray(g.state.numpy()) for g in generators]
+    try:
+        for i, g in enumerate(generators):
+            g.state.assign(np.array([seed, i], dtype=saved[i].dtype))
+        yield len(generators)
+    finally:
+        for g, state in zip(generators, saved, strict=True):
+            g.state.assign(state)
+
+
 def batch_interactions(model: Any, training: bool) -> list[str]:
     """Layers that make one sample's output depend on the others (BatchNormalization in
     training mode): per-sample gradients are not defined for them."""
@@ -673,6 +704,7 @@ def gradcheck(
     coordinates: int,
     seed: int,
     scale: float,
+    labels: Sequence[np.ndarray] | None = None,
 ) -> GradcheckResult:
     """Central differences of the loss in float64 on sampled coordinates of every W and b.
 
@@ -692,11 +724,13 @@ def gradcheck(
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
     by_path = {s.path: s for s in find_dense_layers(model64)}
     x64 = [tf.constant(np.asarray(a, dtype=np.float64)) for a in inputs]
+    y64 = ([tf.constant(y if np.asarray(y).dtype.kind in "iu" else np.asarray(y, np.float64))
+            for y in labels] if labels is not None else None)
 
     @tf.function(autograph=False)  # type: ignore[untyped-decorator]
     def total() -> Any:
         out = model64(x64 if len(x64) > 1 else x64[0], training=False)
-        terms = loss.terms(tf, [tf.cast(o, tf.float64) for o in tf.nest.flatten(out)], None)
+        terms = loss.terms(tf, [tf.cast(o, tf.float64) for o in tf.nest.flatten(out)], y64)
         if terms.dtype != tf.float64:
             raise ValueError(f"the loss {loss.name!r} does not compute in float64")
         return tf.reduce_sum(terms) * tf.constant(scale, tf.float64)

@@ -288,6 +288,12 @@ class LossInfo:
     """How per-sample terms become the scalar: ``sum`` or ``mean`` over samples."""
     value: float
     """The loss value on the data."""
+    source: str = "default"
+    """Where the loss came from: ``default``, ``flag`` (``--loss``) or ``compiled``."""
+    from_logits: bool | None = None
+    """For crossentropy losses: whether the loss takes logits; ``None`` otherwise."""
+    labels: str | None = None
+    """Where the labels came from (file path), or ``None`` for losses without labels."""
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,7 @@ def _bad_files(tmp: Path, samples: Path) -> dict[str, tuple[list[str], int, str]
         "zero samples": ([model, f"{t}/zero.npy"], 4, "zero samples"),
         "ambiguous npz": ([model, f"{t}/two.npz"], 4, "cannot tell"),
         "corrupt npy": ([model, f"{t}/bad.npy"], 4, "damaged"),
-        "model as data": ([model, model], 4, "HDF5"),
+        "model as data": ([model, model], 4, "swap"),
         "bad threshold": ([model, data, "--threshold", "nope=1"], 2, "unknown threshold"),
         "bad option": ([model, data, "--frobnicate"], 2, "No such option"),
     }
@@ -245,7 +245,8 @@ def test_every_output_format_renders(seed_c: tuple[Path, Path], capsys: Any) -> 
 
     report = gradinspect.inspect_files(*seed_c)
     for fmt in OutputFormat:
-        config = cli.CliConfig(model=seed_c[0], data=seed_c[1], options=cli.InspectOptions(),
+        config = cli.CliConfig(model=seed_c[0], data=str(seed_c[1]), labels=None,
+                               options=cli.InspectOptions(),
                                output_format=fmt, output=None, fail_on=cli.FailOn.NEVER,
                                details=True, show_traceback=False)
         cli.emit(report, config)

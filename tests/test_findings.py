@@ -201,6 +201,25 @@ def test_nonfinite_input(tfk: Any) -> None:
     assert f.figures["nonfinite"] == 2
 
 
+def test_logits_mismatch_both_ways(tfk: Any) -> None:
+    _, keras = tfk
+    L = keras.layers
+    y = RNG.integers(0, 3, 64)
+    logits = seq(keras, L.Dense(8, activation="relu"), L.Dense(3, name="out"))
+    f = find(gradinspect.inspect(logits, X, y, loss="sparse_categorical_crossentropy"),
+             "logits_mismatch", "out")
+    assert f.severity is Severity.WARNING
+    assert f.figures["from_logits"] is False
+    probs = seq(keras, L.Dense(8, activation="relu"), L.Dense(3, name="out"),
+                L.Activation("softmax", name="sm"))
+    f = find(gradinspect.inspect(probs, X, y, loss="sparse_categorical_crossentropy",
+                                 from_logits=True), "logits_mismatch", "out")
+    assert f.severity is Severity.INFO
+    assert f.figures["activation"] == "softmax"
+    fine = gradinspect.inspect(probs, X, y, loss="sparse_categorical_crossentropy")
+    assert not [w for ly in fine.layers for w in ly.warnings if w.code == "logits_mismatch"]
+
+
 def test_healthy_model_has_no_warnings(tfk: Any) -> None:
     _, keras = tfk
     L = keras.layers

@@ -1,0 +1,295 @@
+"""Losses with labels (by name, compiled, per output with weights), every data format, batched
+streaming and training mode — each loss and gradient compared with the same Keras loss computed
+by hand on the model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import gradinspect
+from gradinspect import cli
+from gradinspect.errors import DataError, ExitStatus, UsageError
+
+RNG = np.random.default_rng(5)
+X = RNG.standard_normal((12, 4)).astype(np.float32)
+runner = CliRunner()
+
+
+def classifier(keras: Any, out_activation: str | None = "softmax", classes: int = 3) -> Any:
+    keras.utils.set_random_seed(8)
+    return keras.Sequential([
+        keras.Input((4,), name="x"),
+        keras.layers.Dense(6, activation="tanh", name="hidden"),
+        keras.layers.Dense(classes, activation=out_activation, name="out"),
+    ], name="clf")
+
+
+def by_hand(tf: Any, model: Any, fn: Any, y: np.ndarray, reduction: str = "mean",
+            **kwargs: Any) -> tuple[float, np.ndarray]:
+    """The Keras loss function on the model, reduced by hand, and dL/dW of the first layer."""
+    with tf.GradientTape() as tape:
+        values = fn(tf.constant(y), model(X), **kwargs)
+        total = tf.reduce_mean(values) if reduction == "mean" else tf.reduce_sum(values)
+    grad = tape.gradient(total, model.get_layer("hidden").kernel)
+    return float(total), np.asarray(grad, dtype=np.float64)
+
+
+CASES = [
+    ("mse", None, "float"),
+    ("mae", None, "float"),
+    ("huber", None, "float"),
+    ("kl_divergence", "softmax", "prob"),
+    ("binary_crossentropy", "sigmoid", "binary"),
+    ("categorical_crossentropy", "softmax", "onehot"),
+    ("sparse_categorical_crossentropy", "softmax", "ids"),
+]
+
+
+def _labels(kind: str) -> np.ndarray:
+    if kind == "float":
+        return RNG.standard_normal((12, 3)).astype(np.float32)
+    if kind == "prob":
+        p = RNG.uniform(0.1, 1, (12, 3)).astype(np.float32)
+        return p / p.sum(axis=1, keepdims=True)
+    if kind == "binary":
+        return RNG.integers(0, 2, (12, 3)).astype(np.float32)
+    if kind == "onehot":
+        return np.eye(3, dtype=np.float32)[RNG.integers(0, 3, 12)]
+    return RNG.integers(0, 3, 12).astype(np.int64)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize(("name", "activation", "kind"), CASES)
+def test_keras_loss_by_name_matches_hand_computation(tfk: Any, name: str, activation: str | None,
+                                                     kind: str, reduction: str) -> None:
+    tf, keras = tfk
+    model = classifier(keras, activation)
+    y = _labels(kind)
+    report = gradinspect.inspect(model, X, y, loss=name, reduction=reduction)
+    value, grad = by_hand(tf, model, keras.losses.get(name), y, reduction)
+    assert report.loss.name == keras.losses.get(name).__name__  # canonical: mse -> mean_sq...
+    assert report.loss.reduction == reduction
+    assert report.loss.source == "flag"
+    assert report.loss.value == pytest.approx(value, rel=1e-5, abs=1e-6)
+    assert report["hidden"].grads.kernel.norm == pytest.approx(np.linalg.norm(grad), rel=1e-4,
+                                                               abs=1e-7)
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 12])
+def test_batched_keras_loss_equals_one_pass(tfk: Any, batch_size: int) -> None:
+    tf, keras = tfk
+    model = classifier(keras, None)
+    y = RNG.integers(0, 3, 12)
+    kwargs = {"loss": "sparse_categorical_crossentropy", "from_logits": True}
+    whole = gradinspect.inspect(model, X, y, **kwargs)
+    batched = gradinspect.inspect(model, X, y, batch_size=batch_size, **kwargs)
+    value, grad = by_hand(tf, model, keras.losses.sparse_categorical_crossentropy, y,
+                          from_logits=True)
+    for r in (whole, batched):
+        assert r.loss.value == pytest.approx(value, rel=1e-5)
+        assert r["hidden"].grads.kernel.norm == pytest.approx(np.linalg.norm(grad), rel=1e-4)
+        assert r.loss.from_logits is True
+
+
+def test_integer_labels_are_one_hot_for_categorical(tfk: Any) -> None:
+    tf, keras = tfk
+    model = classifier(keras)
+    ids = RNG.integers(0, 3, 12)
+    report = gradinspect.inspect(model, X, ids, loss="categorical_crossentropy")
+    value, _ = by_hand(tf, model, keras.losses.categorical_crossentropy,
+                       np.eye(3, dtype=np.float32)[ids])
+    assert report.loss.value == pytest.approx(value, rel=1e-5)
+    assert any("one-hot" in n for n in report.data.notes)
+
+
+def test_label_errors_are_clear(tfk: Any) -> None:
+    _, keras = tfk
+    model = classifier(keras)
+    with pytest.raises(DataError, match=r"outside 0\.\.2"):
+        gradinspect.inspect(model, X, np.full(12, 3), loss="sparse_categorical_crossentropy")
+    with pytest.raises(DataError, match="shape"):
+        gradinspect.inspect(model, X, np.zeros((12, 5), np.float32), loss="mse")
+    with pytest.raises(DataError, match="rows"):
+        gradinspect.inspect(model, X, np.zeros((11, 3), np.float32), loss="mse")
+    with pytest.raises(DataError, match="needs labels"):
+        gradinspect.inspect(model, X, loss="mse")
+    with pytest.raises(UsageError, match="unknown loss"):
+        gradinspect.inspect(model, X, np.zeros((12, 3)), loss="nonsense")
+    with pytest.raises(DataError, match="class ids"):
+        gradinspect.inspect(model, X, np.zeros((12, 3)), loss="sparse_categorical_crossentropy")
+
+
+def _save_compiled(keras: Any, path: Path, fmt: str) -> Any:
+    model = classifier(keras)
+    model.compile(loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+                  loss_weights=[2.0])
+    model.save(path / f"m.{fmt}")
+    return model
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_compiled_loss_is_the_default_with_labels(tfk: Any, tmp_path: Path, fmt: str) -> None:
+    tf, keras = tfk
+    model = _save_compiled(keras, tmp_path, fmt)
+    y = _labels("onehot")
+    np.savez(tmp_path / "d.npz", x=X, y=y)
+    report = gradinspect.inspect_files(tmp_path / f"m.{fmt}", tmp_path / "d.npz")
+    value, grad = by_hand(tf, model, keras.losses.categorical_crossentropy, y,
+                          label_smoothing=0.1)
+    assert report.loss.source == "compiled"
+    assert report.loss.name == "categorical_crossentropy"
+    assert report.loss.value == pytest.approx(2.0 * value, rel=1e-5)
+    assert report["hidden"].grads.kernel.norm == pytest.approx(2.0 * np.linalg.norm(grad),
+                                                               rel=1e-4)
+    plain = gradinspect.inspect_files(tmp_path / f"m.{fmt}", tmp_path / "d.npz",
+                                      gradinspect.InspectOptions(loss="sum"))
+    assert plain.loss.name == "sum"
+    np.save(tmp_path / "x.npy", X)
+    no_labels = gradinspect.inspect_files(tmp_path / f"m.{fmt}", tmp_path / "x.npy")
+    assert no_labels.loss.name == "sum"
+    assert no_labels.loss.source == "default"
+
+
+def test_keras2_compiled_loss_with_from_logits(tfk: Any, tmp_path: Path) -> None:
+    tf, _ = tfk
+    tf_keras = pytest.importorskip("tf_keras")
+    tf_keras.utils.set_random_seed(1)
+    model = tf_keras.Sequential([tf_keras.layers.Dense(5, activation="relu", input_shape=(4,),
+                                                       name="hidden"),
+                                 tf_keras.layers.Dense(3, name="out")])
+    model.compile("adam", loss=tf_keras.losses.CategoricalCrossentropy(from_logits=True))
+    model.save(tmp_path / "k2.h5")
+    y = _labels("onehot")
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    report = gradinspect.inspect_files(tmp_path / "k2.h5", tmp_path / "x.npy",
+                                       labels_path=tmp_path / "y.npy")
+    with tf.GradientTape() as tape:
+        total = tf.reduce_mean(tf_keras.losses.categorical_crossentropy(y, model(X),
+                                                                        from_logits=True))
+    grad = tape.gradient(total, model.layers[0].kernel)
+    assert report.loss.source == "compiled"
+    assert report.loss.from_logits is True
+    assert report.loss.value == pytest.approx(float(total), rel=1e-5)
+    assert report["hidden"].grads.kernel.norm == pytest.approx(float(np.linalg.norm(grad)),
+                                                               rel=1e-4)
+    assert not [f for ly in report.layers for f in ly.warnings if f.code == "logits_mismatch"]
+
+
+def test_multi_output_compiled_losses_and_weights(tfk: Any, tmp_path: Path) -> None:
+    tf, keras = tfk
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((4,), name="x")
+    h = keras.layers.Dense(6, activation="relu", name="hidden")(inp)
+    a = keras.layers.Dense(3, activation="softmax", name="cls")(h)
+    b = keras.layers.Dense(1, name="reg")(h)
+    model = keras.Model(inp, [a, b])
+    model.compile(loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"},
+                  loss_weights={"cls": 1.0, "reg": 0.5})
+    model.save(tmp_path / "mo.keras")
+    ya = RNG.integers(0, 3, 12)
+    yb = RNG.standard_normal((12, 1)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=X, y_cls=ya, y_reg=yb)
+    report = gradinspect.inspect_files(tmp_path / "mo.keras", tmp_path / "d.npz")
+    with tf.GradientTape() as tape:
+        pa, pb = model(X)
+        total = (tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(ya, pa))
+                 + 0.5 * tf.reduce_mean(keras.losses.mean_squared_error(yb, pb)))
+    grad = tape.gradient(total, model.get_layer("hidden").kernel)
+    assert report.loss.name == "sparse_categorical_crossentropy+mean_squared_error"
+    assert report.loss.value == pytest.approx(float(total), rel=1e-5)
+    assert report["hidden"].grads.kernel.norm == pytest.approx(float(np.linalg.norm(grad)),
+                                                               rel=1e-4)
+
+
+def test_hdf5_csv_and_dataset_paths(tfk: Any, tmp_path: Path) -> None:
+    _, keras = tfk
+    model = classifier(keras, None)
+    model.save(tmp_path / "m.keras")
+    y = RNG.standard_normal((12, 3)).astype(np.float32)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["x"] = X
+        f["y"] = y
+        f["group/other"] = X * 2
+    with (tmp_path / "d.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["a", "b", "c", "d"])
+        w.writerows(X.tolist())
+    np.save(tmp_path / "x.npy", X)
+    opts = gradinspect.InspectOptions(loss="mse")
+    ref = gradinspect.inspect_files(tmp_path / "m.keras", tmp_path / "x.npy", opts,
+                                    labels_path=f"{tmp_path}/d.h5:/y")
+    from_h5 = gradinspect.inspect_files(tmp_path / "m.keras", tmp_path / "d.h5", opts)
+    streamed = gradinspect.inspect_files(tmp_path / "m.keras", tmp_path / "d.h5",
+                                         gradinspect.InspectOptions(loss="mse", batch_size=5))
+    from_csv = gradinspect.inspect_files(tmp_path / "m.keras", tmp_path / "d.csv", opts,
+                                         labels_path=f"{tmp_path}/d.h5:/y")
+    doubled = gradinspect.inspect_files(tmp_path / "m.keras", f"{tmp_path}/d.h5:/group/other",
+                                        opts, labels_path=f"{tmp_path}/d.h5:/y")
+    for r in (from_h5, streamed, from_csv):
+        assert r.loss.value == pytest.approx(ref.loss.value, rel=1e-5)
+        assert r["hidden"].grads.kernel.norm == pytest.approx(ref["hidden"].grads.kernel.norm,
+                                                              rel=1e-5)
+    assert doubled.loss.value != pytest.approx(ref.loss.value, rel=1e-3)
+    assert from_csv.data.arrays[0].dtype == "float64"
+
+
+def test_samples_limits_the_rows(tfk: Any, tmp_path: Path) -> None:
+    _, keras = tfk
+    model = classifier(keras, None)
+    head = gradinspect.inspect(model, X[:5])
+    limited = gradinspect.inspect(model, X, samples=5)
+    assert limited.data.samples == 5
+    assert limited.to_dict()["layers"] == head.to_dict()["layers"]
+
+
+def test_training_mode_is_seeded_and_stated(tfk: Any) -> None:
+    _, keras = tfk
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, name="a"),
+                              keras.layers.Dropout(0.5), keras.layers.Dense(2, name="b")])
+    a = gradinspect.inspect(model, X, training=True, seed=3)
+    b = gradinspect.inspect(model, X, training=True, seed=3)
+    c = gradinspect.inspect(model, X, training=True, seed=4)
+    inference = gradinspect.inspect(model, X)
+    assert a.training is True
+    assert inference.training is False
+    assert a.to_json() == b.to_json()
+    assert a["a"].grads.kernel.norm != c["a"].grads.kernel.norm
+    assert a["a"].grads.kernel.norm != inference["a"].grads.kernel.norm
+
+
+def test_cli_with_labels_and_errors(tfk: Any, tmp_path: Path) -> None:
+    _, keras = tfk
+    model = classifier(keras)
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "y.npy", RNG.integers(0, 3, 12))
+    np.save(tmp_path / "bad_y.npy", np.full(12, 7))
+    base = [str(tmp_path / "m.keras"), str(tmp_path / "x.npy")]
+    ok = runner.invoke(cli.app, [*base, "--labels", str(tmp_path / "y.npy"), "--loss",
+                                 "sparse_categorical_crossentropy", "--json"])
+    assert ok.exit_code == 0, ok.stderr
+    doc = json.loads(ok.stdout)
+    assert doc["loss"]["name"] == "sparse_categorical_crossentropy"
+    assert doc["loss"]["labels"].endswith("y.npy")
+    bad = runner.invoke(cli.app, [*base, "-y", str(tmp_path / "bad_y.npy"), "--loss",
+                                  "sparse_categorical_crossentropy"])
+    assert bad.exit_code == ExitStatus.DATA_ERROR
+    assert "sample 0 has class id 7" in bad.stderr
+    unknown = runner.invoke(cli.app, [*base, "--loss", "frobenius"])
+    assert unknown.exit_code == ExitStatus.USAGE
+    assert "unknown loss" in unknown.stderr
+    no_compiled = runner.invoke(cli.app, [*base, "--loss", "compiled"])
+    assert no_compiled.exit_code == ExitStatus.USAGE
+    missing = runner.invoke(cli.app, [*base, "--loss", "mse"])
+    assert missing.exit_code == ExitStatus.DATA_ERROR
+    assert "--labels" in missing.stderr
