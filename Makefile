@@ -25,7 +25,7 @@ demo: $(VENV)/.installed
 	$(BIN)/gradinspect samples/mnist_mlp.keras samples/mnist_mlp_x.npy
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check gradinspect tests samples
+	$(BIN)/ruff check gradinspect tests samples benchmarks
 	$(BIN)/mypy
 
 test: lint

@@ -13,6 +13,7 @@ __all__ = [
     "Finding",
     "InspectOptions",
     "LayerReport",
+    "LoadOptions",
     "Report",
     "Severity",
     "Thresholds",
@@ -23,13 +24,14 @@ __all__ = [
 
 if TYPE_CHECKING:
     from gradinspect.api import inspect, inspect_files
-    from gradinspect.config import InspectOptions, Thresholds
+    from gradinspect.config import InspectOptions, LoadOptions, Thresholds
     from gradinspect.report import Finding, LayerReport, Report, Severity
 
 _LAZY = {
     "inspect": "gradinspect.api",
     "inspect_files": "gradinspect.api",
     "InspectOptions": "gradinspect.config",
+    "LoadOptions": "gradinspect.config",
     "Thresholds": "gradinspect.config",
     "Finding": "gradinspect.report",
     "LayerReport": "gradinspect.report",

@@ -21,10 +21,17 @@ from gradinspect.checks import (
     per_sample_sq_norms,
     per_sample_stats,
 )
-from gradinspect.config import InspectOptions, Thresholds
+from gradinspect.config import InspectOptions, LoadOptions, Thresholds
 from gradinspect.diagnose import LayerFigures, RunFigures, diagnose
 from gradinspect.errors import DataError
-from gradinspect.loading import LoadedData, LoadedModel, live_model, load_data, load_model
+from gradinspect.loading import (
+    LoadedData,
+    LoadedModel,
+    import_custom_objects,
+    live_model,
+    load_data,
+    load_model,
+)
 from gradinspect.report import (
     ActivationStats,
     ArrayInfo,
@@ -551,10 +558,14 @@ def inspect_files(
     options: InspectOptions | None = None,
     progress: ProgressHook | None = None,
     labels_path: str | os.PathLike[str] | None = None,
+    load: LoadOptions | None = None,
 ) -> Report:
     """Load a model file, a data file (and labels) and inspect them (what the CLI runs)."""
     options = options or InspectOptions()
-    loaded = load_model(model_path)
+    load = load or LoadOptions()
+    custom = import_custom_objects(load.custom_objects) if load.custom_objects else None
+    loaded = load_model(model_path, unsafe=load.unsafe, custom_objects=custom,
+                        weights=load.weights)
     data = load_data(data_path, loaded.inputs, options.samples, labels_path=labels_path,
                      outputs=loaded.outputs)
     try:

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 
 from gradinspect import __version__
-from gradinspect.config import InspectOptions, Thresholds
+from gradinspect.config import InspectOptions, LoadOptions, Thresholds
 from gradinspect.errors import ExitStatus, GradInspectError, OutputError, UsageError
 from gradinspect.render import OutputFormat
 from gradinspect.report import Report, Severity
@@ -71,6 +71,7 @@ class CliConfig:
     model: Path
     data: str
     labels: str | None
+    load: LoadOptions
     options: InspectOptions
     output_format: OutputFormat
     output: Path | None
@@ -213,7 +214,7 @@ def run(config: CliConfig) -> ExitStatus:
     hook, progress = _progress_hook(config)
     try:
         report = inspect_files(config.model, config.data, config.options, progress=hook,
-                               labels_path=config.labels)
+                               labels_path=config.labels, load=config.load)
     finally:
         if progress is not None:
             progress.stop()
@@ -235,6 +236,18 @@ def inspect(
         metavar="DATA", help="Input sample: .npy (memory-mapped), .npz keyed by input name "
         "(or 'x'), HDF5 (.h5; FILE:/dataset picks one), or numeric .csv.",
         show_default=False)],
+    weights: Annotated[str | None, typer.Option(
+        metavar="FILE", show_default=False,
+        help="Weights for a MODEL that is an architecture JSON (model.to_json()), Keras 2 or "
+        "3.")] = None,
+    custom_objects: Annotated[list[str] | None, typer.Option(
+        "--custom-objects", metavar="PATH_OR_MODULE", show_default=False,
+        help="Import a .py file or module that defines the model's custom layers, activations, "
+        "losses (repeatable). Nothing is imported implicitly.")] = None,
+    unsafe: Annotated[bool, typer.Option(
+        "--unsafe", "--trust-model",
+        help="Load models whose config runs Python code (Lambda layers). Only for files you "
+        "trust.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout "
                                            "instead of tables.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON "
@@ -298,6 +311,8 @@ def inspect(
             model=model,
             data=data,
             labels=labels,
+            load=LoadOptions(unsafe=unsafe, custom_objects=tuple(custom_objects or ()),
+                             weights=weights),
             options=InspectOptions(
                 loss=loss, reduction=reduction.value if reduction else None,
                 from_logits=from_logits,
@@ -311,6 +326,10 @@ def inspect(
             details=details,
             show_traceback=show_traceback,
         )
+        if unsafe:
+            stderr.print("[yellow]gradinspect: warning:[/] --unsafe: code stored in the model "
+                         "file (Lambda layers) may run; use it only on files you trust",
+                         markup=True, soft_wrap=True)
         status = run(config)
     except KeyboardInterrupt:
         _fail("interrupted", ExitStatus.INTERRUPTED)

@@ -59,6 +59,18 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class LoadOptions:
+    """How to load the model file."""
+
+    unsafe: bool = False
+    """Allow model files whose config runs code on load (Lambda layers): trusted files only."""
+    custom_objects: tuple[str, ...] = ()
+    """Python files or module names defining the model's custom layers, losses, activations."""
+    weights: str | None = None
+    """Weights file for an architecture-JSON model."""
+
+
+@dataclass(frozen=True)
 class InspectOptions:
     """How to run one inspection (shared by the CLI and the Python API)."""
 

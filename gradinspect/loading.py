@@ -7,10 +7,16 @@ extension in a temporary directory; the original file is never copied, renamed o
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
 import os
+import re
+import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,10 +101,14 @@ def sniff(path: Path) -> str:
     return "unknown"
 
 
+def _readable(path: Path) -> bool:
+    return os.access(path, os.R_OK)
+
+
 def _check_readable(path: Path, kind: str, error: type[ModelLoadError] | type[DataError]) -> None:
     if not path.exists():
         raise error(f"{kind} file not found: {path}", "check the path and spelling")
-    if not path.is_dir() and not os.access(path, os.R_OK):
+    if not path.is_dir() and not _readable(path):
         raise error(f"{kind} file is not readable: {path}", "check its permissions")
 
 
@@ -127,7 +137,7 @@ def _h5_model_kind(path: Path) -> str:
             if "layer_names" in f.attrs or "model_weights" in f:
                 return "weights"
             return "other"
-    except OSError as exc:
+    except Exception as exc:  # h5py raises OSError, RuntimeError, KeyError ... on damage
         raise ModelLoadError(
             f"{path}: damaged HDF5 file ({str(exc).splitlines()[0]})",
             "the file is truncated or corrupt; save or download it again",
@@ -167,6 +177,8 @@ def detect_model_format(path: Path) -> str:
         raise ModelLoadError(
             f"{path}: zip archive without a Keras config.json", "pass a .keras or .h5 model file"
         )
+    if kind == "json":
+        return "json"
     if kind == "hdf5":
         h5kind = _h5_model_kind(path)
         if h5kind == "model":
@@ -174,7 +186,8 @@ def detect_model_format(path: Path) -> str:
         if h5kind == "weights":
             raise ModelLoadError(
                 f"{path}: holds weights only, no architecture",
-                "pass the full model saved with model.save(), or its architecture JSON",
+                "pass the full model saved with model.save(), or the architecture JSON with "
+                f"--weights {path}",
             )
         raise ModelLoadError(
             f"{path}: HDF5 file without a Keras model", "pass a model saved with model.save()"
@@ -228,20 +241,31 @@ def read_compile_config(path: Path, fmt: str) -> dict[str, Any] | None:
     return found if isinstance(found, dict) else None
 
 
+_MISSING_CLASS = re.compile(
+    r"(?:Could not locate (?:class|function)|Unknown (?:layer|activation|loss|initializer|"
+    r"regularizer|constraint|object)(?: type)?:?)\s*'?([A-Za-z_][\w.>]*)'?"
+)
+
+
 def _explain_load_failure(path: Path, exc: Exception) -> ModelLoadError:
     text = str(exc)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     lowered = text.lower()
-    if "could not locate" in lowered or "unknown layer" in lowered or "unknown " in lowered:
-        return ModelLoadError(
-            f"{path}: the model needs a class Keras does not know ({first})",
-            "the model uses a custom layer/activation/loss; it must be importable to load",
-        )
     if "lambda" in lowered and ("safe_mode" in lowered or "unsafe" in lowered):
         return ModelLoadError(
-            f"{path}: the model contains a Lambda layer, which runs arbitrary Python code on load",
-            "only inspect it if you trust its source",
+            f"{path}: the model contains a Lambda layer, whose Python code would run when the "
+            "model is loaded and called; refused (safe mode)",
+            "if and only if you trust where the file came from, pass --unsafe",
         )
+    missing = _MISSING_CLASS.search(text)
+    if missing or "could not locate" in lowered or "unknown " in lowered:
+        name = missing.group(1) if missing else first
+        return ModelLoadError(
+            f"{path}: the model needs the custom object '{name}', which is not available",
+            "pass the Python file or module that defines it: --custom-objects my_layers.py",
+        )
+    if len(first) > 300:
+        first = first[:300] + "..."
     return ModelLoadError(f"{path}: could not load the model ({first})", "is the file complete?")
 
 
@@ -314,18 +338,73 @@ def _staged_model_file(p: Path, fmt: str, tmp: Path) -> Path:
     return staged
 
 
-def load_model(path: str | os.PathLike[str]) -> LoadedModel:
-    """Load a full Keras model (``.keras`` or ``.h5``, Keras 2 or 3) without compiling it."""
+def import_custom_objects(specs: Sequence[str]) -> dict[str, Any]:
+    """Import the user's modules (``path/to/file.py`` or ``package.module``) and collect what
+    they define: Keras layers, losses, initializers, regularizers, constraints, activations and
+    loss functions, by name. Classes registered with ``register_keras_serializable`` register
+    themselves on import too."""
+    from gradinspect.errors import UsageError
+
+    found: dict[str, Any] = {}
+    for spec in specs:
+        path = Path(spec)
+        try:
+            if path.suffix == ".py" or path.exists():
+                if not path.is_file():
+                    raise UsageError(f"--custom-objects {spec}: no such file",
+                                     "pass a .py file or an importable module name")
+                name = f"gradinspect_custom_{abs(hash(str(path.resolve())))}"
+                module_spec = importlib.util.spec_from_file_location(name, path)
+                if module_spec is None or module_spec.loader is None:
+                    raise UsageError(f"--custom-objects {spec}: cannot import this file")
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[name] = module
+                module_spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(spec)
+        except UsageError:
+            raise
+        except Exception as exc:
+            raise UsageError(f"--custom-objects {spec}: importing it failed "
+                             f"({type(exc).__name__}: {exc})",
+                             "check that the module runs on its own") from exc
+        for attr, value in vars(module).items():
+            if attr.startswith("_"):
+                continue
+            if (inspect.isclass(value) or inspect.isfunction(value)) and \
+                    getattr(value, "__module__", None) == module.__name__:
+                found[attr] = value
+    return found
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    unsafe: bool = False,
+    custom_objects: Mapping[str, Any] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+) -> LoadedModel:
+    """Load a full Keras model (``.keras`` or ``.h5``, Keras 2 or 3), or an architecture JSON
+    with a weights file, without compiling it. Safe mode stays on unless ``unsafe``."""
     p = Path(path)
     fmt = detect_model_format(p)
+    if fmt == "json":
+        return _load_json_model(p, weights, unsafe=unsafe, custom_objects=custom_objects)
+    if weights is not None:
+        raise ModelLoadError(f"{p}: --weights goes with an architecture JSON file",
+                             "drop --weights: this file is a full model")
     _, keras = _tf()
     with tempfile.TemporaryDirectory(prefix="gradinspect-") as tmp:
         try:
             link = _staged_model_file(p, fmt, Path(tmp))
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{p}: could not read the model ({exc})") from exc
+        except Exception as exc:  # damaged HDF5 metadata surfaces as many exception types
+            raise ModelLoadError(f"{p}: damaged model file ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''})",
+                                 "save or download it again") from exc
         try:
-            model = keras.models.load_model(str(link), compile=False, safe_mode=True)
+            with _safe_mode(keras, unsafe):
+                model = keras.models.load_model(str(link), compile=False, safe_mode=not unsafe,
+                                                custom_objects=dict(custom_objects or {}))
         except Exception as exc:
             raise _explain_load_failure(p, exc) from exc
     if not hasattr(model, "inputs") or not model.inputs:
@@ -335,6 +414,114 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     return LoadedModel(model=model, path=str(p), format=fmt, inputs=_model_inputs(model),
                        outputs=_model_outputs(model),
                        compile_config=read_compile_config(p, fmt))
+
+
+@contextmanager
+def _safe_mode(keras: Any, unsafe: bool) -> Iterator[None]:
+    """Keras' safe-mode switch set explicitly for the load (the legacy .h5 path reads the global
+    switch, not an argument), and put back as it was afterwards."""
+    from keras.src.backend.common import global_state
+
+    before = global_state.get_global_attribute("safe_mode_saving")
+    global_state.set_global_attribute("safe_mode_saving", not unsafe)
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute("safe_mode_saving", before)
+
+
+_KERAS2_CLASS_NAMES = {"Model": "Functional"}
+
+
+def _legacy_layer_entries(entry: dict[str, Any]) -> None:
+    """Drop the Keras-3-style keys (``module``, ``registered_name``, ``build_config``) that newer
+    tf-keras ``to_json`` puts on layers: with them Keras 3 takes its new deserializer, which
+    rejects Keras 2 arguments such as ``batch_input_shape``; without them it takes the legacy
+    one that reads Keras 2 configs. Models nested in models are handled recursively."""
+    for key in ("module", "registered_name", "build_config"):
+        entry.pop(key, None)
+    for layer in entry.get("config", {}).get("layers", []) or []:
+        if isinstance(layer, dict):
+            _legacy_layer_entries(layer)
+
+
+def _keras2_json_to_h5(config: dict[str, Any], weights: Path, out: Path) -> None:
+    """A Keras 2 architecture JSON + Keras 2 weights .h5 -> one full-model .h5 (temporary),
+    the layout Keras 3's legacy loader reads. The inputs are only read."""
+    import json
+
+    import h5py
+
+    if config.get("class_name") in _KERAS2_CLASS_NAMES:
+        config["class_name"] = _KERAS2_CLASS_NAMES[config["class_name"]]
+    _legacy_layer_entries(config)
+    _fix_keras2_node_indices(config)
+    with h5py.File(weights, "r") as src, h5py.File(out, "w") as dst:
+        if "layer_names" not in src.attrs:
+            raise ModelLoadError(f"{weights}: not a Keras 2 weights file (no layer_names)",
+                                 "pass the file written by model.save_weights('...h5')")
+        group = dst.create_group("model_weights")
+        for key, value in src.attrs.items():
+            group.attrs[key] = value
+        for name in src:
+            src.copy(src[name], group, name=name)
+        dst.attrs["model_config"] = json.dumps(config)
+        dst.attrs["keras_version"] = str(src.attrs.get("keras_version", "2.15.0"))
+        dst.attrs["backend"] = str(src.attrs.get("backend", "tensorflow"))
+
+
+def _load_json_model(
+    p: Path, weights: str | os.PathLike[str] | None, *, unsafe: bool,
+    custom_objects: Mapping[str, Any] | None,
+) -> LoadedModel:
+    import json
+
+    if weights is None:
+        raise ModelLoadError(f"{p}: is an architecture JSON without weights",
+                             "pass the weights too: --weights model_weights.h5")
+    wp = Path(weights)
+    _check_readable(wp, "weights", ModelLoadError)
+    try:
+        config = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{p}: not valid JSON ({exc})", "save it again") from exc
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ModelLoadError(f"{p}: JSON without a Keras model config",
+                             "pass the output of model.to_json()")
+    _, keras = _tf()
+    keras2 = str(config.get("keras_version", "")).startswith("2.") or "module" not in config
+    with tempfile.TemporaryDirectory(prefix="gradinspect-") as tmp:
+        try:
+            with _safe_mode(keras, unsafe):
+                if keras2:
+                    staged = Path(tmp) / "model.h5"
+                    _keras2_json_to_h5(config, wp, staged)
+                    model = keras.models.load_model(str(staged), compile=False,
+                                                    safe_mode=not unsafe,
+                                                    custom_objects=dict(custom_objects or {}))
+                else:
+                    model = keras.models.model_from_json(
+                        json.dumps(config), custom_objects=dict(custom_objects or {}))
+                    link = Path(tmp) / ("model.weights.h5" if sniff(wp) == "hdf5"
+                                        and not _is_legacy_weights(wp) else "model.h5")
+                    link.symlink_to(wp.resolve())
+                    model.load_weights(str(link))
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise _explain_load_failure(p, exc) from exc
+    return LoadedModel(model=model, path=str(p), format="json", inputs=_model_inputs(model),
+                       outputs=_model_outputs(model), compile_config=None)
+
+
+def _is_legacy_weights(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "layer_names" in f.attrs
+    except OSError:
+        return False
 
 
 def live_model(model: Any) -> LoadedModel:
@@ -380,7 +567,50 @@ class H5Rows:
 
     def __getitem__(self, index: slice) -> np.ndarray:
         start, stop, step = index.indices(self.shape[0])
-        return np.asarray(self.dataset[start:stop:step])
+        try:
+            return np.asarray(self.dataset[start:stop:step])
+        except Exception as exc:  # a damaged chunk shows only when it is read
+            raise DataError(f"{self.dataset.file.filename}: rows {start}..{stop} of "
+                            f"{self.dataset.name} cannot be read ({type(exc).__name__}: {exc})",
+                            "the HDF5 file is damaged; save it again") from exc
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+
+class NpyRows:
+    """Rows of a C-ordered .npy file read on demand with positioned reads.
+
+    Like a read-only memory map, but pages read for one batch are not kept resident, so memory
+    grows with the batch size, not with the file (a 3 GB file streams in well under 1.5 GB).
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype[Any], offset: int,
+                 rows: int | None = None) -> None:
+        self.path = path
+        self.full_shape = shape
+        self.shape = (min(shape[0], rows) if rows is not None else shape[0], *shape[1:])
+        self.dtype = dtype
+        self.ndim = len(shape)
+        self.offset = offset
+        self.row_items = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, stop, step = index.indices(self.shape[0])
+        if step != 1:
+            return self[start:stop][::step]
+        count = max(stop - start, 0)
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset + start * self.row_items * self.dtype.itemsize)
+                flat = np.fromfile(f, dtype=self.dtype, count=count * self.row_items)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{self.path}: rows {start}..{stop} cannot be read ({exc})",
+                            "the file is damaged or was changed during the run") from exc
+        if flat.size != count * self.row_items:
+            raise DataError(f"{self.path}: the file is shorter than its header says",
+                            "the .npy file is truncated; save it again")
+        return flat.reshape((count, *self.shape[1:]))
 
     def __len__(self) -> int:
         return int(self.shape[0])
@@ -389,6 +619,8 @@ class H5Rows:
 def _first_rows(array: ArrayLike, n: int) -> ArrayLike:
     if isinstance(array, H5Rows):
         return H5Rows(array.dataset, n)
+    if isinstance(array, NpyRows):
+        return NpyRows(array.path, array.full_shape, array.dtype, array.offset, n)
     return array[:n]
 
 
@@ -402,8 +634,24 @@ def split_dataset_spec(spec: str | os.PathLike[str]) -> tuple[Path, str | None]:
     return Path(text), None
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path) -> ArrayLike:
+    fmt = np.lib.format
     try:
+        with path.open("rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+            offset = f.tell()
+        if dtype.hasobject:
+            raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+        if not fortran and len(shape) >= 1:
+            expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if path.stat().st_size < expected:
+                raise ValueError(f"file is {path.stat().st_size} bytes, the header says "
+                                 f"{expected}")
+            return NpyRows(path, tuple(shape), dtype, offset)
         array: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
         return array
     except ValueError as exc:
@@ -413,14 +661,17 @@ def _load_npy(path: Path) -> np.ndarray:
                 "save a numeric array instead: np.save(path, np.asarray(x, dtype='float32'))",
             ) from exc
         raise DataError(f"{path}: damaged .npy file ({exc})", "save it again") from exc
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: damaged .npy file ({exc})", "save it again") from exc
+    except DataError:
+        raise
+    except Exception as exc:  # the header parser raises many kinds on damaged bytes
+        raise DataError(f"{path}: damaged .npy file ({type(exc).__name__}: {exc})",
+                        "save it again") from exc
 
 
 def _load_npz(path: Path) -> dict[str, ArrayLike]:
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            found = {k: z[k] for k in z.files}
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise DataError(
@@ -428,8 +679,14 @@ def _load_npz(path: Path) -> dict[str, ArrayLike]:
                 "save numeric arrays instead with np.savez",
             ) from exc
         raise DataError(f"{path}: damaged .npz file ({exc})", "save it again") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: damaged .npz file ({exc})", "save it again") from exc
+    except Exception as exc:  # zip and npy parsers raise many kinds on damaged bytes
+        raise DataError(f"{path}: damaged .npz file ({type(exc).__name__}: {exc})",
+                        "save it again") from exc
+    strays = [k for k, v in found.items() if not isinstance(v, np.ndarray)]
+    if strays:
+        raise DataError(f"{path}: .npz members {strays} are not NumPy arrays",
+                        "save the archive with np.savez")
+    return found
 
 
 def _load_hdf5(path: Path, inner: str | None, closers: list[Any]) -> dict[str, ArrayLike]:
@@ -499,7 +756,13 @@ def read_arrays(spec: str | os.PathLike[str], closers: list[Any]) -> tuple[Path,
                             "did you swap MODEL and DATA? usage: gradinspect MODEL DATA")
         return path, _load_npz(path)
     if kind == "hdf5":
-        return path, _load_hdf5(path, inner, closers)
+        try:
+            return path, _load_hdf5(path, inner, closers)
+        except DataError:
+            raise
+        except Exception as exc:  # damaged HDF5 metadata surfaces as many exception types
+            raise DataError(f"{path}: damaged HDF5 file ({type(exc).__name__}: {exc})",
+                            "save it again") from exc
     if kind in ("directory", "savedmodel"):
         raise DataError(f"{path}: is a directory, not a data file",
                         "pass a .npy, .npz, .h5 or .csv file")

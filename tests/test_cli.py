@@ -246,6 +246,7 @@ def test_every_output_format_renders(seed_c: tuple[Path, Path], capsys: Any) -> 
     report = gradinspect.inspect_files(*seed_c)
     for fmt in OutputFormat:
         config = cli.CliConfig(model=seed_c[0], data=str(seed_c[1]), labels=None,
+                               load=cli.LoadOptions(),
                                options=cli.InspectOptions(),
                                output_format=fmt, output=None, fail_on=cli.FailOn.NEVER,
                                details=True, show_traceback=False)

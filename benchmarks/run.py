@@ -1,0 +1,388 @@
+"""gradinspect benchmarks: ratios against hand-written baselines measured in the same run.
+
+    python benchmarks/run.py            # full suite (about 10 minutes on 2 cores)
+    python benchmarks/run.py --quick    # smaller sizes, fewer repetitions (under 2 minutes)
+    python benchmarks/run.py --only startup,per_sample
+
+Every figure is a median over repetitions; every target is a ratio against a baseline timed on
+the same machine in the same run (the machine is shared and noisy), except where the target is
+an absolute bound from an issue (peak RSS of the 1M-sample stream). Wall time and peak RSS of
+whole commands are measured in child processes (peak RSS via getrusage of a wrapper's only
+child); steady-state throughput is measured in-process after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(ROOT))
+
+WRAPPER = (
+    "import resource, subprocess, sys, time\n"
+    "t = time.perf_counter()\n"
+    "p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
+    "wall = time.perf_counter() - t\n"
+    "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
+    "print(wall, rss, p.returncode)\n"
+    "sys.stderr.write(p.stderr.decode(errors='replace'))\n"
+)
+
+
+@dataclass
+class Row:
+    figure: str
+    ours: float
+    base: float
+    unit: str
+    target: str
+    ok: bool
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.base if self.base else float("nan")
+
+
+def measure_command(cmd: list[str], reps: int) -> tuple[float, float]:
+    """Median wall seconds and median peak RSS bytes of a command, each run in a fresh child."""
+    walls, rsss = [], []
+    for _ in range(reps):
+        out = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], capture_output=True,
+                             text=True, check=False)
+        wall, rss, code = out.stdout.split()
+        if int(code) != 0:
+            raise RuntimeError(f"{cmd} failed ({code}): {out.stderr[-2000:]}")
+        walls.append(float(wall))
+        rsss.append(float(rss))
+    return statistics.median(walls), statistics.median(rsss)
+
+
+def median_time(fn: Callable[[], Any], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def gradinspect_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gradinspect", *args]
+
+
+# ------------------------------------------------------------------ hand-written baselines
+
+BASELINE_SCRIPT = '''
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import tensorflow as tf
+import keras
+model = keras.models.load_model(sys.argv[1], compile=False)
+x = tf.constant(np.load(sys.argv[2]))
+with tf.GradientTape() as tape:
+    tape.watch(x)
+    loss = tf.reduce_sum(model(x))
+variables = model.trainable_variables
+grads = tape.gradient(loss, variables)
+for v, g in zip(variables, grads):
+    print(v.path, g.shape, float(tf.norm(g)))
+'''
+
+
+def write_baseline(tmp: Path) -> Path:
+    path = tmp / "baseline_tape.py"
+    path.write_text(BASELINE_SCRIPT)
+    return path
+
+
+def make_big_npy(path: Path, rows: int, cols: int = 784, chunk: int = 50_000) -> None:
+    """A large float32 .npy written in chunks (never all in memory)."""
+    import numpy as np
+
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, cols))
+    rng = np.random.default_rng(0)
+    for start in range(0, rows, chunk):
+        stop = min(rows, start + chunk)
+        mm[start:stop] = rng.uniform(0, 1, (stop - start, cols)).astype(np.float32)
+    mm.flush()
+    del mm
+
+
+# ------------------------------------------------------------------ sections
+
+
+def bench_startup(args: argparse.Namespace, tmp: Path) -> list[Row]:
+    reps = 3 if args.quick else 7
+    rows = []
+    import_tf, _ = measure_command([sys.executable, "-c", "import tensorflow"], reps)
+    for flag in ("--help", "--version"):
+        wall, _ = measure_command(gradinspect_cmd(flag), reps)
+        rows.append(Row(f"start-up: gradinspect {flag} (vs import tensorflow)", wall, import_tf,
+                        "s", "<= 0.3 s", wall <= 0.3))
+    return rows
+
+
+def bench_small_e2e(args: argparse.Namespace, tmp: Path) -> list[Row]:
+    reps = 3 if args.quick else 5
+    baseline = write_baseline(tmp)
+    names = ["seed_a", "mnist_mlp"] if args.quick else ["seed_a", "seed_b", "seed_c",
+                                                         "mnist_mlp"]
+    rows = []
+    for name in names:
+        model = str(SAMPLES / f"{name}.keras")
+        data = str(SAMPLES / f"{name}_x.npy")
+        ours_t, ours_m = measure_command(gradinspect_cmd(model, data), reps)
+        base_t, base_m = measure_command([sys.executable, str(baseline), model, data], reps)
+        rows.append(Row(f"end to end {name}: wall", ours_t, base_t, "s", "<= 1.10x",
+                        ours_t / base_t <= 1.10))
+        rows.append(Row(f"end to end {name}: peak RSS", ours_m / 2**20, base_m / 2**20, "MiB",
+                        "<= 1.10x", ours_m / base_m <= 1.10))
+    return rows
+
+
+def _mlp(keras: Any, widths: tuple[int, ...]) -> Any:
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((784,))]
+    layers += [keras.layers.Dense(w, activation="relu") for w in widths[:-1]]
+    layers.append(keras.layers.Dense(widths[-1]))
+    return keras.Sequential(layers)
+
+
+def _hand_loop(tf: Any, model: Any, path: Path, batch: int) -> list[float]:
+    """What a person writes for many samples: a tf.function gradient step over mmap batches."""
+    import numpy as np
+
+    data = np.load(path, mmap_mode="r")
+    variables = model.trainable_variables
+
+    @tf.function(reduce_retracing=True)
+    def step(x: Any) -> Any:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x))
+        return tape.gradient(loss, variables)
+
+    total = None
+    for start in range(0, data.shape[0], batch):
+        grads = step(np.ascontiguousarray(data[start:start + batch]))
+        total = list(grads) if total is None else [a + g for a, g in zip(total, grads,
+                                                                         strict=True)]
+    assert total is not None
+    return [float(tf.norm(g)) for g in total]
+
+
+def bench_streaming(args: argparse.Namespace, tmp: Path) -> list[Row]:
+    import gradinspect
+    from gradinspect._tf import tf_modules
+
+    tf, keras = tf_modules()
+    n = 20_000 if args.quick else 100_000
+    reps = 2 if args.quick else 3
+    path = tmp / f"stream_{n}.npy"
+    make_big_npy(path, n)
+    rows = []
+    widths_list = [(256, 128, 10)] if args.quick else [(256, 128, 10), (2048, 2048, 10)]
+    for widths in widths_list:
+        model = _mlp(keras, widths)
+        model_path = tmp / f"mlp_{'_'.join(map(str, widths))}.keras"
+        model.save(model_path)
+        loaded = keras.models.load_model(model_path, compile=False)
+        options = gradinspect.InspectOptions(batch_size=1024)
+        gradinspect.inspect_files(model_path, path, gradinspect.InspectOptions(
+            batch_size=1024, samples=4096))  # warm-up: traces, caches
+        _hand_loop(tf, loaded, path, 1024)
+        ours = median_time(
+            lambda m=model_path, o=options: gradinspect.inspect_files(m, path, o), reps)
+        base = median_time(lambda m=loaded: _hand_loop(tf, m, path, 1024), reps)
+        label = "784-" + "-".join(map(str, widths))
+        rows.append(Row(f"throughput {label}, {n} samples, batch 1024 (samples/s)", n / ours,
+                        n / base, "1/s", ">= 0.9x", base / ours >= 0.9))
+    return rows
+
+
+def bench_diagnostics(args: argparse.Namespace, tmp: Path) -> list[Row]:
+    import numpy as np
+
+    import gradinspect
+    from gradinspect._tf import tf_modules
+
+    tf, keras = tf_modules()
+    model = _mlp(keras, (256, 128, 10))
+    batch = 2048 if args.quick else 8192
+    x = np.random.default_rng(1).uniform(0, 1, (batch, 784)).astype(np.float32)
+    variables = model.trainable_variables
+
+    @tf.function
+    def bare(xx: Any) -> Any:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(xx))
+        return tape.gradient(loss, variables)
+
+    def plain() -> None:
+        [g.numpy() for g in bare(x)]
+
+    def everything() -> None:
+        gradinspect.inspect(model, x, per_sample=True, verify=True)
+
+    reps = 3 if args.quick else 5
+    everything()
+    plain()
+    ours = median_time(everything, reps)
+    base = median_time(plain, reps)
+    return [Row(f"all diagnostics (findings, --per-sample, --verify) vs bare pass, batch {batch}",
+                ours, base, "s", "<= 1.15x", ours / base <= 1.15)]
+
+
+def bench_per_sample(args: argparse.Namespace, tmp: Path) -> list[Row]:
+    import numpy as np
+
+    import gradinspect
+    from gradinspect._tf import tf_modules
+
+    tf, keras = tf_modules()
+    model = keras.models.load_model(SAMPLES / "mnist_mlp.keras", compile=False)
+    x = np.random.default_rng(2).uniform(0, 1, (256, 784)).astype(np.float32)
+    reps = 5 if args.quick else 11
+    variables = model.trainable_variables
+
+    def plain() -> None:
+        gradinspect.inspect(model, x)
+
+    def per_sample() -> None:
+        gradinspect.inspect(model, x, per_sample=True)
+
+    @tf.function
+    def jacobian_norms(xx: Any) -> Any:
+        def one(row: Any) -> Any:
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(model(row[None, :]))
+            grads = tape.gradient(loss, variables)
+            return tf.sqrt(tf.add_n([tf.reduce_sum(g * g) for g in grads]))
+        return tf.vectorized_map(one, xx)
+
+    def vmap_baseline() -> None:
+        jacobian_norms(x).numpy()
+
+    for fn in (plain, per_sample, vmap_baseline):
+        fn()
+    t_plain = median_time(plain, reps)
+    t_ps = median_time(per_sample, reps)
+    t_vmap = median_time(vmap_baseline, reps)
+    # memory: each in a fresh child process, peak RSS
+    script = tmp / "ps_mem.py"
+    script.write_text(
+        "import sys, numpy as np, gradinspect\n"
+        "x = np.random.default_rng(2).uniform(0, 1, (256, 784)).astype(np.float32)\n"
+        "np.save(sys.argv[2], x)\n"
+        "gradinspect.inspect_files(sys.argv[1], sys.argv[2], gradinspect.InspectOptions("
+        "per_sample=sys.argv[3] == '1'))\n"
+    )
+    mem_reps = 2 if args.quick else 3
+    model_path = str(SAMPLES / "mnist_mlp.keras")
+    _, m_plain = measure_command([sys.executable, str(script), model_path,
+                                  str(tmp / "ps.npy"), "0"], mem_reps)
+    _, m_ps = measure_command([sys.executable, str(script), model_path,
+                               str(tmp / "ps.npy"), "1"], mem_reps)
+    return [
+        Row("--per-sample vs plain inspect, batch 256: time", t_ps, t_plain, "s", "<= 1.2x",
+            t_ps / t_plain <= 1.2),
+        Row("--per-sample vs plain inspect, batch 256: peak RSS", m_ps / 2**20, m_plain / 2**20,
+            "MiB", "<= 1.3x", m_ps / m_plain <= 1.3),
+        Row("--per-sample (whole inspect) vs vectorized_map per-sample norms: time", t_ps,
+            t_vmap, "s", "report", True),
+    ]
+
+
+def bench_memory(args: argparse.Namespace, tmp: Path) -> list[Row]:
+    small_n = 10_000
+    big_n = 200_000 if args.quick else 1_000_000
+    model = str(SAMPLES / "mnist_mlp.keras")
+    small = tmp / "mem_small.npy"
+    big = tmp / "mem_big.npy"
+    make_big_npy(small, small_n)
+    make_big_npy(big, big_n)
+    _, m_small = measure_command(gradinspect_cmd(model, str(small), "--batch-size", "1024",
+                                                 "--json"), 1)
+    wall, m_big = measure_command(gradinspect_cmd(model, str(big), "--batch-size", "1024",
+                                                  "--json"), 1)
+    size_gb = big.stat().st_size / 1e9
+    big.unlink()
+    return [
+        Row(f"peak RSS streaming {big_n} x 784 ({size_gb:.2f} GB .npy) vs {small_n} samples",
+            m_big / 2**20, m_small / 2**20, "MiB", "<= 1.10x", m_big / m_small <= 1.10),
+        Row(f"peak RSS streaming {big_n} x 784, batch 1024 (absolute, {wall:.0f} s wall)",
+            m_big / 2**20, 1536.0, "MiB", "< 1536 MiB", m_big / 2**20 < 1536),
+    ]
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace, Path], list[Row]]] = {
+    "startup": bench_startup,
+    "small_e2e": bench_small_e2e,
+    "streaming": bench_streaming,
+    "diagnostics": bench_diagnostics,
+    "memory": bench_memory,
+    "per_sample": bench_per_sample,
+}
+
+
+def machine() -> str:
+    import numpy as np
+
+    from gradinspect._tf import tf_modules
+
+    tf, keras = tf_modules()
+    return (f"{platform.platform()}, {os.cpu_count()} cores, Python "
+            f"{platform.python_version()}, TensorFlow {tf.__version__}, Keras "
+            f"{keras.__version__}, numpy {np.__version__}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer reps")
+    parser.add_argument("--only", default="", help="comma-separated sections: "
+                        + ", ".join(SECTIONS))
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    chosen = [s for s in args.only.split(",") if s] or list(SECTIONS)
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {sorted(unknown)}")
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="gradinspect-bench-") as tmp:
+        for name in chosen:
+            t = time.perf_counter()
+            section_rows = SECTIONS[name](args, Path(tmp))
+            rows += section_rows
+            print(f"[{name}: {time.perf_counter() - t:.0f} s]", file=sys.stderr, flush=True)
+    print(f"machine: {machine()}")
+    print(f"mode: {'quick' if args.quick else 'full'}; medians of repetitions\n")
+    header = f"{'figure':<78} {'gradinspect':>12} {'baseline':>12} {'ratio':>7} " \
+             f"{'target':>10}  result"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r.figure:<78} {r.ours:>12.4g} {r.base:>12.4g} {r.ratio:>7.3f} "
+              f"{r.target:>10}  {'pass' if r.ok else 'FAIL'}  [{r.unit}]")
+    if args.json:
+        args.json.write_text(json.dumps([r.__dict__ | {"ratio": r.ratio} for r in rows],
+                                        indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
