@@ -14,6 +14,7 @@ child); steady-state throughput is measured in-process after a warm-up.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -329,6 +330,40 @@ def bench_memory(args: argparse.Namespace, tmp: Path) -> list[Row]:
     ]
 
 
+def bench_callback(args: argparse.Namespace, tmp: Path) -> list[Row]:
+    import numpy as np
+
+    import gradinspect
+    from gradinspect._tf import tf_modules
+
+    _, keras = tf_modules()
+    model = _mlp(keras, (256, 128, 10))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(3)
+    batches = 300 if args.quick else 1000
+    x = rng.uniform(0, 1, (64 * batches, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 64 * batches)
+    callback = gradinspect.GradInspectCallback(x[:64], y[:64], every_n_batches=100,
+                                               path=tmp / "grads.jsonl", stream=io.StringIO())
+
+    def plain() -> None:
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+
+    def with_callback() -> None:
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[callback])
+
+    plain()
+    with_callback()  # warm-up: traces both
+    reps = 3 if args.quick else 5
+    base, ours = [], []
+    for _ in range(reps):  # interleaved, so drift hits both alike
+        base.append(median_time(plain, 1))
+        ours.append(median_time(with_callback, 1))
+    b, o = statistics.median(base), statistics.median(ours)
+    return [Row(f"fit, {batches} batches of 64, callback every 100 batches vs none", o, b, "s",
+                "<= 1.10x", o / b <= 1.10)]
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace, Path], list[Row]]] = {
     "startup": bench_startup,
     "small_e2e": bench_small_e2e,
@@ -336,6 +371,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, Path], list[Row]]] = {
     "diagnostics": bench_diagnostics,
     "memory": bench_memory,
     "per_sample": bench_per_sample,
+    "callback": bench_callback,
 }
 
 

@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Finding",
+    "GradInspectCallback",
     "InspectOptions",
     "LayerReport",
     "LoadOptions",
@@ -24,10 +25,12 @@ __all__ = [
 
 if TYPE_CHECKING:
     from gradinspect.api import inspect, inspect_files
+    from gradinspect.callback import GradInspectCallback
     from gradinspect.config import InspectOptions, LoadOptions, Thresholds
     from gradinspect.report import Finding, LayerReport, Report, Severity
 
 _LAZY = {
+    "GradInspectCallback": "gradinspect.callback",
     "inspect": "gradinspect.api",
     "inspect_files": "gradinspect.api",
     "InspectOptions": "gradinspect.config",

@@ -6,8 +6,10 @@ is what ``gradinspect MODEL DATA`` calls. Both return a ``Report``.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +40,7 @@ from gradinspect.report import (
     ChecksInfo,
     DataInfo,
     GradcheckStats,
+    GradValues,
     LayerGrads,
     LayerReport,
     LayerWeights,
@@ -78,6 +81,8 @@ class _LayerAccumulators:
     output_shape: tuple[int | None, ...] | None = None
     kernel: np.ndarray | None = None
     bias: np.ndarray | None = None
+    input_values: list[np.ndarray] | None = None
+    input_value_rows: int = 0
 
     def __post_init__(self) -> None:
         self.activity = ActivityAccumulator(self.units, self.low_threshold)
@@ -128,13 +133,7 @@ def run_inspection(
     """Run the hooked pass over the data (and the requested checks) and build the report."""
     from gradinspect._tf import tf_modules
     from gradinspect.losses import LossRequest, resolve_loss
-    from gradinspect.probe import (
-        Probe,
-        batch_interactions,
-        find_dense_layers,
-        require_dense,
-        seeded,
-    )
+    from gradinspect.probe import batch_interactions, seeded
 
     tf_modules()
     loss = resolve_loss(
@@ -148,8 +147,7 @@ def run_inspection(
     if data.labels is not None and not loss.needs_labels:
         label_notes.append(f"labels are not used by the loss {loss.name!r}; pass --loss NAME "
                            "to use them")
-    sites = find_dense_layers(loaded.model)
-    require_dense(loaded.model, sites, loaded.path or "model")
+    sites, probe = _probe_for(loaded, loss, options)
     t = options.thresholds
     run = _Run(
         loaded=loaded, data=data, options=options, sites=sites, loss=loss,
@@ -160,6 +158,7 @@ def run_inspection(
                 s.units, s.measured.peak * t.saturation_derivative, s.use_bias,
                 verify=VerifyAccumulator(s.use_bias) if options.verify else None,
                 per_sample=[] if options.per_sample else None,
+                input_values=[] if options.values else None,
             )
             for s in sites
         ],
@@ -185,8 +184,7 @@ def run_inspection(
     done = 0
     label_batches = (_batches(data.labels, batch_size) if label_prep is not None and
                      data.labels is not None else None)
-    with Probe(loaded.model, sites, loss, training=options.training,
-               verify=options.verify) as probe, seeded(loaded.model, options.seed):
+    with probe, seeded(loaded.model, options.seed):
         for raw in _batches(data.arrays, batch_size):
             batch = _as_model_dtype(raw, dtypes)
             labels = (label_prep(next(label_batches), done) if label_prep is not None and
@@ -198,6 +196,7 @@ def run_inspection(
             run.loss_value += capture.loss
             for site, acc, cap in zip(sites, run.accs, capture.layers, strict=True):
                 _accumulate(site, acc, cap, t, run.scale)
+                _keep_values(acc, cap, options.values_samples)
             done += capture.samples
             if progress is not None:
                 progress(done, data.samples)
@@ -205,6 +204,33 @@ def run_inspection(
     if options.gradcheck > 0:
         _run_gradcheck(run, dtypes)
     return _build_report(run)
+
+
+_PROBES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[list[Any], Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _probe_for(loaded: LoadedModel, loss: Any, options: InspectOptions) -> tuple[list[Any], Any]:
+    """The Dense sites and the compiled, hookable step for this model and loss.
+
+    Kept per live model (weakly), so repeated inspections of the same model — a notebook, a
+    training callback — trace the step once instead of every time.
+    """
+    from gradinspect.probe import Probe, find_dense_layers, require_dense
+
+    key = (type(loss).__name__, loss.name, loss.reduction,
+           repr(getattr(loss, "per_output", None)), options.training, options.verify)
+    try:
+        per_model = _PROBES.setdefault(loaded.model, {})
+    except TypeError:  # not weak-referenceable: no caching
+        per_model = {}
+    if key not in per_model:
+        sites = find_dense_layers(loaded.model)
+        require_dense(loaded.model, sites, loaded.path or "model")
+        per_model[key] = (sites, Probe(loaded.model, sites, loss, training=options.training,
+                                       verify=options.verify))
+    return per_model[key]
 
 
 def _input_dtypes(loaded: LoadedModel) -> list[str]:
@@ -237,6 +263,41 @@ def _run_gradcheck(run: _Run, dtypes: Sequence[str]) -> None:
         f"and b, first {n} samples, seed {options.seed}, inference mode (Dropout and other "
         "randomness off), against a float32 tape pass on the same samples"
     )
+
+
+def _keep_values(acc: _LayerAccumulators, cap: Any, limit: int) -> None:
+    """``--values``: the first ``limit`` samples' dL/dinput of the first call."""
+    if acc.input_values is None or not cap.calls or acc.input_value_rows >= limit:
+        return
+    rows = cap.calls[0].g_x[: limit - acc.input_value_rows]
+    acc.input_values.append(np.array(rows))
+    acc.input_value_rows += int(rows.shape[0])
+
+
+def _values(acc: _LayerAccumulators) -> GradValues | None:
+    if acc.input_values is None or acc.kernel_grad.total is None:
+        return None
+    return GradValues(
+        kernel=acc.kernel_grad.total,
+        bias=acc.bias_grad.total,
+        input=np.concatenate(acc.input_values) if acc.input_values else np.zeros((0,)),
+        input_samples=acc.input_value_rows,
+    )
+
+
+def _select(layers: Sequence[LayerReport], patterns: Sequence[str]) -> tuple[LayerReport, ...]:
+    """``--layer``: the layers whose name or path matches a glob pattern."""
+    if not patterns:
+        return tuple(layers)
+    chosen = tuple(ly for ly in layers
+                   if any(fnmatch.fnmatchcase(ly.name, p) or fnmatch.fnmatchcase(ly.path, p)
+                          for p in patterns))
+    if not chosen:
+        from gradinspect.errors import UsageError
+
+        raise UsageError(f"--layer {' '.join(patterns)} matches no Dense layer",
+                         f"layers: {', '.join(ly.path for ly in layers)}")
+    return chosen
 
 
 def _accumulate(site: Any, acc: _LayerAccumulators, cap: Any, t: Thresholds,
@@ -394,10 +455,12 @@ def _build_report(run: _Run) -> Report:
             verify=fig.verify,
             gradcheck=fig.gradcheck,
             per_sample=_per_sample(run, acc, fig.grads),
+            values=_values(acc),
             warnings=found,
         )
         for (site, acc, weights), fig, found in zip(partial, figures, per_layer, strict=True)
     )
+    layers = _select(layers, run.options.layers)
     model_name = str(getattr(run.loaded.model, "name", "model"))
     return Report(
         tool=ToolInfo(name="gradinspect", version=__version__),
@@ -590,6 +653,8 @@ def inspect(
     gradcheck: int = 0,
     per_sample: bool = False,
     seed: int = 0,
+    layers: Sequence[str] = (),
+    values: bool = False,
 ) -> Report:
     """Inspect a live Keras model on in-memory data.
 
@@ -635,5 +700,7 @@ def inspect(
         gradcheck=gradcheck,
         per_sample=per_sample,
         seed=seed,
+        layers=tuple(layers),
+        values=values,
     )
     return run_inspection(loaded, data, options)

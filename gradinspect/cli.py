@@ -75,6 +75,8 @@ class CliConfig:
     options: InspectOptions
     output_format: OutputFormat
     output: Path | None
+    flow: bool
+    plot: Path | None
     fail_on: FailOn
     details: bool
     show_traceback: bool
@@ -163,6 +165,10 @@ def emit(report: Report, config: CliConfig) -> None:
             write_atomic(config.output, render_json(report))
         except OSError as exc:
             raise OutputError(f"{config.output}: cannot write ({exc})") from exc
+    if config.plot is not None:
+        from gradinspect.render.flow import write_plot
+
+        write_plot(report, config.plot)
     fmt = config.output_format
     if fmt is OutputFormat.JSON:
         sys.stdout.write(render_json(report))
@@ -171,6 +177,10 @@ def emit(report: Report, config: CliConfig) -> None:
 
         out = Console(highlight=False, width=max(100, Console().width))
         out.print(report_renderable(report, details=config.details))
+        if config.flow:
+            from gradinspect.render.flow import flow_renderable
+
+            out.print(flow_renderable(report))
     else:
         assert_never(fmt)
     sys.stdout.flush()
@@ -295,6 +305,18 @@ def inspect(
                                              "ratio, from the same single pass.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for --gradcheck coordinates and training-mode "
                                       "randomness.")] = 0,
+    layer: Annotated[list[str] | None, typer.Option(
+        "--layer", metavar="PATTERN", show_default=False,
+        help="Report only layers whose name or path matches this glob (repeatable).")] = None,
+    values: Annotated[bool, typer.Option("--values", help="Print the gradient arrays "
+                                         "themselves (summarised when large; in the JSON as "
+                                         "lists).")] = False,
+    flow: Annotated[bool, typer.Option("--flow", help="Draw the gradient flow: per-layer bars "
+                                       "of log10 norms, findings marked.")] = False,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", metavar="FILE.png", show_default=False,
+        help="Write the gradient-flow chart as an image (pip install 'gradinspect[plot]')."
+    )] = None,
     details: Annotated[bool, typer.Option(help="Show the per-gradient detail table "
                                           "(shape, max, mean, NaN, Inf).")] = True,
     show_traceback: Annotated[bool, typer.Option("--traceback", help="Show the Python "
@@ -304,7 +326,9 @@ def inspect(
                        ] = False,
 ) -> None:
     """Show dL/dW, dL/db and dL/dinput of every Dense layer of a saved Keras model on a data
-    sample, with verdicts (saturation, dead units, vanishing/exploding/NaN gradients)."""
+    sample, with verdicts (saturation, dead units, vanishing/exploding/NaN gradients).
+
+    Compare two reports with: gradinspect diff A.json B.json"""
     try:
         thresholds = _parse_thresholds(threshold or [], project_thresholds(Path.cwd()))
         config = CliConfig(
@@ -318,10 +342,12 @@ def inspect(
                 from_logits=from_logits,
                 batch_size=batch_size, samples=samples, training=training,
                 thresholds=thresholds, verify=verify, gradcheck=gradcheck,
-                per_sample=per_sample, seed=seed,
+                per_sample=per_sample, seed=seed, layers=tuple(layer or ()), values=values,
             ),
             output_format=OutputFormat.JSON if json_out else OutputFormat.TABLE,
             output=output,
+            flow=flow,
+            plot=plot,
             fail_on=fail_on,
             details=details,
             show_traceback=show_traceback,
@@ -349,9 +375,53 @@ def inspect(
     raise SystemExit(int(status))
 
 
-def main() -> None:
-    """Console-script entry point."""
+diff_app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@diff_app.command(epilog="Exit codes: 0 ok; 2 bad usage; 4 a report cannot be read.")
+def diff(
+    a: Annotated[str, typer.Argument(metavar="A", help="Report: a --json/--output file, or "
+                                     "FILE.jsonl:STEP (also :first, :last) from the callback.",
+                                     show_default=False)],
+    b: Annotated[str, typer.Argument(metavar="B", help="Report to compare with A.",
+                                     show_default=False)],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the differences as JSON.")
+                        ] = False,
+    show_traceback: Annotated[bool, typer.Option("--traceback", help="Show the Python "
+                                                 "traceback of an error.")] = False,
+) -> None:
+    """Compare two gradinspect reports layer by layer: the change of every norm (B/A and its
+    log10) and the findings that appeared or went away."""
+    from gradinspect.diff import diff_reports, read_report
+    from gradinspect.render.diff import diff_renderable, render_diff_json
+
     try:
-        app(args=_normalise_argv(sys.argv[1:]), prog_name="gradinspect")
+        a_name, a_doc = read_report(a)
+        b_name, b_doc = read_report(b)
+        result = diff_reports(a_doc, b_doc, a_name, b_name)
+    except GradInspectError as exc:
+        if show_traceback:
+            traceback.print_exc()
+        _fail(exc.one_line(), exc.status)
+    if json_out:
+        sys.stdout.write(render_diff_json(result))
+    else:
+        Console(highlight=False, width=max(100, Console().width)).print(diff_renderable(result))
+    raise SystemExit(int(ExitStatus.SUCCESS))
+
+
+def main() -> None:
+    """Console-script entry point: ``gradinspect MODEL DATA ...`` or ``gradinspect diff A B``."""
+    argv = sys.argv[1:]
+    try:
+        if argv[:1] == ["diff"]:
+            diff_app(args=argv[1:], prog_name="gradinspect diff")
+        else:
+            app(args=_normalise_argv(argv), prog_name="gradinspect")
     except KeyboardInterrupt:
         _fail("interrupted", ExitStatus.INTERRUPTED)

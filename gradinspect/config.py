@@ -100,3 +100,10 @@ class InspectOptions:
     """Per-sample gradient norms and the gradient signal-to-noise ratio."""
     seed: int = 0
     """Seed for everything random (gradcheck coordinates, training-mode randomness)."""
+    layers: tuple[str, ...] = ()
+    """Glob patterns on layer name or path: report only the matching layers (all by default)."""
+    values: bool = False
+    """Keep the gradient arrays themselves (dL/dW, dL/db; dL/dinput for the first
+    ``values_samples`` samples) in the report."""
+    values_samples: int = 1000
+    """How many samples' dL/dinput ``values`` keeps."""

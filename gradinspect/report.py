@@ -199,6 +199,20 @@ class PerSampleStats:
 
 
 @dataclass(frozen=True)
+class GradValues:
+    """``--values``: the gradient arrays themselves (numpy arrays; lists in JSON)."""
+
+    kernel: Any
+    """dL/dW, shape (in_features, units)."""
+    bias: Any
+    """dL/db, shape (units,), or ``None`` without bias."""
+    input: Any
+    """dL/dinput of the first call for the first ``values_samples`` samples."""
+    input_samples: int
+    """How many samples ``input`` covers."""
+
+
+@dataclass(frozen=True)
 class LayerReport:
     """Everything gradinspect knows about one Dense layer."""
 
@@ -236,6 +250,8 @@ class LayerReport:
     """``--gradcheck`` results; ``None`` when not requested or not possible."""
     per_sample: PerSampleStats | None = None
     """``--per-sample`` results; ``None`` when not requested or not well defined."""
+    values: GradValues | None = None
+    """``--values``: the gradient arrays; ``None`` when not requested."""
     warnings: tuple[Finding, ...] = ()
     """Findings about this layer."""
 
@@ -390,6 +406,24 @@ class Report:
 
         return report_renderable(self)
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the same tables as the terminal, as HTML."""
+        from rich.console import Console
+
+        from gradinspect.render.table import report_renderable
+
+        console = Console(record=True, width=110, file=_NullFile())
+        console.print(report_renderable(self))
+        return console.export_html(inline_styles=True)
+
+
+class _NullFile:
+    def write(self, _: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
+
 
 _RENAMED = {"class_name": "class"}
 
@@ -397,6 +431,8 @@ _RENAMED = {"class_name": "class"}
 def _layer_dict(layer: LayerReport) -> dict[str, Any]:
     out = _plain(layer)
     assert isinstance(out, dict)
+    if layer.values is None:
+        del out["values"]  # present only when asked for: arrays can be large
     return out
 
 
@@ -413,6 +449,8 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy arrays and scalars
+        return _plain(value.tolist())
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     return value

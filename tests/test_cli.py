@@ -248,7 +248,8 @@ def test_every_output_format_renders(seed_c: tuple[Path, Path], capsys: Any) -> 
         config = cli.CliConfig(model=seed_c[0], data=str(seed_c[1]), labels=None,
                                load=cli.LoadOptions(),
                                options=cli.InspectOptions(),
-                               output_format=fmt, output=None, fail_on=cli.FailOn.NEVER,
+                               output_format=fmt, output=None, flow=True, plot=None,
+                               fail_on=cli.FailOn.NEVER,
                                details=True, show_traceback=False)
         cli.emit(report, config)
         assert capsys.readouterr().out.strip()

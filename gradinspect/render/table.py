@@ -198,6 +198,27 @@ def findings_table(report: Report) -> Table | None:
     return table
 
 
+def values_renderable(report: Report) -> RenderableType | None:
+    """``--values``: the arrays, numpy-style, summarised when large."""
+    import numpy as np
+
+    parts: list[RenderableType] = []
+    for layer in report.layers:
+        v = layer.values
+        if v is None:
+            continue
+        for label, array in (("∂L/∂W", v.kernel), ("∂L/∂b", v.bias), ("∂L/∂x", v.input)):
+            if array is None:
+                continue
+            a = np.asarray(array)
+            note = f", first {v.input_samples} samples" if label == "∂L/∂x" else ""
+            parts.append(Text(f"{layer.path} {label} ({fmt_shape(a.shape)}{note})",
+                              style="bold"))
+            parts.append(Text(np.array2string(a, precision=4, threshold=200, edgeitems=3,
+                                              max_line_width=98)))
+    return Group(*parts) if parts else None
+
+
 def report_renderable(report: Report, details: bool = True) -> RenderableType:
     """Everything the table format prints, as one rich renderable."""
     parts: list[RenderableType] = [_header(report), summary_table(report)]
@@ -209,6 +230,9 @@ def report_renderable(report: Report, details: bool = True) -> RenderableType:
         notes = _check_notes(report)
         if notes is not None:
             parts.append(notes)
+    values = values_renderable(report)
+    if values is not None:
+        parts.append(values)
     findings = findings_table(report)
     if findings is not None:
         parts.append(Text("findings", style="bold"))

@@ -1,0 +1,120 @@
+"""``GradInspectCallback``: gradient reports during ``model.fit``, as JSON lines.
+
+Importing this module imports Keras (the base class needs it); ``import gradinspect`` does not
+import it until ``gradinspect.GradInspectCallback`` is used.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from gradinspect._tf import tf_modules
+from gradinspect.config import Thresholds
+from gradinspect.report import Report
+
+_, _keras = tf_modules()
+
+
+class GradInspectCallback(_keras.callbacks.Callback):  # type: ignore[misc,name-defined]
+    """Record a gradinspect report every ``every_n_batches`` training batches.
+
+    Each record is one line of ``path`` (JSON lines): ``{"epoch", "step", "batch", "report"}``,
+    where ``step`` is the number of training batches completed before the report (across
+    epochs; 0 is the untrained state, recorded when ``record_first``) and ``report`` is the same
+    JSON as ``gradinspect --json``. The first time a finding (code, layer) appears, one line is
+    printed to ``stream`` (stderr by default): first saturation, first NaN, first dead units.
+
+    ``x``/``y`` is a fixed probe sample (keep it small: it is inspected every time); ``y=None``
+    with a compiled model uses the ``sum`` loss, with labels the compiled loss.
+    """
+
+    def __init__(
+        self,
+        x: Any,
+        y: Any = None,
+        *,
+        every_n_batches: int = 100,
+        path: str | Path | None = "grads.jsonl",
+        record_first: bool = True,
+        loss: str | None = None,
+        reduction: str | None = None,
+        from_logits: bool | None = None,
+        per_sample: bool = False,
+        verify: bool = False,
+        thresholds: Thresholds | None = None,
+        stream: IO[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if every_n_batches < 1:
+            raise ValueError("every_n_batches must be at least 1")
+        self.x = x
+        self.y = y
+        self.every_n_batches = every_n_batches
+        self.path = Path(path) if path is not None else None
+        self.record_first = record_first
+        self.options: dict[str, Any] = {
+            "loss": loss, "reduction": reduction, "from_logits": from_logits,
+            "per_sample": per_sample, "verify": verify, "thresholds": thresholds,
+        }
+        self.stream = stream
+        self.step = 0
+        self.epoch = 0
+        self.reports: list[tuple[int, int, Report]] = []
+        """(epoch, step, report) of every record, newest last."""
+        self._seen: set[tuple[str, str]] = set()
+        self._file: IO[str] | None = None
+        self._started = False
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        # a new file for this callback's first fit; later fits append (steps keep counting)
+        if self.path is not None and self._file is None:
+            self._file = self.path.open("a" if self._started else "w", encoding="utf-8")
+        self._started = True
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+        # Recording at the *start* of a batch (after ``step`` completed batches) instead of at
+        # the end keeps Keras' asynchronous batch dispatch on: an ``on_train_batch_end`` hook
+        # would force a device sync on every batch and slow training by far more than the
+        # inspections themselves.
+        if self.step % self.every_n_batches == 0 and (self.step > 0 or self.record_first):
+            self.record(batch)
+        self.step += 1
+
+    def on_train_end(self, logs: Any = None) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def record(self, batch: int = -1) -> Report:
+        """Inspect the model now and record the report."""
+        from gradinspect.api import inspect
+
+        report = inspect(self.model, self.x, self.y, **self.options)
+        self.reports.append((self.epoch, self.step, report))
+        if self._file is not None:
+            line = {"epoch": self.epoch, "step": self.step, "batch": batch,
+                    "report": report.to_dict()}
+            self._file.write(json.dumps(line, allow_nan=False) + "\n")
+            self._file.flush()
+        self._announce(report)
+        return report
+
+    def _announce(self, report: Report) -> None:
+        stream = self.stream or sys.stderr
+        found = [("model", f) for f in report.warnings]
+        found += [(layer.path, f) for layer in report.layers for f in layer.warnings]
+        for where, finding in found:
+            key = (where, finding.code)
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            stream.write(f"gradinspect: epoch {self.epoch + 1} step {self.step}: first "
+                         f"{finding.code} ({finding.severity.value}) at {where}: "
+                         f"{finding.message}\n")
+        stream.flush()
