@@ -408,21 +408,15 @@ class Report:
 
     def _repr_html_(self) -> str:
         """Jupyter: the same tables as the terminal, as HTML."""
+        import io
+
         from rich.console import Console
 
         from gradinspect.render.table import report_renderable
 
-        console = Console(record=True, width=110, file=_NullFile())
+        console = Console(record=True, width=110, file=io.StringIO())
         console.print(report_renderable(self))
         return console.export_html(inline_styles=True)
-
-
-class _NullFile:
-    def write(self, _: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
 
 
 _RENAMED = {"class_name": "class"}
