@@ -17,12 +17,7 @@ from typing import Any
 import numpy as np
 
 from gradinspect import __version__
-from gradinspect.checks import (
-    VerifyAccumulator,
-    closed_form_delta,
-    per_sample_sq_norms,
-    per_sample_stats,
-)
+from gradinspect.checks import VerifyAccumulator, closed_form_delta, per_sample_stats
 from gradinspect.config import InspectOptions, LoadOptions, Thresholds
 from gradinspect.diagnose import LayerFigures, RunFigures, diagnose
 from gradinspect.errors import DataError
@@ -74,7 +69,7 @@ class _LayerAccumulators:
     kernel_grad: SumAccumulator = field(default_factory=SumAccumulator)
     bias_grad: SumAccumulator = field(default_factory=SumAccumulator)
     input_grad: TensorAccumulator = field(default_factory=TensorAccumulator)
-    output_grad: TensorAccumulator = field(default_factory=TensorAccumulator)
+    output_grad_sumsq: float = 0.0
     activity: ActivityAccumulator | None = None
     calls: int = 0
     input_shape: tuple[int | None, ...] | None = None
@@ -147,7 +142,11 @@ def run_inspection(
     if data.labels is not None and not loss.needs_labels:
         label_notes.append(f"labels are not used by the loss {loss.name!r}; pass --loss NAME "
                            "to use them")
-    sites, probe = _probe_for(loaded, loss, options)
+    # One small batch from a file: running eagerly beats tracing a graph used once. Several
+    # batches, or a live model inspected again and again, pay the trace once.
+    batches = -(-data.samples // (options.batch_size or data.samples))
+    sites, probe = _probe_for(loaded, loss, options,
+                              compiled=batches > 1 or loaded.format == "live")
     t = options.thresholds
     run = _Run(
         loaded=loaded, data=data, options=options, sites=sites, loss=loss,
@@ -180,6 +179,7 @@ def run_inspection(
                 "single backward pass"
             )
     batch_size = options.batch_size or data.samples
+    lows = [s.measured.peak * t.saturation_derivative for s in sites]
     dtypes = _input_dtypes(loaded)
     done = 0
     label_batches = (_batches(data.labels, batch_size) if label_prep is not None and
@@ -189,11 +189,11 @@ def run_inspection(
             batch = _as_model_dtype(raw, dtypes)
             labels = (label_prep(next(label_batches), done) if label_prep is not None and
                       label_batches is not None else None)
-            for a in [*batch, *(labels or [])]:
-                run.nonfinite += int(a.size - np.count_nonzero(np.isfinite(a)))
-                run.entries += int(a.size)
-            capture = probe.step(batch, labels, run.scale)
+            capture = probe.step(batch, labels, run.scale, low_thresholds=lows,
+                                 confidence=t.softmax_confidence)
             run.loss_value += capture.loss
+            run.nonfinite += capture.nonfinite
+            run.entries += capture.entries
             for site, acc, cap in zip(sites, run.accs, capture.layers, strict=True):
                 _accumulate(site, acc, cap, t, run.scale)
                 _keep_values(acc, cap, options.values_samples)
@@ -211,7 +211,8 @@ _PROBES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[list[Any], A
 )
 
 
-def _probe_for(loaded: LoadedModel, loss: Any, options: InspectOptions) -> tuple[list[Any], Any]:
+def _probe_for(loaded: LoadedModel, loss: Any, options: InspectOptions,
+               compiled: bool) -> tuple[list[Any], Any]:
     """The Dense sites and the compiled, hookable step for this model and loss.
 
     Kept per live model (weakly), so repeated inspections of the same model — a notebook, a
@@ -219,8 +220,10 @@ def _probe_for(loaded: LoadedModel, loss: Any, options: InspectOptions) -> tuple
     """
     from gradinspect.probe import Probe, find_dense_layers, require_dense
 
+    full = options.verify or options.values
     key = (type(loss).__name__, loss.name, loss.reduction,
-           repr(getattr(loss, "per_output", None)), options.training, options.verify)
+           repr(getattr(loss, "per_output", None)), options.training, full,
+           options.per_sample, compiled)
     try:
         per_model = _PROBES.setdefault(loaded.model, {})
     except TypeError:  # not weak-referenceable: no caching
@@ -229,7 +232,8 @@ def _probe_for(loaded: LoadedModel, loss: Any, options: InspectOptions) -> tuple
         sites = find_dense_layers(loaded.model)
         require_dense(loaded.model, sites, loaded.path or "model")
         per_model[key] = (sites, Probe(loaded.model, sites, loss, training=options.training,
-                                       verify=options.verify))
+                                       verify=options.verify, full=full,
+                                       per_sample=options.per_sample, compiled=compiled))
     return per_model[key]
 
 
@@ -269,7 +273,10 @@ def _keep_values(acc: _LayerAccumulators, cap: Any, limit: int) -> None:
     """``--values``: the first ``limit`` samples' dL/dinput of the first call."""
     if acc.input_values is None or not cap.calls or acc.input_value_rows >= limit:
         return
-    rows = cap.calls[0].g_x[: limit - acc.input_value_rows]
+    full = cap.calls[0].full
+    if full is None:
+        return
+    rows = full.g_x[: limit - acc.input_value_rows]
     acc.input_values.append(np.array(rows))
     acc.input_value_rows += int(rows.shape[0])
 
@@ -310,25 +317,24 @@ def _accumulate(site: Any, acc: _LayerAccumulators, cap: Any, t: Thresholds,
     acc.calls = len(cap.calls)
     assert acc.activity is not None
     for call in cap.calls:
-        acc.input_shape = merge_shapes(acc.input_shape, call.x.shape[1:])
-        acc.output_shape = merge_shapes(acc.output_shape, call.out.shape[1:])
-        acc.input_grad.update(call.g_x)
-        acc.output_grad.update(call.g_out)
-        if acc.verify is not None and call.z is not None and call.g_z is not None:
-            delta = closed_form_delta(site.profile.kind, site.profile.name, call.z, call.g_out,
-                                      call.derivative64, call.kink, call.g_z)
-            acc.verify.update_call(cap.kernel, cap.bias, call.x, call.z, delta, call.g_z,
-                                   call.g_x)
-    for measured in cap.activity:
-        if measured.probabilities is not None:
-            acc.activity.update_probabilities(measured.probabilities, t.softmax_confidence)
-        elif measured.derivative is not None:
-            acc.activity.update_derivative(measured.derivative)
+        acc.input_shape = merge_shapes(acc.input_shape, call.x_shape[1:])
+        acc.output_shape = merge_shapes(acc.output_shape, call.out_shape[1:])
+        acc.input_grad.merge_summary(call.input_grad, call.x_shape)
+        acc.output_grad_sumsq += call.output_grad_sumsq
+        full = call.full
+        if acc.verify is not None and full is not None and full.z is not None \
+                and full.g_z is not None:
+            delta = closed_form_delta(site.profile.kind, site.profile.name, full.z, full.g_out,
+                                      full.derivative64, full.kink, full.g_z)
+            acc.verify.update_call(cap.kernel, cap.bias, full.x, full.z, delta, full.g_z,
+                                   full.g_x)
+    if cap.low_per_unit is not None:
+        acc.activity.update_counts(cap.low_per_unit, cap.activity_rows)
+    elif site.measured.kind == "softmax" and cap.activity_rows:
+        acc.activity.update_confident(cap.confident, cap.activity_rows)
     if acc.per_sample is not None:
-        if cap.calls and all(c.g_z is not None for c in cap.calls):
-            deltas = [np.asarray(c.g_z, dtype=np.float64) / scale for c in cap.calls]
-            acc.per_sample.append(per_sample_sq_norms([c.x for c in cap.calls], deltas,
-                                                      site.use_bias))
+        if cap.per_sample_sq is not None:
+            acc.per_sample.append(cap.per_sample_sq)
         else:
             acc.per_sample = None
 
@@ -417,7 +423,7 @@ def _build_report(run: _Run) -> Report:
                 bias_norm=bias_w.norm if bias_w else None,
                 weights_nonfinite=weights_nonfinite,
                 grad_to_weight=safe_ratio(grads.kernel.norm, kernel_w.norm),
-                backward_gain=safe_ratio(grads.input.norm, acc.output_grad.result().norm),
+                backward_gain=safe_ratio(grads.input.norm, math.sqrt(acc.output_grad_sumsq)),
                 activity=_activity_stats(site, acc, t),
                 constant_output=i in constant,
                 verify=verify,

@@ -1,5 +1,6 @@
 """Self-checks from the Dense identities, in float64 numpy: closed-form verification of the tape
-(``--verify``) and per-sample gradient norms from one backward pass (``--per-sample``).
+(``--verify``) and the summary of per-sample gradient norms (``--per-sample``; the norms
+themselves are reduced inside the probe's step).
 
 No TensorFlow here: the probe hands over the captured x, z, g and (for ``--verify``) a float64
 finite-difference derivative of the activation; everything else is arithmetic on arrays.
@@ -8,7 +9,6 @@ finite-difference derivative of the activation; everything else is arithmetic on
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,40 +147,6 @@ class VerifyAccumulator:
             tolerance=tolerance,
             ok=bool(worst <= tolerance),
         )
-
-
-def per_sample_sq_norms(
-    xs: Sequence[npt.ArrayLike], deltas: Sequence[npt.ArrayLike], with_bias: bool
-) -> F64:
-    """||dl_i/dW||^2 (+ ||dl_i/db||^2) for every sample i, from one pass's x and delta.
-
-    Rank-2, one call: ||x_i delta_i^T||_F^2 = ||x_i||^2 ||delta_i||^2 (bias adds ||delta_i||^2).
-    Otherwise every call and position of sample i is a row of X_i and Delta_i, and
-    ||X_i^T Delta_i||_F^2 = <X_i X_i^T, Delta_i Delta_i^T> (Gram form), or the per-sample
-    product itself when that is cheaper.
-    """
-    xs64 = [np.asarray(x, dtype=np.float64) for x in xs]
-    ds64 = [np.asarray(d, dtype=np.float64) for d in deltas]
-    batch = xs64[0].shape[0]
-    if len(xs64) == 1 and xs64[0].ndim == 2:
-        x, d = xs64[0], ds64[0]
-        dd = np.einsum("bo,bo->b", d, d)
-        return np.asarray(dd * (np.einsum("bi,bi->b", x, x) + (1.0 if with_bias else 0.0)),
-                          dtype=np.float64)
-    big_x = np.concatenate([x.reshape(batch, -1, x.shape[-1]) for x in xs64], axis=1)
-    big_d = np.concatenate([d.reshape(batch, -1, d.shape[-1]) for d in ds64], axis=1)
-    rows, n_in, n_out = big_x.shape[1], big_x.shape[2], big_d.shape[2]
-    if rows * rows <= n_in * n_out:
-        gx = np.einsum("bri,bsi->brs", big_x, big_x)
-        gd = np.einsum("bro,bso->brs", big_d, big_d)
-        sq = np.einsum("brs,brs->b", gx, gd)
-    else:
-        per = np.einsum("bri,bro->bio", big_x, big_d)
-        sq = np.einsum("bio,bio->b", per, per)
-    if with_bias:
-        s = big_d.sum(axis=1)
-        sq = sq + np.einsum("bo,bo->b", s, s)
-    return np.asarray(sq, dtype=np.float64)
 
 
 def per_sample_stats(sq_norms: npt.ArrayLike, mean_grad_sq_norm: float, top: int = 5,

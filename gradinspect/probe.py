@@ -109,26 +109,42 @@ class CallCapture:
     """``verify`` only: entries where the left and right derivatives differ (relu at 0 ...)."""
 
 
-@dataclass(frozen=True)
-class ActivityCapture:
-    """What the measured activation did on one call: its element-wise derivative at its input,
-    or, for softmax, its output probabilities."""
+SUMMARY_FIELDS = ("count", "sumsq", "sum_abs", "max_abs", "nan", "inf")
+"""The reductions of one gradient tensor computed inside the step (float64)."""
 
-    derivative: np.ndarray | None
-    probabilities: np.ndarray | None
+
+@dataclass(frozen=True)
+class CallSummary:
+    """One call of a Dense layer, reduced inside the step: no full tensors cross to the host
+    unless ``full`` was asked for (``--verify``, ``--values``)."""
+
+    x_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    input_grad: np.ndarray
+    """dL/dinput reduced to ``SUMMARY_FIELDS``."""
+    output_grad_sumsq: float
+    """||dL/doutput||^2, for the backward gain."""
+    full: CallCapture | None = None
 
 
 @dataclass(frozen=True)
 class LayerCapture:
-    """One layer's raw results for one batch."""
+    """One layer's results for one batch."""
 
     kernel: np.ndarray
     bias: np.ndarray | None
     kernel_grad: np.ndarray
     bias_grad: np.ndarray | None
-    calls: tuple[CallCapture, ...]
-    activity: tuple[ActivityCapture, ...] = ()
-    """One per call of the measured activation (the Dense's own or its follower's)."""
+    calls: tuple[CallSummary, ...]
+    low_per_unit: np.ndarray | None = None
+    """Per unit: entries whose measured activation'(z) is below the low threshold."""
+    low_entries: int = 0
+    activity_rows: int = 0
+    """Rows (samples x positions x calls) the activation was measured on."""
+    confident: int = 0
+    """Softmax: rows whose top probability reaches the confidence threshold."""
+    per_sample_sq: np.ndarray | None = None
+    """``per_sample``: ||dl_i/dW||^2 + ||dl_i/db||^2 per sample (gradients of per-sample terms)."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +155,10 @@ class BatchCapture:
     samples: int
     layers: tuple[LayerCapture, ...]
     """Aligned with the probe's ``sites``."""
+    nonfinite: int = 0
+    """NaN/Inf entries in this batch's inputs and labels."""
+    entries: int = 0
+    """All entries of this batch's inputs and labels."""
 
 
 # ---------------------------------------------------------------- finding layers
@@ -424,11 +444,81 @@ def instrumented(tf: Any, sites: Sequence[DenseSite]) -> Iterator[_Recorder]:
 # ---------------------------------------------------------------- the pass
 
 
+def _summary(tf: Any, g: Any) -> Any:
+    """``SUMMARY_FIELDS`` of a tensor: NaN poisons sumsq/sum_abs as it should, and max_abs is
+    over the entries that are not NaN.
+
+    The common case (every entry finite, which one look at the sum of squares tells) costs three
+    passes in the tensor's own precision (tree-reduced sums: ~1e-7 relative error in float32);
+    NaN/Inf counting runs only when something is not finite.
+    """
+    flat = tf.reshape(g, [-1])
+    absval = tf.abs(flat)
+    sumsq = tf.cast(tf.reduce_sum(tf.square(flat)), tf.float64)
+    sum_abs = tf.cast(tf.reduce_sum(absval), tf.float64)
+    size = tf.cast(tf.size(flat), tf.float64)
+
+    def finite() -> Any:
+        top = tf.cast(tf.reduce_max(tf.concat([absval, tf.zeros((1,), absval.dtype)], 0)),
+                      tf.float64)
+        zero = tf.zeros((), tf.float64)
+        return tf.stack([size, sumsq, sum_abs, top, zero, zero])
+
+    def broken() -> Any:
+        nan = tf.math.is_nan(flat)
+        top = tf.reduce_max(tf.concat([tf.where(nan, tf.zeros_like(absval), absval),
+                                       tf.zeros((1,), absval.dtype)], 0))
+        return tf.stack([size, sumsq, sum_abs, tf.cast(top, tf.float64),
+                         tf.reduce_sum(tf.cast(nan, tf.float64)),
+                         tf.reduce_sum(tf.cast(tf.math.is_inf(flat), tf.float64))])
+
+    return tf.cond(tf.math.is_finite(sumsq), finite, broken)
+
+
+def _rows(tf: Any, t: Any, batch: Any) -> Any:
+    """(batch, positions, features): calls and time steps of one sample become its rows."""
+    return tf.reshape(tf.cast(t, tf.float64), (batch, -1, tf.shape(t)[-1]))
+
+
+def _per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], with_bias: bool) -> Any:
+    """||X_i^T Delta_i||_F^2 (+ ||sum Delta_i||^2) per sample, inside the step.
+
+    One rank-2 call: ||x_i||^2 ||delta_i||^2. Otherwise the Gram form <X_i X_i^T, D_i D_i^T>
+    when a sample has few rows, or the per-sample product when that is smaller.
+    """
+    batch = tf.shape(xs[0])[0]
+    if len(xs) == 1 and len(xs[0].shape) == 2:
+        x = tf.cast(xs[0], tf.float64)
+        d = tf.cast(deltas[0], tf.float64)
+        xx = tf.reduce_sum(x * x, axis=1) + (1.0 if with_bias else 0.0)
+        return tf.reduce_sum(d * d, axis=1) * xx
+    big_x = tf.concat([_rows(tf, x, batch) for x in xs], axis=1)
+    big_d = tf.concat([_rows(tf, d, batch) for d in deltas], axis=1)
+    n_in, n_out = int(xs[0].shape[-1]), int(deltas[0].shape[-1])
+    rows = sum(int(np.prod(x.shape[1:-1])) if all(v is not None for v in x.shape[1:-1])
+               else 10**9 for x in xs)
+    if rows * rows <= n_in * n_out:
+        gx = tf.einsum("bri,bsi->brs", big_x, big_x)
+        gd = tf.einsum("bro,bso->brs", big_d, big_d)
+        sq = tf.reduce_sum(gx * gd, axis=[1, 2])
+    else:
+        per = tf.einsum("bri,bro->bio", big_x, big_d)
+        sq = tf.reduce_sum(per * per, axis=[1, 2])
+    if with_bias:
+        s = tf.reduce_sum(big_d, axis=1)
+        sq = sq + tf.reduce_sum(s * s, axis=1)
+    return sq
+
+
 class Probe:
-    """A compiled, hooked forward/backward step over batches of one model.
+    """A hooked forward/backward step over batches of one model, compiled with ``tf.function``
+    (or run eagerly: cheaper for a single small batch than tracing).
 
     Use as a context manager: hooks are installed on enter and removed on exit, whatever
-    happens in between. ``order`` is the forward order of the sites (by first call).
+    happens in between. The step reduces everything it can on the device — gradient norms,
+    maxima, NaN/Inf counts, saturated/dead unit counts, per-sample norms — and hands small
+    arrays to the host; full tensors only when ``full`` (``--verify``/``--values``).
+    ``order`` is the forward order of the sites (by first call).
     """
 
     def __init__(
@@ -440,6 +530,8 @@ class Probe:
         training: bool = False,
         compiled: bool = True,
         verify: bool = False,
+        full: bool = False,
+        per_sample: bool = False,
     ) -> None:
         from gradinspect._tf import tf_modules
 
@@ -449,14 +541,13 @@ class Probe:
         self.loss = loss
         self.training = training
         self.verify = verify
+        self.full = full or verify
+        self.per_sample = per_sample
         self.order: list[int] = []
         self._recorder: _Recorder | None = None
         self._cm: Any = None
-        self._step = self.tf.function(
-            self._traced, reduce_retracing=True, autograph=False
-        ) if compiled else (
-            self._traced
-        )
+        self._compiled = compiled
+        self._step: Any = None
 
     def __enter__(self) -> Probe:
         self._cm = instrumented(self.tf, self.sites)
@@ -477,7 +568,37 @@ class Probe:
             _tf_variable(self.tf, layer.bias) if layer.bias is not None else None
         )
 
-    def _traced(self, inputs: list[Any], labels: Any, scale: Any) -> dict[str, Any]:
+    def _measured(self, i: int, site: DenseSite, calls: list[_CallRecord]) -> list[Any]:
+        """Per call, the measured activation's derivative at its input (element-wise), or its
+        output probabilities (softmax); from the tape, for any element-wise activation."""
+        tf = self.tf
+        recorder = self._recorder
+        assert recorder is not None
+        found = []
+        if site.follower is not None:
+            for c in recorder.follower_calls.get(i, []):
+                if site.measured.kind == "softmax":
+                    found.append(c.out)
+                    continue
+                with tf.GradientTape() as t2:
+                    t2.watch(c.x)
+                    a = site.follower.layer.call(c.x)
+                found.append(t2.gradient(a, c.x))
+            return found
+        for c in calls:
+            if c.z is None:
+                continue
+            if site.profile.kind == "softmax":
+                found.append(c.out)
+                continue
+            with tf.GradientTape() as t2:
+                t2.watch(c.z)
+                a = site.layer.activation(c.z)
+            found.append(t2.gradient(a, c.z))
+        return found
+
+    def _traced(self, inputs: list[Any], labels: Any, scale: Any, low: Any,
+                confidence: Any) -> dict[str, Any]:
         tf = self.tf
         recorder = self._recorder
         assert recorder is not None, "Probe used outside its context"
@@ -505,105 +626,147 @@ class Probe:
             "out": [[c.out for c in calls[i]] for i in calls],
         }
         grads = tape.gradient(total, targets, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        act_prime = []
-        for i, site in enumerate(self.sites):
-            per_call = []
-            if site.follower is not None:
-                # measured where the activation really is: at the following layer's input
-                for c in recorder.follower_calls.get(i, []):
-                    if site.measured.kind == "softmax":
-                        per_call.append(c.out)
-                        continue
-                    with tf.GradientTape() as t2:
-                        t2.watch(c.x)
-                        a = site.follower.layer.call(c.x)
-                    per_call.append(t2.gradient(a, c.x))
-            else:
-                for c in calls[i]:
-                    if c.z is None:
-                        per_call.append(tf.zeros((0,), tf.float32))
-                    elif site.profile.kind == "softmax":
-                        per_call.append(c.out)
-                    else:
-                        with tf.GradientTape() as t2:
-                            t2.watch(c.z)
-                            a = site.layer.activation(c.z)
-                        per_call.append(t2.gradient(a, c.z))
-            act_prime.append(per_call)
         self.order = list(recorder.first_call)
-        return {
+        checked = [t for t in [*inputs, *(labels or [])] if t.dtype.is_floating]
+        result: dict[str, Any] = {
             "loss": total,
+            "nonfinite": tf.add_n([tf.zeros((), tf.int64)] + [
+                tf.reduce_sum(tf.cast(~tf.math.is_finite(t), tf.int64)) for t in checked]),
+            "entries": tf.add_n([tf.size(t, out_type=tf.int64)
+                                 for t in [*inputs, *(labels or [])]]),
             "kernel": [k for k, _ in variables],
             "bias": [b if b is not None else tf.zeros((0,)) for _, b in variables],
-            "grads": grads,
-            "x": targets["x"],
-            "z": [[c.z if c.z is not None else tf.zeros((0,)) for c in calls[i]] for i in calls],
-            "out": targets["out"],
-            "act_prime": act_prime,
+            "kernel_grad": grads["kernel"],
+            "bias_grad": grads["bias"],
+            "layers": [],
         }
+        for i, site in enumerate(self.sites):
+            cs = calls[i]
+            layer: dict[str, Any] = {
+                "x_shape": [tf.shape(c.x) for c in cs],
+                "out_shape": [tf.shape(c.out) for c in cs],
+                "gx": [_summary(tf, g) for g in grads["x"][i]],
+                "gout": [tf.cast(tf.reduce_sum(tf.square(g)), tf.float64)
+                         for g in grads["out"][i]],
+            }
+            measured = self._measured(i, site, cs)
+            if measured and site.measured.kind == "softmax":
+                probs = [tf.reshape(p, (-1, site.units)) for p in measured]
+                layer["confident"] = tf.add_n([tf.reduce_sum(tf.cast(
+                    tf.reduce_max(p, axis=1) >= confidence, tf.int64)) for p in probs])
+                layer["rows"] = tf.add_n([tf.shape(p, out_type=tf.int64)[0] for p in probs])
+            elif measured:
+                lows = [tf.cast(tf.abs(tf.reshape(d, (-1, site.units))) < low[i], tf.int64)
+                        for d in measured]
+                layer["low_per_unit"] = tf.add_n([tf.reduce_sum(m, axis=0) for m in lows])
+                layer["rows"] = tf.add_n([tf.shape(m, out_type=tf.int64)[0] for m in lows])
+            if self.per_sample and cs and all(c.z is not None for c in cs):
+                deltas = [g / tf.cast(scale, g.dtype) for g in grads["z"][i]]
+                layer["per_sample_sq"] = _per_sample_sq(tf, [c.x for c in cs], deltas,
+                                                        site.use_bias)
+            if self.full:
+                layer["full"] = {
+                    "x": [c.x for c in cs],
+                    "z": [c.z if c.z is not None else tf.zeros((0,)) for c in cs],
+                    "out": [c.out for c in cs],
+                    "g_out": grads["out"][i],
+                    "g_z": grads["z"][i],
+                    "g_x": grads["x"][i],
+                }
+            result["layers"].append(layer)
+        return result
 
-    def step(self, inputs: Sequence[np.ndarray], labels: Any = None, scale: float = 1.0) -> (
-        BatchCapture
-    ):
-        """Run one batch; ``scale`` multiplies the summed per-sample loss terms."""
+    def _compile(self, tensors: list[Any], labels: list[Any] | None) -> Any:
+        """One trace for every batch size: the batch axis is left open in the signature, so
+        a last partial batch does not trace the graph again."""
+        tf = self.tf
+
+        def spec(t: Any) -> Any:
+            return tf.TensorSpec((None, *t.shape[1:]), t.dtype)
+
+        scalars = [tf.TensorSpec((), tf.float32), tf.TensorSpec((len(self.sites),), tf.float32),
+                   tf.TensorSpec((), tf.float32)]
+        if labels is None:
+            unlabelled = tf.function(
+                lambda x, scale, low, confidence: self._traced(x, None, scale, low, confidence),
+                input_signature=[[spec(t) for t in tensors], *scalars], autograph=False)
+            return lambda x, _, scale, low, confidence: unlabelled(x, scale, low, confidence)
+        return tf.function(self._traced, autograph=False, input_signature=[
+            [spec(t) for t in tensors], [spec(y) for y in labels], *scalars])
+
+    def step(
+        self,
+        inputs: Sequence[np.ndarray],
+        labels: Any = None,
+        scale: float = 1.0,
+        low_thresholds: Sequence[float] | None = None,
+        confidence: float = 0.99,
+    ) -> BatchCapture:
+        """Run one batch. ``scale`` multiplies the summed per-sample loss terms;
+        ``low_thresholds`` (per site) and ``confidence`` are the activity thresholds."""
         tf = self.tf
         tensors = [tf.convert_to_tensor(a) for a in inputs]
         label_tensors = [tf.convert_to_tensor(y) for y in labels] if labels is not None else None
+        low = tf.constant(low_thresholds if low_thresholds is not None
+                          else [0.0] * len(self.sites), tf.float32, shape=(len(self.sites),))
+        if self._step is None:
+            self._step = self._compile(tensors, label_tensors) if self._compiled else \
+                self._traced
         try:
-            result = self._step(tensors, label_tensors, tf.constant(scale, tf.float32))
+            result = self._step(tensors, label_tensors, tf.constant(scale, tf.float32), low,
+                                tf.constant(confidence, tf.float32))
         except (tf.errors.OpError, ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ProbeError(
                 f"the forward/backward pass failed: {first}",
                 "run with --traceback for details",
             ) from exc
-        if not self.order:
-            self.order = [i for i in range(len(self.sites)) if result["x"][i]]
         layers = []
-        grads = result["grads"]
         for i, site in enumerate(self.sites):
-            call_caps = []
-            for j in range(len(result["x"][i])):
-                z_tensor = result["z"][i][j]
-                z = z_tensor.numpy() if int(np.size(z_tensor)) else None
-                derivative64 = kink = None
-                if self.verify and z is not None and site.profile.kind != "softmax":
-                    derivative64, kink = fd_derivative(tf, site.layer.activation, z)
-                call_caps.append(
-                    CallCapture(
-                        x=result["x"][i][j].numpy(),
-                        z=z,
-                        out=result["out"][i][j].numpy(),
-                        g_out=grads["out"][i][j].numpy(),
-                        g_z=grads["z"][i][j].numpy() if z is not None else None,
-                        g_x=grads["x"][i][j].numpy(),
-                        derivative64=derivative64,
-                        kink=kink,
+            lr = result["layers"][i]
+            calls = []
+            for j in range(len(lr["gx"])):
+                full = None
+                if "full" in lr:
+                    f = lr["full"]
+                    z = f["z"][j].numpy() if int(np.size(f["z"][j])) else None
+                    derivative64 = kink = None
+                    if self.verify and z is not None and site.profile.kind != "softmax":
+                        derivative64, kink = fd_derivative(tf, site.layer.activation, z)
+                    full = CallCapture(
+                        x=f["x"][j].numpy(), z=z, out=f["out"][j].numpy(),
+                        g_out=f["g_out"][j].numpy(),
+                        g_z=f["g_z"][j].numpy() if z is not None else None,
+                        g_x=f["g_x"][j].numpy(), derivative64=derivative64, kink=kink,
                     )
-                )
-            softmax = site.measured.kind == "softmax"
-            activity = tuple(
-                ActivityCapture(
-                    derivative=None if softmax else a.numpy(),
-                    probabilities=a.numpy() if softmax else None,
-                )
-                for a in result["act_prime"][i]
-                if int(np.size(a))
-            )
-            layers.append(
-                LayerCapture(
-                    kernel=result["kernel"][i].numpy(),
-                    bias=result["bias"][i].numpy() if site.use_bias else None,
-                    kernel_grad=grads["kernel"][i].numpy(),
-                    bias_grad=grads["bias"][i].numpy() if site.use_bias else None,
-                    calls=tuple(call_caps),
-                    activity=activity,
-                )
-            )
+                calls.append(CallSummary(
+                    x_shape=tuple(int(v) for v in lr["x_shape"][j].numpy()),
+                    out_shape=tuple(int(v) for v in lr["out_shape"][j].numpy()),
+                    input_grad=lr["gx"][j].numpy(),
+                    output_grad_sumsq=float(lr["gout"][j].numpy()),
+                    full=full,
+                ))
+            low_per_unit = lr["low_per_unit"].numpy() if "low_per_unit" in lr else None
+            layers.append(LayerCapture(
+                kernel=result["kernel"][i].numpy(),
+                bias=result["bias"][i].numpy() if site.use_bias else None,
+                kernel_grad=result["kernel_grad"][i].numpy(),
+                bias_grad=result["bias_grad"][i].numpy() if site.use_bias else None,
+                calls=tuple(calls),
+                low_per_unit=low_per_unit,
+                low_entries=int(low_per_unit.sum()) if low_per_unit is not None else 0,
+                activity_rows=int(lr["rows"].numpy()) if "rows" in lr else 0,
+                confident=int(lr["confident"].numpy()) if "confident" in lr else 0,
+                per_sample_sq=lr["per_sample_sq"].numpy() if "per_sample_sq" in lr else None,
+            ))
+        if not self.order:
+            self.order = [i for i in range(len(self.sites)) if layers[i].calls]
         return BatchCapture(
             loss=float(result["loss"].numpy()),
             samples=int(inputs[0].shape[0]),
             layers=tuple(layers),
+            nonfinite=int(result["nonfinite"].numpy()),
+            entries=int(result["entries"].numpy()),
         )
 
 

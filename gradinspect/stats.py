@@ -86,6 +86,16 @@ class TensorAccumulator:
         self.inf += other.inf
         return self
 
+    def merge_summary(self, summary: npt.ArrayLike, shape: Shape) -> TensorAccumulator:
+        """Fold in a tensor already reduced to (count, sumsq, sum_abs, max_abs, nan, inf), as
+        the probe's step computes on the device."""
+        count, sumsq, sum_abs, max_abs, nan, inf = (float(v) for v in np.asarray(summary))
+        other = TensorAccumulator(
+            shape=tuple(shape), count=int(count), sumsq=sumsq, sum_abs=sum_abs,
+            max_abs=max_abs if int(count) else 0.0, nan=int(nan), inf=int(inf),
+        )
+        return self.merge(other)
+
     def result(self) -> GradStats:
         mean_abs = self.sum_abs / self.count if self.count else 0.0
         return GradStats(
@@ -164,6 +174,21 @@ class ActivityAccumulator:
         self.rows_per_unit += d.shape[0]
         self.low_entries += int(low.sum())
         self.low_per_unit += low.sum(axis=0)
+        return self
+
+    def update_counts(self, low_per_unit: npt.ArrayLike, rows: int) -> ActivityAccumulator:
+        """Fold in per-unit low counts over ``rows`` rows, as the probe's step computes them."""
+        counts = np.asarray(low_per_unit, dtype=np.int64)
+        self.entries += rows * self.units
+        self.rows_per_unit += rows
+        self.low_entries += int(counts.sum())
+        self.low_per_unit += counts
+        return self
+
+    def update_confident(self, confident: int, rows: int) -> ActivityAccumulator:
+        """Fold in softmax rows counted as confident by the probe's step."""
+        self.rows += rows
+        self.confident += confident
         return self
 
     def update_probabilities(self, probs: npt.ArrayLike, confidence: float) -> ActivityAccumulator:

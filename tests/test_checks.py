@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import gradinspect
-from gradinspect.checks import per_sample_sq_norms, per_sample_stats
+from gradinspect.checks import per_sample_stats
+from gradinspect.probe import _per_sample_sq
 from gradinspect.report import Severity
 
 small = st.floats(-3, 3, allow_nan=False, width=32)
@@ -24,14 +25,16 @@ small = st.floats(-3, 3, allow_nan=False, width=32)
     st.integers(1, 2), st.booleans(), st.data(),
 )
 def test_per_sample_norm_formulas_equal_explicit_outer_products(
-    batch: int, rows: int, n_in: int, n_out: int, calls: int, bias: bool, data: Any
+    tfk: Any, batch: int, rows: int, n_in: int, n_out: int, calls: int, bias: bool, data: Any
 ) -> None:
+    tf, _ = tfk
     rank3 = rows > 1 or calls > 1
     shape_x = (batch, rows, n_in) if rank3 else (batch, n_in)
     shape_d = (batch, rows, n_out) if rank3 else (batch, n_out)
     xs = [data.draw(arrays(np.float64, shape_x, elements=small)) for _ in range(calls)]
     ds = [data.draw(arrays(np.float64, shape_d, elements=small)) for _ in range(calls)]
-    got = per_sample_sq_norms(xs, ds, bias)
+    got = _per_sample_sq(tf, [tf.constant(x) for x in xs], [tf.constant(d) for d in ds],
+                         bias).numpy()
     for i in range(batch):
         gw = sum(x[i].reshape(-1, n_in).T @ d[i].reshape(-1, n_out) for x, d in zip(xs, ds,
                                                                                    strict=True))

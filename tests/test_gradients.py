@@ -35,7 +35,7 @@ def _close(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
 def _capture(model: Any, inputs: list[np.ndarray], loss: str) -> tuple[list[Any], Any]:
     sites = find_dense_layers(model)
     scale = 1.0 if loss == "sum" else 1.0 / inputs[0].shape[0]
-    with Probe(model, sites, get_loss(loss)) as probe:
+    with Probe(model, sites, get_loss(loss), full=True) as probe:
         cap = probe.step(inputs, None, scale)
     return sites, cap
 
@@ -68,7 +68,9 @@ def test_gradients_match_plain_tape_and_closed_form(tfk: Any, arch: Arch, loss: 
         assert len(layer.calls) == expected_calls
         dw = np.zeros_like(kernel)
         db = np.zeros(kernel.shape[1])
-        for call in layer.calls:
+        for summary in layer.calls:
+            call = summary.full
+            assert call is not None
             x = _flat(call.x)
             z_expected = x @ kernel + (layer.bias if site.use_bias else 0.0)
             assert call.z is not None
@@ -89,7 +91,16 @@ def test_gradients_match_plain_tape_and_closed_form(tfk: Any, arch: Arch, loss: 
     if arch.is_chain:
         expected = chain_input_grads(tf, twin(keras, arch, model), inputs, loss)
         for site, layer, want in zip(sites, cap.layers, expected, strict=True):
-            _close(layer.calls[0].g_x, want, f"{site.path} dL/dinput vs layer-by-layer tape")
+            full = layer.calls[0].full
+            assert full is not None
+            _close(full.g_x, want, f"{site.path} dL/dinput vs layer-by-layer tape")
+            # and the device-side summary of the same tensor
+            count, sumsq, _, max_abs, nan, inf = layer.calls[0].input_grad
+            assert count == want.size
+            assert np.sqrt(sumsq) == pytest.approx(np.linalg.norm(want.astype(np.float64)),
+                                                   rel=1e-4, abs=1e-6)
+            assert max_abs == pytest.approx(np.abs(want).max(), rel=1e-4, abs=1e-6)
+            assert nan == inf == 0
 
 
 @given(arch=archs())

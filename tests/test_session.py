@@ -26,6 +26,23 @@ X = RNG.standard_normal((32, 6)).astype(np.float32)
 Y = RNG.integers(0, 3, 32)
 
 
+def assert_close_tree(a: Any, b: Any, where: str = "") -> None:
+    if isinstance(a, dict):
+        assert isinstance(b, dict)
+        assert list(a) == list(b), where
+        for key in a:
+            assert_close_tree(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list)
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_close_tree(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and not isinstance(a, bool):
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-7), where
+    else:
+        assert a == b, where
+
+
 def mlp(keras: Any, dead_bias: float | None = None) -> Any:
     keras.utils.set_random_seed(4)
     model = keras.Sequential([keras.Input((6,), name="x"),
@@ -58,7 +75,9 @@ def test_api_on_a_live_model_matches_the_cli(tfk: Any, tmp_path: Path) -> None:
                                                  str(tmp_path / "x.npy"), "--json"]).stdout)
     api_doc = json.loads(report.to_json())
     assert api_doc == report.to_dict()
-    assert api_doc["layers"] == cli_doc["layers"]
+    # the CLI runs one small batch eagerly, the API a compiled step: same figures up to float
+    # rounding of a different op order
+    assert_close_tree(api_doc["layers"], cli_doc["layers"])
     assert api_doc["model"]["format"] == "live"
     text = io.StringIO()
     Console(file=text, width=100).print(report)
