@@ -31,6 +31,9 @@ lint: $(VENV)/.installed-test
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+bench: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
 samples: $(VENV)/.installed
 	$(BIN)/python samples/make_samples.py
 

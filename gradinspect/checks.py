@@ -56,19 +56,6 @@ def closed_form_delta(
     return delta
 
 
-def _error(expected: F64, actual: npt.ArrayLike) -> tuple[float, float]:
-    """(max absolute error, max error relative to the largest |expected| entry)."""
-    a = np.asarray(actual, dtype=np.float64).reshape(expected.shape)
-    if expected.size == 0:
-        return 0.0, 0.0
-    diff = np.abs(expected - a)
-    max_abs = float(np.max(diff))
-    scale = float(np.max(np.abs(expected)))
-    if not math.isfinite(max_abs):
-        return math.nan, math.nan
-    return max_abs, (max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf))
-
-
 @dataclass
 class _ErrorAcc:
     max_abs: float = 0.0

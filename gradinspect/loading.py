@@ -7,6 +7,7 @@ extension in a temporary directory; the original file is never copied, renamed o
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -932,13 +933,7 @@ def load_data(
         for f in closers:
             f.close()
         raise
-    return dataclasses_replace(loaded, closers=tuple(closers))
-
-
-def dataclasses_replace(data: LoadedData, **changes: Any) -> LoadedData:
-    import dataclasses
-
-    return dataclasses.replace(data, **changes)
+    return dataclasses.replace(loaded, closers=tuple(closers))
 
 
 def validate_arrays(

@@ -459,15 +459,14 @@ def _summary(tf: Any, g: Any) -> Any:
     size = tf.cast(tf.size(flat), tf.float64)
 
     def finite() -> Any:
-        top = tf.cast(tf.reduce_max(tf.concat([absval, tf.zeros((1,), absval.dtype)], 0)),
-                      tf.float64)
+        # max of an empty tensor is -inf; |g| >= 0, so clamping at 0 is exact otherwise
+        top = tf.cast(tf.maximum(tf.reduce_max(absval), 0), tf.float64)
         zero = tf.zeros((), tf.float64)
         return tf.stack([size, sumsq, sum_abs, top, zero, zero])
 
     def broken() -> Any:
         nan = tf.math.is_nan(flat)
-        top = tf.reduce_max(tf.concat([tf.where(nan, tf.zeros_like(absval), absval),
-                                       tf.zeros((1,), absval.dtype)], 0))
+        top = tf.maximum(tf.reduce_max(tf.where(nan, tf.zeros_like(absval), absval)), 0)
         return tf.stack([size, sumsq, sum_abs, tf.cast(top, tf.float64),
                          tf.reduce_sum(tf.cast(nan, tf.float64)),
                          tf.reduce_sum(tf.cast(tf.math.is_inf(flat), tf.float64))])
@@ -488,10 +487,10 @@ def _per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], with_bias: bool) -
     """
     batch = tf.shape(xs[0])[0]
     if len(xs) == 1 and len(xs[0].shape) == 2:
-        x = tf.cast(xs[0], tf.float64)
-        d = tf.cast(deltas[0], tf.float64)
-        xx = tf.reduce_sum(x * x, axis=1) + (1.0 if with_bias else 0.0)
-        return tf.reduce_sum(d * d, axis=1) * xx
+        # row sums in the tensors' precision (one row is short), products in float64
+        xx = tf.cast(tf.reduce_sum(tf.square(xs[0]), axis=1), tf.float64)
+        dd = tf.cast(tf.reduce_sum(tf.square(deltas[0]), axis=1), tf.float64)
+        return dd * (xx + (1.0 if with_bias else 0.0))
     big_x = tf.concat([_rows(tf, x, batch) for x in xs], axis=1)
     big_d = tf.concat([_rows(tf, d, batch) for d in deltas], axis=1)
     n_in, n_out = int(xs[0].shape[-1]), int(deltas[0].shape[-1])
@@ -628,10 +627,15 @@ class Probe:
         grads = tape.gradient(total, targets, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         self.order = list(recorder.first_call)
         checked = [t for t in [*inputs, *(labels or [])] if t.dtype.is_floating]
+
+        def nonfinite(t: Any) -> Any:
+            return tf.cond(tf.reduce_all(tf.math.is_finite(t)),
+                           lambda: tf.zeros((), tf.int64),
+                           lambda: tf.reduce_sum(tf.cast(~tf.math.is_finite(t), tf.int64)))
+
         result: dict[str, Any] = {
             "loss": total,
-            "nonfinite": tf.add_n([tf.zeros((), tf.int64)] + [
-                tf.reduce_sum(tf.cast(~tf.math.is_finite(t), tf.int64)) for t in checked]),
+            "nonfinite": tf.add_n([tf.zeros((), tf.int64)] + [nonfinite(t) for t in checked]),
             "entries": tf.add_n([tf.size(t, out_type=tf.int64)
                                  for t in [*inputs, *(labels or [])]]),
             "kernel": [k for k, _ in variables],
@@ -656,7 +660,7 @@ class Probe:
                     tf.reduce_max(p, axis=1) >= confidence, tf.int64)) for p in probs])
                 layer["rows"] = tf.add_n([tf.shape(p, out_type=tf.int64)[0] for p in probs])
             elif measured:
-                lows = [tf.cast(tf.abs(tf.reshape(d, (-1, site.units))) < low[i], tf.int64)
+                lows = [tf.cast(tf.abs(tf.reshape(d, (-1, site.units))) < low[i], tf.int32)
                         for d in measured]
                 layer["low_per_unit"] = tf.add_n([tf.reduce_sum(m, axis=0) for m in lows])
                 layer["rows"] = tf.add_n([tf.shape(m, out_type=tf.int64)[0] for m in lows])

@@ -147,12 +147,11 @@ class SumAccumulator:
 
 @dataclass
 class ActivityAccumulator:
-    """Per-unit counts of entries whose activation'(z) is 'low' (saturated or dead).
-
-    ``low_threshold`` is absolute (a fraction of the activation's largest derivative, computed by
-    the caller). Entries are counted per unit over every leading axis (samples, time steps).
-    Softmax is measured separately: ``confident`` counts rows whose top probability passes
-    ``confidence``.
+    """Per-unit counts of entries whose activation'(z) is 'low' (saturated or dead), merged over
+    batches. The probe's step does the counting on the device (a derivative below
+    ``low_threshold``, the activation's largest derivative times a threshold fraction; every
+    leading axis — samples, time steps, calls — counts as rows). Softmax is measured
+    separately: ``confident`` counts rows whose top probability reached the threshold.
     """
 
     units: int
@@ -167,15 +166,6 @@ class ActivityAccumulator:
     def __post_init__(self) -> None:
         self.low_per_unit = np.zeros(self.units, dtype=np.int64)
 
-    def update_derivative(self, act_prime: npt.ArrayLike) -> ActivityAccumulator:
-        d = np.asarray(act_prime).reshape(-1, self.units)
-        low = np.abs(d) < self.low_threshold
-        self.entries += d.size
-        self.rows_per_unit += d.shape[0]
-        self.low_entries += int(low.sum())
-        self.low_per_unit += low.sum(axis=0)
-        return self
-
     def update_counts(self, low_per_unit: npt.ArrayLike, rows: int) -> ActivityAccumulator:
         """Fold in per-unit low counts over ``rows`` rows, as the probe's step computes them."""
         counts = np.asarray(low_per_unit, dtype=np.int64)
@@ -189,12 +179,6 @@ class ActivityAccumulator:
         """Fold in softmax rows counted as confident by the probe's step."""
         self.rows += rows
         self.confident += confident
-        return self
-
-    def update_probabilities(self, probs: npt.ArrayLike, confidence: float) -> ActivityAccumulator:
-        p = np.asarray(probs).reshape(-1, self.units)
-        self.rows += p.shape[0]
-        self.confident += int(np.count_nonzero(p.max(axis=1) >= confidence))
         return self
 
     def merge(self, other: ActivityAccumulator) -> ActivityAccumulator:

@@ -75,17 +75,29 @@ def test_weight_stats_and_ratio() -> None:
     assert safe_ratio(1.0, 4.0) == 0.25
 
 
-def test_activity_counts_low_entries_and_units() -> None:
-    d = np.array([[0.0, 0.5, 0.0], [0.0, 0.5, 0.2], [0.0, 0.0, 0.0]])
-    acc = ActivityAccumulator(units=3, low_threshold=0.01).update_derivative(d)
-    assert acc.low_fraction() == pytest.approx(6 / 9)
+def test_activity_counts_merge_over_batches() -> None:
+    # 3 rows x 3 units; units 0 and 2 low on some rows
+    low_a = np.array([3, 0, 1])  # unit 0 low on all 3 rows of batch a
+    acc = ActivityAccumulator(units=3, low_threshold=0.01).update_counts(low_a, rows=3)
+    assert acc.low_fraction() == pytest.approx(4 / 9)
     assert acc.units_always_low(0.99) == 1
-    assert acc.units_always_low(0.6) == 2
-    other = ActivityAccumulator(units=3, low_threshold=0.01).update_derivative(d[:1])
-    assert acc.merge(other).units_always_low(0.99) == 1
+    assert acc.units_always_low(0.3) == 2
+    other = ActivityAccumulator(units=3, low_threshold=0.01).update_counts(np.array([1, 0, 0]),
+                                                                           rows=1)
+    merged = acc.merge(other)
+    assert merged.units_always_low(0.99) == 1
+    assert merged.low_fraction() == pytest.approx(5 / 12)
 
 
 def test_activity_softmax_confidence() -> None:
-    p = np.array([[0.995, 0.005], [0.6, 0.4]])
-    acc = ActivityAccumulator(units=2, low_threshold=0.0).update_probabilities(p, 0.99)
+    acc = ActivityAccumulator(units=2, low_threshold=0.0).update_confident(1, rows=2)
     assert acc.confident_fraction() == 0.5
+    assert ActivityAccumulator(units=2, low_threshold=0.0).confident_fraction() is None
+
+
+def test_summary_merge_equals_direct_update() -> None:
+    a = np.array([[1.0, -2.0], [3.0, np.inf]])
+    direct = TensorAccumulator().update(a).result()
+    summary = np.array([a.size, np.sum(a * a), np.abs(a).sum(), np.inf, 0, 1])
+    merged = TensorAccumulator().merge_summary(summary, a.shape).result()
+    assert merged == direct
