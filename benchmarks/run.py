@@ -289,9 +289,13 @@ def bench_per_sample(args: argparse.Namespace, tmp: Path) -> list[Row]:
 
     for fn in (plain, per_sample, vmap_baseline):
         fn()
-    t_plain = median_time(plain, reps)
-    t_ps = median_time(per_sample, reps)
-    t_vmap = median_time(vmap_baseline, reps)
+    # interleaved, many repetitions: each call is a few milliseconds on a noisy machine
+    plains, samples, vmaps = [], [], []
+    for _ in range(reps * 5):
+        plains.append(median_time(plain, 1))
+        samples.append(median_time(per_sample, 1))
+        vmaps.append(median_time(vmap_baseline, 1))
+    t_plain, t_ps, t_vmap = (statistics.median(v) for v in (plains, samples, vmaps))
     # memory: each in a fresh child process, peak RSS
     script = tmp / "ps_mem.py"
     script.write_text(

@@ -293,3 +293,25 @@ def test_cli_with_labels_and_errors(tfk: Any, tmp_path: Path) -> None:
     missing = runner.invoke(cli.app, [*base, "--loss", "mse"])
     assert missing.exit_code == ExitStatus.DATA_ERROR
     assert "--labels" in missing.stderr
+
+
+def test_progress_bar_goes_to_a_terminal_stderr_only(tfk: Any, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    _, keras = tfk
+    classifier(keras, None).save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", np.tile(X, (20, 1)))
+    args = [str(tmp_path / "m.keras"), str(tmp_path / "x.npy"), "--batch-size", "16", "--json"]
+    terminal = io.StringIO()
+    monkeypatch.setattr(cli, "stderr", Console(file=terminal, force_terminal=True, width=80))
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 0
+    json.loads(result.stdout)  # stdout is the report only
+    assert "samples" in terminal.getvalue()  # the bar was drawn on the (terminal) stderr
+    piped = io.StringIO()
+    monkeypatch.setattr(cli, "stderr", Console(file=piped, force_terminal=False))
+    assert runner.invoke(cli.app, args).exit_code == 0
+    assert piped.getvalue() == ""
