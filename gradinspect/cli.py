@@ -243,7 +243,7 @@ def inspect(
         metavar="MODEL", help="Keras model file (.keras, or .h5/.hdf5 from Keras 2 or 3).",
         show_default=False)],
     data: Annotated[str, typer.Argument(
-        metavar="DATA", help="Input sample: .npy (memory-mapped), .npz keyed by input name "
+        metavar="DATA", help="Input sample: .npy (streamed), .npz keyed by input name "
         "(or 'x'), HDF5 (.h5; FILE:/dataset picks one), or numeric .csv.",
         show_default=False)],
     weights: Annotated[str | None, typer.Option(

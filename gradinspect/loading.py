@@ -56,8 +56,8 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class LoadedData:
-    """Input arrays in model-input order, read lazily where the format allows (memory-mapped
-    .npy, HDF5 row views), and the labels per model output when there are any."""
+    """Input arrays in model-input order, read lazily where the format allows (``NpyRows`` for
+    .npy, ``H5Rows`` for HDF5), and the labels per model output when there are any."""
 
     path: str | None
     names: tuple[str, ...]
@@ -553,7 +553,7 @@ def _tf() -> tuple[Any, Any]:
 
 
 ArrayLike = Any
-"""A numpy array, a memory map, or a lazy row view of an HDF5 dataset (``H5Rows``)."""
+"""A numpy array, or a lazy row view of a .npy file (``NpyRows``) or HDF5 dataset (``H5Rows``)."""
 
 
 class H5Rows:
