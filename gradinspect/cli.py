@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import tomllib
 import traceback
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, assert_never
 
-import tomllib
 import typer
 from rich.console import Console
 
@@ -48,7 +48,7 @@ def _normalise_argv(argv: list[str]) -> list[str]:
     return out
 
 
-class FailOn(str, Enum):
+class FailOn(StrEnum):
     """Severity at which the exit code becomes 1."""
 
     NEVER = "never"
@@ -57,7 +57,7 @@ class FailOn(str, Enum):
     ERROR = "error"
 
 
-class Reduction(str, Enum):
+class Reduction(StrEnum):
     """How per-sample loss terms are combined."""
 
     SUM = "sum"

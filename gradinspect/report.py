@@ -10,7 +10,7 @@ import dataclasses
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -20,7 +20,7 @@ Shape = tuple[int | None, ...]
 Figure = float | int | str | bool | None
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     """How bad a finding is. Ordered: ``info`` < ``warning`` < ``error``."""
 
     INFO = "info"
