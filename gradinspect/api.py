@@ -643,6 +643,21 @@ def inspect_files(
         data.close()
 
 
+def _arrays_by_name(value: Any, names: Sequence[str], what: str, kind: str, *,
+                    split: bool) -> list[np.ndarray]:
+    """Arrays for the model's inputs or outputs: a dict by name, a list/tuple in order (when
+    ``split``), or one array."""
+    if isinstance(value, Mapping):
+        missing = [n for n in names if n not in value]
+        if missing:
+            raise DataError(f"no {what} for model {kind}(s) {missing}",
+                            f"pass keys {list(names)}")
+        return [np.asarray(value[n]) for n in names]
+    if split and isinstance(value, (list, tuple)):
+        return [np.asarray(a) for a in value]
+    return [np.asarray(value)]
+
+
 def inspect(
     model: Any,
     x: Any,
@@ -671,27 +686,11 @@ def inspect(
 
     loaded = live_model(model)
     names = [s.name for s in loaded.inputs]
-    if isinstance(x, Mapping):
-        missing = [n for n in names if n not in x]
-        if missing:
-            raise DataError(f"no array for model input(s) {missing}", f"pass keys {names}")
-        arrays = [np.asarray(x[n]) for n in names]
-    elif isinstance(x, (list, tuple)):
-        arrays = [np.asarray(a) for a in x]
-    else:
-        arrays = [np.asarray(x)]
+    arrays = _arrays_by_name(x, names, "array", "input", split=True)
     labels = None
     if y is not None:
-        out_names = [o.name for o in loaded.outputs]
-        if isinstance(y, Mapping):
-            missing = [n for n in out_names if n not in y]
-            if missing:
-                raise DataError(f"no labels for output(s) {missing}", f"pass keys {out_names}")
-            labels = [np.asarray(y[n]) for n in out_names]
-        elif isinstance(y, (list, tuple)) and len(loaded.outputs) > 1:
-            labels = [np.asarray(a) for a in y]
-        else:
-            labels = [np.asarray(y)]
+        labels = _arrays_by_name(y, [o.name for o in loaded.outputs], "labels", "output",
+                                 split=len(loaded.outputs) > 1)
     data = validate_arrays(None, names, arrays, loaded.inputs, samples, labels=labels,
                            label_source="<labels>" if labels is not None else None)
     options = InspectOptions(
