@@ -549,6 +549,7 @@ class Probe:
         self._step: Any = None
 
     def __enter__(self) -> Probe:
+        self._weights: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         self._cm = instrumented(self.tf, self.sites)
         self._recorder = self._cm.__enter__()
         return self
@@ -638,8 +639,6 @@ class Probe:
             "nonfinite": tf.add_n([tf.zeros((), tf.int64)] + [nonfinite(t) for t in checked]),
             "entries": tf.add_n([tf.size(t, out_type=tf.int64)
                                  for t in [*inputs, *(labels or [])]]),
-            "kernel": [k for k, _ in variables],
-            "bias": [b if b is not None else tf.zeros((0,)) for _, b in variables],
             "kernel_grad": grads["kernel"],
             "bias_grad": grads["bias"],
             "layers": [],
@@ -725,6 +724,9 @@ class Probe:
                 f"the forward/backward pass failed: {first}",
                 "run with --traceback for details",
             ) from exc
+        if self._weights is None:  # the pass does not change them: read once per session
+            self._weights = [(k.numpy(), b.numpy() if b is not None else None)
+                             for k, b in (self._variables(s) for s in self.sites)]
         layers = []
         for i, site in enumerate(self.sites):
             lr = result["layers"][i]
@@ -752,8 +754,8 @@ class Probe:
                 ))
             low_per_unit = lr["low_per_unit"].numpy() if "low_per_unit" in lr else None
             layers.append(LayerCapture(
-                kernel=result["kernel"][i].numpy(),
-                bias=result["bias"][i].numpy() if site.use_bias else None,
+                kernel=self._weights[i][0],
+                bias=self._weights[i][1],
                 kernel_grad=result["kernel_grad"][i].numpy(),
                 bias_grad=result["bias_grad"][i].numpy() if site.use_bias else None,
                 calls=tuple(calls),

@@ -135,8 +135,10 @@ class SumAccumulator:
     total: Array | None = None
 
     def update(self, array: npt.ArrayLike) -> SumAccumulator:
-        a = np.asarray(array, dtype=np.float64)
-        self.total = a.copy() if self.total is None else self.total + a
+        if self.total is None:
+            self.total = np.array(array, dtype=np.float64)  # one copy, owned
+        else:
+            np.add(self.total, array, out=self.total)  # upcasts float32 without a temporary
         return self
 
     def merge(self, other: SumAccumulator) -> SumAccumulator:
