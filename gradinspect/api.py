@@ -115,8 +115,9 @@ def _as_model_dtype(batch: Sequence[np.ndarray], dtypes: Sequence[str]) -> list[
     return [np.ascontiguousarray(a, dtype=d) for a, d in zip(batch, dtypes, strict=True)]
 
 
-def _with_samples(shape: Sequence[int | None], samples: int) -> tuple[int | None, ...]:
-    return (samples, *tuple(shape[1:])) if shape else ()
+def _batched(shape: Sequence[int | None] | None, samples: int) -> tuple[int | None, ...]:
+    """A per-sample shape with the run's sample count as the batch axis."""
+    return (samples, *shape) if shape is not None else ()
 
 
 def run_inspection(
@@ -451,8 +452,8 @@ def _build_report(run: _Run) -> Report:
             units=site.units,
             use_bias=site.use_bias,
             calls=acc.calls,
-            input_shape=_with_samples(_full(acc.input_shape), data.samples),
-            output_shape=_with_samples(_full(acc.output_shape), data.samples),
+            input_shape=_batched(acc.input_shape, data.samples),
+            output_shape=_batched(acc.output_shape, data.samples),
             weights=weights,
             grads=fig.grads,
             grad_to_weight=fig.grad_to_weight,
@@ -611,14 +612,10 @@ def _label_step(where: str, y: Any, out: Any, loss_name: str) -> tuple[
     return (lambda b, start: np.asarray(b, dtype=np.float32)), None
 
 
-def _full(shape: tuple[int | None, ...] | None) -> tuple[int | None, ...]:
-    return (None, *shape) if shape is not None else ()
-
-
 def _with_batch(stats: Any, samples: int) -> Any:
     from dataclasses import replace
 
-    return replace(stats, shape=_with_samples(_full(stats.shape[1:]), samples))
+    return replace(stats, shape=_batched(stats.shape[1:], samples))
 
 
 def inspect_files(

@@ -116,15 +116,15 @@ def _check_readable(path: Path, kind: str, error: type[ModelLoadError] | type[Da
 # ---------------------------------------------------------------- models
 
 
-def _zip_names(path: Path) -> list[str]:
+def _zip_names(path: Path, error: type[ModelLoadError] | type[DataError] = ModelLoadError,
+               what: str = "zip archive",
+               hint: str = "the file is truncated or corrupt; save or download it again",
+               ) -> list[str]:
     try:
         with zipfile.ZipFile(path) as z:
             return z.namelist()
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ModelLoadError(
-            f"{path}: damaged zip archive ({exc})",
-            "the file is truncated or corrupt; save or download it again",
-        ) from exc
+        raise error(f"{path}: damaged {what} ({exc})", hint) from exc
 
 
 def _h5_model_kind(path: Path) -> str:
@@ -751,7 +751,7 @@ def read_arrays(spec: str | os.PathLike[str], closers: list[Any]) -> tuple[Path,
     if kind == "npy":
         return path, {"": _load_npy(path)}
     if kind == "zip":
-        names = _zip_names_data(path)
+        names = _zip_names(path, DataError, "zip/.npz archive", "save it again")
         if "config.json" in names:
             raise DataError(f"{path}: is a Keras model, not data",
                             "did you swap MODEL and DATA? usage: gradinspect MODEL DATA")
@@ -773,14 +773,6 @@ def read_arrays(spec: str | os.PathLike[str], closers: list[Any]) -> tuple[Path,
         return path, _load_csv(path)
     raise DataError(f"{path}: unrecognised data format",
                     "gradinspect reads .npy, .npz, HDF5 (.h5, FILE:/dataset) and numeric .csv")
-
-
-def _zip_names_data(path: Path) -> list[str]:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DataError(f"{path}: damaged zip/.npz archive ({exc})", "save it again") from exc
 
 
 def _looks_like_text(path: Path) -> bool:

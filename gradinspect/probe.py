@@ -25,8 +25,6 @@ import numpy as np
 from gradinspect.errors import ModelLoadError, ProbeError
 from gradinspect.losses import Loss
 
-LINEAR_TOLERANCE = 1e-6
-
 
 @dataclass(frozen=True)
 class ActivationProfile:
@@ -193,7 +191,7 @@ def profile_activation(tf: Any, fn: Any) -> ActivationProfile:
     if not np.isfinite(peak) or peak == 0.0:
         return ActivationProfile(name=name, kind="linear", peak=1.0)
     low = d < 0.01 * peak
-    if not low.any() or (float(d.min()) > peak * (1 - LINEAR_TOLERANCE) and not low.any()):
+    if not low.any():  # never falls far below its peak: linear, leaky relu
         return ActivationProfile(name=name, kind="linear", peak=peak)
     kind = "saturating" if low[0] and low[-1] else "rectifier"
     return ActivationProfile(name=name, kind=kind, peak=peak)
@@ -361,9 +359,23 @@ class _Recorder:
         return record
 
 
+def _replace_call(layer: Any, hooked: Any) -> Any:
+    """Put ``hooked`` in place of ``layer.call`` on this instance only; return the undo."""
+    had_instance_call = "call" in vars(layer)
+    original_call = vars(layer).get("call")
+    layer.call = hooked
+
+    def undo() -> None:
+        if had_instance_call:
+            layer.call = original_call
+        else:
+            vars(layer).pop("call", None)
+
+    return undo
+
+
 def _install(tf: Any, index: int, site: DenseSite, recorder: _Recorder) -> Any:
     layer = site.layer
-    had_instance_call = "call" in vars(layer)
     original_call = layer.call
     original_activation = layer.activation
 
@@ -388,23 +400,16 @@ def _install(tf: Any, index: int, site: DenseSite, recorder: _Recorder) -> Any:
         record.out = out
         return out
 
-    layer.call = hooked_call
+    restore_call = _replace_call(layer, hooked_call)
 
     def undo() -> None:
         layer.activation = original_activation
-        if had_instance_call:
-            layer.call = original_call
-        else:
-            try:
-                del layer.call
-            except AttributeError:
-                vars(layer).pop("call", None)
+        restore_call()
 
     return undo
 
 
 def _install_follower(index: int, layer: Any, recorder: _Recorder) -> Any:
-    had_instance_call = "call" in vars(layer)
     original_call = layer.call
 
     @functools.wraps(original_call)
@@ -414,15 +419,7 @@ def _install_follower(index: int, layer: Any, recorder: _Recorder) -> Any:
             recorder.follower_calls.setdefault(index, []).append(_CallRecord(x=inputs, out=out))
         return out
 
-    layer.call = hooked_call
-
-    def undo() -> None:
-        if had_instance_call:
-            layer.call = original_call
-        else:
-            vars(layer).pop("call", None)
-
-    return undo
+    return _replace_call(layer, hooked_call)
 
 
 @contextmanager
