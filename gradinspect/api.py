@@ -47,7 +47,6 @@ from gradinspect.report import (
 )
 from gradinspect.stats import (
     ActivityAccumulator,
-    SumAccumulator,
     TensorAccumulator,
     grad_stats,
     merge_shapes,
@@ -66,8 +65,9 @@ class _LayerAccumulators:
     use_bias: bool
     verify: VerifyAccumulator | None = None
     per_sample: list[np.ndarray] | None = None
-    kernel_grad: SumAccumulator = field(default_factory=SumAccumulator)
-    bias_grad: SumAccumulator = field(default_factory=SumAccumulator)
+    kernel_grad: np.ndarray | None = None
+    """dL/dW summed over the batches (on the device, read once at the end)."""
+    bias_grad: np.ndarray | None = None
     input_grad: TensorAccumulator = field(default_factory=TensorAccumulator)
     output_grad_sumsq: float = 0.0
     activity: ActivityAccumulator | None = None
@@ -202,6 +202,8 @@ def run_inspection(
             if progress is not None:
                 progress(done, data.samples)
         run.order = list(probe.order) + [i for i in range(len(sites)) if i not in probe.order]
+        for acc, (kernel_grad, bias_grad) in zip(run.accs, probe.gradient_sums(), strict=True):
+            acc.kernel_grad, acc.bias_grad = kernel_grad, bias_grad
     if options.gradcheck > 0:
         _run_gradcheck(run, dtypes)
     return _build_report(run)
@@ -254,8 +256,8 @@ def _run_gradcheck(run: _Run, dtypes: Sequence[str]) -> None:
               if run.label_prep is not None and run.data.labels is not None else None)
     scale = 1.0 if run.loss.reduction == "sum" else 1.0 / n
     with Probe(run.loaded.model, run.sites, run.loss, training=False) as probe:
-        capture = probe.step(inputs, labels, scale)
-    tape = [(c.kernel_grad, c.bias_grad) for c in capture.layers]
+        probe.step(inputs, labels, scale)
+        tape = probe.gradient_sums()
     try:
         run.gradcheck = gradcheck(run.loaded.model, run.sites, run.loss, inputs, tape,
                                   coordinates=options.gradcheck, seed=options.seed,
@@ -283,11 +285,11 @@ def _keep_values(acc: _LayerAccumulators, cap: Any, limit: int) -> None:
 
 
 def _values(acc: _LayerAccumulators) -> GradValues | None:
-    if acc.input_values is None or acc.kernel_grad.total is None:
+    if acc.input_values is None or acc.kernel_grad is None:
         return None
     return GradValues(
-        kernel=acc.kernel_grad.total,
-        bias=acc.bias_grad.total,
+        kernel=acc.kernel_grad,
+        bias=acc.bias_grad,
         input=np.concatenate(acc.input_values) if acc.input_values else np.zeros((0,)),
         input_samples=acc.input_value_rows,
     )
@@ -312,9 +314,6 @@ def _accumulate(site: Any, acc: _LayerAccumulators, cap: Any, t: Thresholds,
                 scale: float) -> None:
     acc.kernel = cap.kernel
     acc.bias = cap.bias
-    acc.kernel_grad.update(cap.kernel_grad)
-    if cap.bias_grad is not None:
-        acc.bias_grad.update(cap.bias_grad)
     acc.calls = len(cap.calls)
     assert acc.activity is not None
     for call in cap.calls:
@@ -401,15 +400,15 @@ def _build_report(run: _Run) -> Report:
         if acc.calls == 0:
             continue
         assert acc.kernel is not None
-        assert acc.kernel_grad.total is not None
+        assert acc.kernel_grad is not None
         kernel_w = weight_stats(acc.kernel)
         bias_w = weight_stats(acc.bias) if acc.bias is not None else None
         grads = LayerGrads(
-            kernel=grad_stats(acc.kernel_grad.total),
-            bias=grad_stats(acc.bias_grad.total) if acc.bias_grad.total is not None else None,
+            kernel=grad_stats(acc.kernel_grad),
+            bias=grad_stats(acc.bias_grad) if acc.bias_grad is not None else None,
             input=_with_batch(acc.input_grad.result(), data.samples),
         )
-        verify = (acc.verify.result(acc.kernel_grad.total, acc.bias_grad.total,
+        verify = (acc.verify.result(acc.kernel_grad, acc.bias_grad,
                                     t.verify_tolerance)
                   if acc.verify is not None and acc.verify.kernel_sum is not None else None)
         weights_nonfinite = not (math.isfinite(kernel_w.norm) and

@@ -108,7 +108,8 @@ class CallCapture:
 
 
 SUMMARY_FIELDS = ("count", "sumsq", "sum_abs", "max_abs", "nan", "inf")
-"""The reductions of one gradient tensor computed inside the step (float64)."""
+"""The figures of one gradient tensor: reductions computed inside the step, NaN/Inf counted
+only when something is not finite."""
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,11 @@ class CallSummary:
 
 @dataclass(frozen=True)
 class LayerCapture:
-    """One layer's results for one batch."""
+    """One layer's results for one batch (dL/dW and dL/db are summed on the device across
+    batches: ``Probe.gradient_sums``)."""
 
     kernel: np.ndarray
     bias: np.ndarray | None
-    kernel_grad: np.ndarray
-    bias_grad: np.ndarray | None
     calls: tuple[CallSummary, ...]
     low_per_unit: np.ndarray | None = None
     """Per unit: entries whose measured activation'(z) is below the low threshold."""
@@ -441,34 +441,59 @@ def instrumented(tf: Any, sites: Sequence[DenseSite]) -> Iterator[_Recorder]:
 # ---------------------------------------------------------------- the pass
 
 
-def _summary(tf: Any, g: Any) -> Any:
-    """``SUMMARY_FIELDS`` of a tensor: NaN poisons sumsq/sum_abs as it should, and max_abs is
-    over the entries that are not NaN.
+class _Packer:
+    """The small figures of one step, packed into one float64 vector: one transfer to the host
+    per batch instead of one per figure, and few graph ops (scalars are stacked and vectors
+    concatenated per dtype, then cast once). ``layout`` maps a key to its slice; the trace
+    fixes it (every piece is a scalar or a vector of static length)."""
 
-    The common case (every entry finite, which one look at the sum of squares tells) costs three
-    passes in the tensor's own precision (tree-reduced sums: ~1e-7 relative error in float32);
-    NaN/Inf counting runs only when something is not finite.
-    """
-    flat = tf.reshape(g, [-1])
-    absval = tf.abs(flat)
-    sumsq = tf.cast(tf.reduce_sum(tf.square(flat)), tf.float64)
-    sum_abs = tf.cast(tf.reduce_sum(absval), tf.float64)
-    size = tf.cast(tf.size(flat), tf.float64)
+    def __init__(self, tf: Any) -> None:
+        self.tf = tf
+        self.pieces: list[tuple[tuple[Any, ...], Any]] = []
 
-    def finite() -> Any:
-        # max of an empty tensor is -inf; |g| >= 0, so clamping at 0 is exact otherwise
-        top = tf.cast(tf.maximum(tf.reduce_max(absval), 0), tf.float64)
-        zero = tf.zeros((), tf.float64)
-        return tf.stack([size, sumsq, sum_abs, top, zero, zero])
+    def add(self, key: tuple[Any, ...], value: Any) -> None:
+        self.pieces.append((key, value))
 
-    def broken() -> Any:
-        nan = tf.math.is_nan(flat)
-        top = tf.maximum(tf.reduce_max(tf.where(nan, tf.zeros_like(absval), absval)), 0)
-        return tf.stack([size, sumsq, sum_abs, tf.cast(top, tf.float64),
-                         tf.reduce_sum(tf.cast(nan, tf.float64)),
-                         tf.reduce_sum(tf.cast(tf.math.is_inf(flat), tf.float64))])
+    def packed(self) -> tuple[Any, dict[tuple[Any, ...], slice]]:
+        tf = self.tf
+        groups: dict[tuple[str, int], list[tuple[tuple[Any, ...], Any]]] = {}
+        for key, value in self.pieces:
+            groups.setdefault((value.dtype.name, len(value.shape)), []).append((key, value))
+        parts, layout, offset = [], {}, 0
+        for (_, rank), members in groups.items():
+            values = [v for _, v in members]
+            joined = tf.stack(values) if rank == 0 else tf.concat(values, axis=0)
+            parts.append(tf.cast(joined, tf.float64))
+            for key, value in members:
+                n = 1 if rank == 0 else int(value.shape[0])
+                layout[key] = slice(offset, offset + n)
+                offset += n
+        return tf.concat(parts, axis=0), layout
 
-    return tf.cond(tf.math.is_finite(sumsq), finite, broken)
+
+def _reductions(tf: Any, g: Any) -> list[Any]:
+    """sum of squares, sum of |g|, max |g| of a gradient, in its own precision (tree-reduced
+    sums: ~1e-7 relative error in float32; 16-bit floats are widened first). NaN poisons all
+    three; NaN/Inf are counted by ``_recount`` only when the host sees something not finite."""
+    if g.dtype in (tf.float16, tf.bfloat16):
+        g = tf.cast(g, tf.float32)
+    absval = tf.abs(g)
+    return [tf.reduce_sum(tf.square(g)), tf.reduce_sum(absval), tf.reduce_max(absval)]
+
+
+def _recount(tf: Any, grads: list[Any], checked: list[Any]) -> Any:
+    """The rare path: NaN/Inf entries of the batch's inputs and labels, then per gradient
+    (max |g| over the entries that are not NaN, NaN count, Inf count), as one float64 vector."""
+    zero = tf.zeros((), tf.float64)
+    fixed = [tf.add_n([zero] + [tf.reduce_sum(tf.cast(~tf.math.is_finite(t), tf.float64))
+                                for t in checked])]
+    for g in grads:
+        absval = tf.abs(g)
+        nan = tf.math.is_nan(g)
+        top = tf.reduce_max(tf.where(nan, tf.zeros_like(absval), absval))
+        fixed += [tf.cast(top, tf.float64), tf.reduce_sum(tf.cast(nan, tf.float64)),
+                  tf.reduce_sum(tf.cast(tf.math.is_inf(g), tf.float64))]
+    return tf.stack(fixed)
 
 
 def _rows(tf: Any, t: Any, batch: Any) -> Any:
@@ -512,9 +537,11 @@ class Probe:
 
     Use as a context manager: hooks are installed on enter and removed on exit, whatever
     happens in between. The step reduces everything it can on the device — gradient norms,
-    maxima, NaN/Inf counts, saturated/dead unit counts, per-sample norms — and hands small
-    arrays to the host; full tensors only when ``full`` (``--verify``/``--values``).
-    ``order`` is the forward order of the sites (by first call).
+    maxima, NaN/Inf counts, saturated/dead unit counts, per-sample norms — and hands one small
+    vector of figures to the host per batch; dL/dW and dL/db are summed across batches on the
+    device in float64 (``gradient_sums``, zeroed on enter and by ``reset``); full tensors cross
+    only when ``full`` (``--verify``/``--values``). ``order`` is the forward order of the sites
+    (by first call).
     """
 
     def __init__(
@@ -543,10 +570,16 @@ class Probe:
         self._recorder: _Recorder | None = None
         self._cm: Any = None
         self._compiled = compiled
-        self._step: Any = None
+        self._steps: dict[bool, Any] = {}
+        self._generators = _seed_generators(model)
+        self._layout: dict[tuple[Any, ...], slice] = {}
+        self._param_cache: tuple[tuple[float, ...], Any] | None = None
+        self._weights: list[tuple[np.ndarray, np.ndarray | None]] | None = None
+        self._sums: list[tuple[Any, Any]] | None = None
 
     def __enter__(self) -> Probe:
-        self._weights: list[tuple[np.ndarray, np.ndarray | None]] | None = None
+        self._weights = None
+        self.reset()
         self._cm = instrumented(self.tf, self.sites)
         self._recorder = self._cm.__enter__()
         return self
@@ -555,6 +588,28 @@ class Probe:
         cm, self._cm = self._cm, None
         if cm is not None:
             cm.__exit__(*exc)
+
+    def reset(self) -> None:
+        """Zero the device-side sums of dL/dW and dL/db."""
+        tf = self.tf
+        if self._sums is None:
+            self._sums = []
+            for site in self.sites:
+                kernel, bias = self._variables(site)
+                self._sums.append((
+                    tf.Variable(tf.zeros(kernel.shape, tf.float64), trainable=False),
+                    tf.Variable(tf.zeros(bias.shape, tf.float64), trainable=False)
+                    if bias is not None else None,
+                ))
+        for kernel_sum, bias_sum in self._sums:
+            kernel_sum.assign(tf.zeros(kernel_sum.shape, tf.float64))
+            if bias_sum is not None:
+                bias_sum.assign(tf.zeros(bias_sum.shape, tf.float64))
+
+    def gradient_sums(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Per site, (dL/dW, dL/db) summed over the steps since the last reset, in float64."""
+        assert self._sums is not None
+        return [(k.numpy(), b.numpy() if b is not None else None) for k, b in self._sums]
 
     def _variables(self, site: DenseSite) -> tuple[Any, Any]:
         layer = site.layer
@@ -565,40 +620,49 @@ class Probe:
             _tf_variable(self.tf, layer.bias) if layer.bias is not None else None
         )
 
-    def _measured(self, i: int, site: DenseSite, calls: list[_CallRecord]) -> list[Any]:
-        """Per call, the measured activation's derivative at its input (element-wise), or its
-        output probabilities (softmax); from the tape, for any element-wise activation."""
+    def _measured(self, calls: dict[int, list[_CallRecord]]) -> dict[int, list[Any]]:
+        """Per site, per call: the measured activation's derivative at its input, or its
+        output probabilities (softmax). Derivatives come from one second tape for all sites
+        (element-wise activations: the gradient of the summed outputs is the derivative)."""
         tf = self.tf
         recorder = self._recorder
         assert recorder is not None
-        found = []
-        if site.follower is not None:
-            for c in recorder.follower_calls.get(i, []):
+        found: dict[int, list[Any]] = {i: [] for i in range(len(self.sites))}
+        watched: list[tuple[int, Any, Any]] = []
+        for i, site in enumerate(self.sites):
+            if site.follower is not None:
+                pairs = [(c.x, c.out) for c in recorder.follower_calls.get(i, [])]
+                fn = site.follower.layer.call
+            else:
+                pairs = [(c.z, c.out) for c in calls[i] if c.z is not None]
+                fn = site.layer.activation
+            for x, out in pairs:
                 if site.measured.kind == "softmax":
-                    found.append(c.out)
-                    continue
-                with tf.GradientTape() as t2:
-                    t2.watch(c.x)
-                    a = site.follower.layer.call(c.x)
-                found.append(t2.gradient(a, c.x))
-            return found
-        for c in calls:
-            if c.z is None:
-                continue
-            if site.profile.kind == "softmax":
-                found.append(c.out)
-                continue
-            with tf.GradientTape() as t2:
-                t2.watch(c.z)
-                a = site.layer.activation(c.z)
-            found.append(t2.gradient(a, c.z))
+                    found[i].append(out)
+                else:
+                    watched.append((i, x, fn))
+        if watched:
+            with tf.GradientTape() as tape:
+                outs = []
+                for _, x, fn in watched:
+                    tape.watch(x)
+                    outs.append(fn(x))
+            derivatives = tape.gradient(outs, [x for _, x, _ in watched],
+                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            for (i, _, _), d in zip(watched, derivatives, strict=True):
+                found[i].append(d)
         return found
 
-    def _traced(self, inputs: list[Any], labels: Any, scale: Any, low: Any,
-                confidence: Any) -> dict[str, Any]:
+    def _traced(self, inputs: list[Any], labels: Any, params: Any,
+                counting: bool = False) -> dict[str, Any]:
+        """One step. ``params`` is float32 ``[scale, confidence, low_0, low_1, ...]``.
+        ``counting``: the same pass, returning only ``_recount``'s vector (and adding nothing
+        to the gradient sums)."""
         tf = self.tf
         recorder = self._recorder
         assert recorder is not None, "Probe used outside its context"
+        assert self._sums is not None
+        scale, confidence, low = params[0], params[1], params[2:]
         recorder.reset()
         variables = [self._variables(s) for s in self.sites]
         with tf.GradientTape() as tape:
@@ -625,47 +689,44 @@ class Probe:
         grads = tape.gradient(total, targets, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         self.order = list(recorder.first_call)
         checked = [t for t in [*inputs, *(labels or [])] if t.dtype.is_floating]
-
-        def nonfinite(t: Any) -> Any:
-            return tf.cond(tf.reduce_all(tf.math.is_finite(t)),
-                           lambda: tf.zeros((), tf.int64),
-                           lambda: tf.reduce_sum(tf.cast(~tf.math.is_finite(t), tf.int64)))
-
-        result: dict[str, Any] = {
-            "loss": total,
-            "nonfinite": tf.add_n([tf.zeros((), tf.int64)] + [nonfinite(t) for t in checked]),
-            "entries": tf.add_n([tf.size(t, out_type=tf.int64)
-                                 for t in [*inputs, *(labels or [])]]),
-            "kernel_grad": grads["kernel"],
-            "bias_grad": grads["bias"],
-            "layers": [],
-        }
+        if counting:
+            return {"counts": _recount(tf, [g for per in grads["x"] for g in per], checked)}
+        for (kernel_sum, bias_sum), g_kernel, g_bias in zip(self._sums, grads["kernel"],
+                                                            grads["bias"], strict=True):
+            kernel_sum.assign_add(tf.cast(g_kernel, tf.float64))
+            if bias_sum is not None:
+                bias_sum.assign_add(tf.cast(g_bias, tf.float64))
+        pack = _Packer(tf)
+        pack.add(("loss",), total)
+        for k, t in enumerate(checked):
+            pack.add(("input_sum", k), tf.reduce_sum(t))
+        measured = self._measured(calls)
+        per_sample: dict[int, Any] = {}
+        full: dict[int, Any] = {}
         for i, site in enumerate(self.sites):
             cs = calls[i]
-            layer: dict[str, Any] = {
-                "x_shape": [tf.shape(c.x) for c in cs],
-                "out_shape": [tf.shape(c.out) for c in cs],
-                "gx": [_summary(tf, g) for g in grads["x"][i]],
-                "gout": [tf.cast(tf.reduce_sum(tf.square(g)), tf.float64)
-                         for g in grads["out"][i]],
-            }
-            measured = self._measured(i, site, cs)
-            if measured and site.measured.kind == "softmax":
-                probs = [tf.reshape(p, (-1, site.units)) for p in measured]
-                layer["confident"] = tf.add_n([tf.reduce_sum(tf.cast(
-                    tf.reduce_max(p, axis=1) >= confidence, tf.int64)) for p in probs])
-                layer["rows"] = tf.add_n([tf.shape(p, out_type=tf.int64)[0] for p in probs])
-            elif measured:
+            for j, (c, g_x, g_out) in enumerate(zip(cs, grads["x"][i], grads["out"][i],
+                                                    strict=True)):
+                pack.add(("x_shape", i, j), tf.shape(c.x))
+                pack.add(("out_shape", i, j), tf.shape(c.out))
+                for n, value in enumerate(_reductions(tf, g_x)):
+                    pack.add(("gx", i, j, n), value)
+                pack.add(("gout", i, j), _reductions(tf, g_out)[0])
+            if measured[i] and site.measured.kind == "softmax":
+                probs = [tf.reshape(p, (-1, site.units)) for p in measured[i]]
+                pack.add(("confident", i), tf.add_n([tf.reduce_sum(tf.cast(
+                    tf.reduce_max(p, axis=1) >= confidence, tf.int32)) for p in probs]))
+                pack.add(("rows", i), tf.add_n([tf.shape(p)[0] for p in probs]))
+            elif measured[i]:
                 lows = [tf.cast(tf.abs(tf.reshape(d, (-1, site.units))) < low[i], tf.int32)
-                        for d in measured]
-                layer["low_per_unit"] = tf.add_n([tf.reduce_sum(m, axis=0) for m in lows])
-                layer["rows"] = tf.add_n([tf.shape(m, out_type=tf.int64)[0] for m in lows])
+                        for d in measured[i]]
+                pack.add(("low_per_unit", i), tf.add_n([tf.reduce_sum(m, axis=0) for m in lows]))
+                pack.add(("rows", i), tf.add_n([tf.shape(m)[0] for m in lows]))
             if self.per_sample and cs and all(c.z is not None for c in cs):
                 deltas = [g / tf.cast(scale, g.dtype) for g in grads["z"][i]]
-                layer["per_sample_sq"] = _per_sample_sq(tf, [c.x for c in cs], deltas,
-                                                        site.use_bias)
+                per_sample[i] = _per_sample_sq(tf, [c.x for c in cs], deltas, site.use_bias)
             if self.full:
-                layer["full"] = {
+                full[i] = {
                     "x": [c.x for c in cs],
                     "z": [c.z if c.z is not None else tf.zeros((0,)) for c in cs],
                     "out": [c.out for c in cs],
@@ -673,103 +734,140 @@ class Probe:
                     "g_z": grads["z"][i],
                     "g_x": grads["x"][i],
                 }
-            result["layers"].append(layer)
-        return result
+        figures, self._layout = pack.packed()
+        return {"figures": figures, "per_sample": per_sample, "full": full}
 
-    def _compile(self, tensors: list[Any], labels: list[Any] | None) -> Any:
+    def _compile(self, tensors: list[Any], labels: list[Any] | None, params: Any,
+                 counting: bool = False) -> Any:
         """One trace for every batch size: the batch axis is left open in the signature, so
-        a last partial batch does not trace the graph again."""
+        a last partial batch does not trace the graph again. The concrete function is called
+        directly (no signature matching per batch)."""
         tf = self.tf
 
         def spec(t: Any) -> Any:
             return tf.TensorSpec((None, *t.shape[1:]), t.dtype)
 
-        scalars = [tf.TensorSpec((), tf.float32), tf.TensorSpec((len(self.sites),), tf.float32),
-                   tf.TensorSpec((), tf.float32)]
-        if labels is None:
-            unlabelled = tf.function(
-                lambda x, scale, low, confidence: self._traced(x, None, scale, low, confidence),
-                input_signature=[[spec(t) for t in tensors], *scalars], autograph=False)
-            return lambda x, _, scale, low, confidence: unlabelled(x, scale, low, confidence)
-        return tf.function(self._traced, autograph=False, input_signature=[
-            [spec(t) for t in tensors], [spec(y) for y in labels], *scalars])
+        signature = [[spec(t) for t in tensors],
+                     [spec(y) for y in labels] if labels is not None else None,
+                     tf.TensorSpec(params.shape, params.dtype)]
+        def traced(inputs: list[Any], labels: Any, params: Any) -> dict[str, Any]:
+            return self._traced(inputs, labels, params, counting=counting)
 
-    def step(
-        self,
-        inputs: Sequence[np.ndarray],
-        labels: Any = None,
-        scale: float = 1.0,
-        low_thresholds: Sequence[float] | None = None,
-        confidence: float = 0.99,
-    ) -> BatchCapture:
-        """Run one batch. ``scale`` multiplies the summed per-sample loss terms;
-        ``low_thresholds`` (per site) and ``confidence`` are the activity thresholds."""
+        return tf.function(traced, autograph=False).get_concrete_function(*signature)
+
+    def _param_tensor(self, scale: float, lows: Sequence[float], confidence: float) -> Any:
+        """``[scale, confidence, *lows]`` as one tensor, made again only when they change."""
+        key = (float(scale), float(confidence), *(float(v) for v in lows))
+        if self._param_cache is None or self._param_cache[0] != key:
+            self._param_cache = (key, self.tf.constant(key, self.tf.float32))
+        return self._param_cache[1]
+
+    def _run(self, counting: bool, tensors: list[Any], labels: list[Any] | None,
+             params: Any) -> dict[str, Any]:
         tf = self.tf
-        tensors = [tf.convert_to_tensor(a) for a in inputs]
-        label_tensors = [tf.convert_to_tensor(y) for y in labels] if labels is not None else None
-        low = tf.constant(low_thresholds if low_thresholds is not None
-                          else [0.0] * len(self.sites), tf.float32, shape=(len(self.sites),))
-        if self._step is None:
-            self._step = self._compile(tensors, label_tensors) if self._compiled else \
-                self._traced
         try:
-            result = self._step(tensors, label_tensors, tf.constant(scale, tf.float32), low,
-                                tf.constant(confidence, tf.float32))
+            if not self._compiled:
+                return self._traced(tensors, labels, params, counting=counting)
+            if counting not in self._steps:  # tracing runs the model: its errors are the pass's
+                self._steps[counting] = self._compile(tensors, labels, params, counting)
+            result: dict[str, Any] = self._steps[counting](tensors, labels, params)
+            return result
         except (tf.errors.OpError, ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ProbeError(
                 f"the forward/backward pass failed: {first}",
                 "run with --traceback for details",
             ) from exc
+
+    def step(
+        self,
+        inputs: Sequence[Any],
+        labels: Any = None,
+        scale: float = 1.0,
+        low_thresholds: Sequence[float] | None = None,
+        confidence: float = 0.99,
+    ) -> BatchCapture:
+        """Run one batch (numpy arrays or tensors). ``scale`` multiplies the summed per-sample
+        loss terms; ``low_thresholds`` (per site) and ``confidence`` are the activity thresholds."""
+        tf = self.tf
+        tensors = [tf.convert_to_tensor(a) for a in inputs]
+        label_tensors = [tf.convert_to_tensor(y) for y in labels] if labels is not None else None
+        params = self._param_tensor(scale, low_thresholds if low_thresholds is not None
+                                    else [0.0] * len(self.sites), confidence)
+        replay = _generator_states(self._generators) if self.training else None
+        result = self._run(False, tensors, label_tensors, params)
         if self._weights is None:  # the pass does not change them: read once per session
             self._weights = [(k.numpy(), b.numpy() if b is not None else None)
                              for k, b in (self._variables(s) for s in self.sites)]
+        figures = result["figures"].numpy()
+        layout = self._layout
+
+        def get(*key: Any) -> np.ndarray:
+            part: np.ndarray = figures[layout[key]]
+            return part
+
+        sums = [get(*key)[0] for key in layout if key[0] == "input_sum" or
+                (key[0] == "gx" and key[3] == 0)]
+        counts = None
+        if not np.all(np.isfinite(sums)):  # something is NaN/Inf: the same pass, counting
+            if replay is not None:
+                _set_generator_states(self._generators, replay)
+            counts = self._run(True, tensors, label_tensors, params)["counts"].numpy()
         layers = []
+        k = 0
         for i, site in enumerate(self.sites):
-            lr = result["layers"][i]
             calls = []
-            for j in range(len(lr["gx"])):
-                full = None
-                if "full" in lr:
-                    f = lr["full"]
-                    z = f["z"][j].numpy() if int(np.size(f["z"][j])) else None
-                    derivative64 = kink = None
-                    if self.verify and z is not None and site.profile.kind != "softmax":
-                        derivative64, kink = fd_derivative(tf, site.layer.activation, z)
-                    full = CallCapture(
-                        x=f["x"][j].numpy(), z=z, out=f["out"][j].numpy(),
-                        g_out=f["g_out"][j].numpy(),
-                        g_z=f["g_z"][j].numpy() if z is not None else None,
-                        g_x=f["g_x"][j].numpy(), derivative64=derivative64, kink=kink,
-                    )
+            j = 0
+            while ("gx", i, j, 0) in layout:
+                x_shape = tuple(int(v) for v in get("x_shape", i, j))
+                sumsq, sum_abs, max_abs = (float(get("gx", i, j, n)[0]) for n in range(3))
+                nan = inf = 0.0
+                if counts is not None:
+                    max_abs, nan, inf = (float(v) for v in counts[1 + 3 * k: 4 + 3 * k])
                 calls.append(CallSummary(
-                    x_shape=tuple(int(v) for v in lr["x_shape"][j].numpy()),
-                    out_shape=tuple(int(v) for v in lr["out_shape"][j].numpy()),
-                    input_grad=lr["gx"][j].numpy(),
-                    output_grad_sumsq=float(lr["gout"][j].numpy()),
-                    full=full,
+                    x_shape=x_shape,
+                    out_shape=tuple(int(v) for v in get("out_shape", i, j)),
+                    input_grad=np.array([float(np.prod(x_shape)), sumsq, sum_abs,
+                                         max(max_abs, 0.0), nan, inf]),
+                    output_grad_sumsq=float(get("gout", i, j)[0]),
+                    full=self._full_capture(site, result["full"][i], j) if self.full else None,
                 ))
-            low_per_unit = lr["low_per_unit"].numpy() if "low_per_unit" in lr else None
+                j += 1
+                k += 1
+            low_per_unit = (get("low_per_unit", i).astype(np.int64)
+                            if ("low_per_unit", i) in layout else None)
             layers.append(LayerCapture(
                 kernel=self._weights[i][0],
                 bias=self._weights[i][1],
-                kernel_grad=result["kernel_grad"][i].numpy(),
-                bias_grad=result["bias_grad"][i].numpy() if site.use_bias else None,
                 calls=tuple(calls),
                 low_per_unit=low_per_unit,
                 low_entries=int(low_per_unit.sum()) if low_per_unit is not None else 0,
-                activity_rows=int(lr["rows"].numpy()) if "rows" in lr else 0,
-                confident=int(lr["confident"].numpy()) if "confident" in lr else 0,
-                per_sample_sq=lr["per_sample_sq"].numpy() if "per_sample_sq" in lr else None,
+                activity_rows=int(get("rows", i)[0]) if ("rows", i) in layout else 0,
+                confident=int(get("confident", i)[0]) if ("confident", i) in layout else 0,
+                per_sample_sq=(result["per_sample"][i].numpy()
+                               if i in result["per_sample"] else None),
             ))
         if not self.order:
             self.order = [i for i in range(len(self.sites)) if layers[i].calls]
         return BatchCapture(
-            loss=float(result["loss"].numpy()),
+            loss=float(get("loss")[0]),
             samples=int(inputs[0].shape[0]),
             layers=tuple(layers),
-            nonfinite=int(result["nonfinite"].numpy()),
-            entries=int(result["entries"].numpy()),
+            nonfinite=int(counts[0]) if counts is not None else 0,
+            entries=sum(int(np.prod(a.shape)) for a in [*inputs, *(labels or [])]),
+        )
+
+    def _full_capture(self, site: DenseSite, f: dict[str, Any], j: int) -> CallCapture:
+        """``full``: call ``j``'s tensors as numpy arrays (and, for ``verify``, activation'(z)
+        by float64 finite differences)."""
+        z = f["z"][j].numpy() if int(np.size(f["z"][j])) else None
+        derivative64 = kink = None
+        if self.verify and z is not None and site.profile.kind != "softmax":
+            derivative64, kink = fd_derivative(self.tf, site.layer.activation, z)
+        return CallCapture(
+            x=f["x"][j].numpy(), z=z, out=f["out"][j].numpy(), g_out=f["g_out"][j].numpy(),
+            g_z=f["g_z"][j].numpy() if z is not None else None, g_x=f["g_x"][j].numpy(),
+            derivative64=derivative64, kink=kink,
         )
 
 
@@ -795,10 +893,8 @@ def fd_derivative(tf: Any, fn: Any, z: np.ndarray) -> tuple[np.ndarray | None, n
     return (plus - minus) / (2 * h), kink
 
 
-@contextmanager
-def seeded(model: Any, seed: int) -> Iterator[int]:
-    """Every Keras seed generator in the model (Dropout, GaussianNoise ...) set to a state
-    derived from ``seed`` for the block, and restored afterwards. Yields how many were set."""
+def _seed_generators(model: Any) -> list[Any]:
+    """Every Keras seed generator in the model (Dropout, GaussianNoise ...), each once."""
     generators: list[Any] = []
     seen: set[int] = set()
     flatten = getattr(model, "_flatten_layers", None)
@@ -808,14 +904,30 @@ def seeded(model: Any, seed: int) -> Iterator[int]:
             if id(generator) not in seen:
                 seen.add(id(generator))
                 generators.append(generator)
-    saved = [np.asarray(g.state.numpy()) for g in generators]
+    return generators
+
+
+def _generator_states(generators: Sequence[Any]) -> list[np.ndarray]:
+    return [np.asarray(g.state.numpy()) for g in generators]
+
+
+def _set_generator_states(generators: Sequence[Any], states: Sequence[np.ndarray]) -> None:
+    for g, state in zip(generators, states, strict=True):
+        g.state.assign(state)
+
+
+@contextmanager
+def seeded(model: Any, seed: int) -> Iterator[int]:
+    """Every Keras seed generator in the model set to a state derived from ``seed`` for the
+    block, and restored afterwards. Yields how many were set."""
+    generators = _seed_generators(model)
+    saved = _generator_states(generators)
     try:
         for i, g in enumerate(generators):
             g.state.assign(np.array([seed, i], dtype=saved[i].dtype))
         yield len(generators)
     finally:
-        for g, state in zip(generators, saved, strict=True):
-            g.state.assign(state)
+        _set_generator_states(generators, saved)
 
 
 def batch_interactions(model: Any, training: bool) -> list[str]:

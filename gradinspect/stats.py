@@ -129,25 +129,6 @@ def safe_ratio(num: float, den: float) -> float:
 
 
 @dataclass
-class SumAccumulator:
-    """Sum of arrays of one shape: the gradient of a summed loss over batches (float64)."""
-
-    total: Array | None = None
-
-    def update(self, array: npt.ArrayLike) -> SumAccumulator:
-        if self.total is None:
-            self.total = np.array(array, dtype=np.float64)  # one copy, owned
-        else:
-            np.add(self.total, array, out=self.total)  # upcasts float32 without a temporary
-        return self
-
-    def merge(self, other: SumAccumulator) -> SumAccumulator:
-        if other.total is not None:
-            self.update(other.total)
-        return self
-
-
-@dataclass
 class ActivityAccumulator:
     """Per-unit counts of entries whose activation'(z) is 'low' (saturated or dead), merged over
     batches. The probe's step does the counting on the device (a derivative below

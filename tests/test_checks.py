@@ -103,9 +103,10 @@ def test_gsnr_against_brute_force_gradients(tfk: Any) -> None:
     vecs = []
     for i in range(6):
         with Probe(model, sites, get_loss("sum")) as probe:
-            cap = probe.step([inputs[0][i : i + 1]], None, 1.0)
-        first = cap.layers[0]
-        vecs.append(np.concatenate([first.kernel_grad.ravel(), first.bias_grad.ravel()]))
+            probe.step([inputs[0][i : i + 1]], None, 1.0)
+            kernel_grad, bias_grad = probe.gradient_sums()[0]
+        assert bias_grad is not None
+        vecs.append(np.concatenate([kernel_grad.ravel(), bias_grad.ravel()]))
     v = np.array(vecs, dtype=np.float64)
     want = float(np.sum(v.mean(axis=0) ** 2) / np.mean(np.sum(v * v, axis=1)))
     assert report.layers[0].per_sample is not None

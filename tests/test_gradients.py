@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import gradinspect
 from gradinspect.losses import get_loss
-from gradinspect.probe import Probe, find_dense_layers
+from gradinspect.probe import Probe, find_dense_layers, seeded
 
 
 def _close(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
@@ -32,12 +32,14 @@ def _close(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
     np.testing.assert_allclose(actual, expected, rtol=2e-4, atol=2e-5 * scale, err_msg=what)
 
 
-def _capture(model: Any, inputs: list[np.ndarray], loss: str) -> tuple[list[Any], Any]:
+def _capture(model: Any, inputs: list[np.ndarray], loss: str) -> tuple[list[Any], Any, Any]:
+    """Sites, the step's capture, and the device-side (dL/dW, dL/db) per site."""
     sites = find_dense_layers(model)
     scale = 1.0 if loss == "sum" else 1.0 / inputs[0].shape[0]
     with Probe(model, sites, get_loss(loss), full=True) as probe:
         cap = probe.step(inputs, None, scale)
-    return sites, cap
+        sums = probe.gradient_sums()
+    return sites, cap, sums
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -53,16 +55,16 @@ def test_gradients_match_plain_tape_and_closed_form(tfk: Any, arch: Arch, loss: 
         # tf.reduce_mean over every output entry = per-sample mean / N with one output
         pass
     reference = plain_tape_grads(tf, twin(keras, arch, model), inputs, loss)
-    sites, cap = _capture(model, inputs, loss)
+    sites, cap, sums = _capture(model, inputs, loss)
     assert {s.name for s in sites} >= {f"d{i}" for i in range(len(arch.widths))}
 
-    for site, layer in zip(sites, cap.layers, strict=True):
+    for site, layer, (kernel_grad, bias_grad) in zip(sites, cap.layers, sums, strict=True):
         name = site.path
         kernel = np.asarray(layer.kernel, dtype=np.float64)
         # 1. against the plain tape on the twin
-        _close(layer.kernel_grad, reference[site.layer.kernel.path], f"{name} dL/dW vs tape")
+        _close(kernel_grad, reference[site.layer.kernel.path], f"{name} dL/dW vs tape")
         if site.use_bias:
-            _close(layer.bias_grad, reference[site.layer.bias.path], f"{name} dL/db vs tape")
+            _close(bias_grad, reference[site.layer.bias.path], f"{name} dL/db vs tape")
         # 2. against the closed form, from the captured x, z and g
         expected_calls = 2 if arch.shared is not None and name.endswith(f"d{arch.shared}") else 1
         assert len(layer.calls) == expected_calls
@@ -83,9 +85,9 @@ def test_gradients_match_plain_tape_and_closed_form(tfk: Any, arch: Arch, loss: 
             _close(_flat(call.g_x), delta @ kernel.T, f"{name} dL/dx = delta W^T")
             dw += x.T @ delta
             db += delta.sum(axis=0)
-        _close(layer.kernel_grad, dw, f"{name} dL/dW = x^T delta (all calls)")
+        _close(kernel_grad, dw, f"{name} dL/dW = x^T delta (all calls)")
         if site.use_bias:
-            _close(layer.bias_grad, db, f"{name} dL/db = sum delta")
+            _close(bias_grad, db, f"{name} dL/db = sum delta")
 
     # 3. for plain chains, the input gradients by a layer-by-layer tape
     if arch.is_chain:
@@ -139,7 +141,7 @@ def test_hooks_do_not_change_outputs_or_loss(tfk: Any, arch: Arch, loss: str) ->
     x = [tf.constant(a) for a in inputs]
     before = np.asarray(model(x if len(x) > 1 else x[0]))
     expected = float(before.sum()) if loss == "sum" else float(before.astype(np.float64).mean())
-    sites, cap = _capture(model, inputs, loss)
+    sites, cap, _ = _capture(model, inputs, loss)
     assert cap.loss == pytest.approx(expected, rel=1e-5, abs=1e-5)
     after = np.asarray(model(x if len(x) > 1 else x[0]))
     np.testing.assert_array_equal(before, after)
@@ -186,6 +188,52 @@ def test_batched_pass_equals_single_pass(tfk: Any, batch_size: int, loss: str) -
             assert gb.max_abs == pytest.approx(ga.max_abs, rel=1e-5)
             assert gb.shape == ga.shape
         assert b.activity == a.activity
+
+
+def test_gradient_sums_accumulate_in_float64_on_the_device(tfk: Any) -> None:
+    """dL/dW of Dense(linear) under the sum loss is the column sum of x: a batch of 1e8s then a
+    batch of 1s must give 1e8 + 1, which float32 accumulation would round back to 1e8."""
+    _tf, keras = tfk
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+    sites = find_dense_layers(model)
+    with Probe(model, sites, get_loss("sum")) as probe:
+        for value in (1e8, 1.0, 1.0):
+            probe.step([np.full((1, 2), value, np.float32)], None, 1.0)
+        (kernel_grad, bias_grad), = probe.gradient_sums()
+        assert kernel_grad.dtype == np.float64
+        assert kernel_grad.ravel().tolist() == [1e8 + 2, 1e8 + 2]
+        assert bias_grad is None
+        probe.reset()
+        probe.step([np.full((3, 2), 1.0, np.float32)], None, 1.0)
+        assert probe.gradient_sums()[0][0].ravel().tolist() == [3.0, 3.0]
+
+
+def test_nan_counts_replay_the_same_dropout_mask(tfk: Any) -> None:
+    """NaN/Inf are counted by a second, counting pass only when a figure is not finite; in
+    training mode it must see the same Dropout mask as the first. With W[c, c] = inf,
+    dL/dx[r, c] is NaN exactly where unit c was dropped in row r (0 * inf) and Inf where kept."""
+    tf, keras = tfk
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="a"),
+                              keras.layers.Dropout(0.5), keras.layers.Dense(2, name="b")])
+    w, b = model.get_layer("a").get_weights()
+    for c in range(4):
+        w[c, c] = np.inf
+    model.get_layer("a").set_weights([w, b])
+    x = np.random.default_rng(2).uniform(0.5, 1.0, (256, 4)).astype(np.float32)
+    with seeded(model, 7):
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(model(xt, training=True))
+        want = tape.gradient(loss, xt).numpy()
+    sites = find_dense_layers(model)
+    with seeded(model, 7), Probe(model, sites, get_loss("sum"), training=True) as probe:
+        cap = probe.step([x], None, 1.0)
+    _, _, _, max_abs, nan, inf = cap.layers[0].calls[0].input_grad
+    assert 0 < nan < x.size
+    assert (nan, inf) == (np.isnan(want).sum(), np.isinf(want).sum())
+    assert max_abs == np.inf
 
 
 def test_dense_on_rank3_and_subclass_and_no_bias(tfk: Any) -> None:

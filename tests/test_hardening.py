@@ -260,8 +260,13 @@ def test_ctrl_c_exits_130_and_leaves_no_output(tmp_path: Path) -> None:
     del mm
     out = tmp_path / "report.json"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen([sys.executable, "-m", "gradinspect", str(SAMPLES / "mnist_mlp.h5"),
-                             str(big), "--batch-size", "64", "-o", str(out)],
+    # like `python -m gradinspect`, with Python's SIGINT handler back in place: a child
+    # inherits an ignored SIGINT when pytest itself runs in the background
+    launcher = ("import runpy, signal, sys; signal.signal(signal.SIGINT, "
+                "signal.default_int_handler); sys.argv[0] = 'gradinspect'; "
+                "runpy.run_module('gradinspect', run_name='__main__', alter_sys=True)")
+    proc = subprocess.Popen([sys.executable, "-c", launcher, str(SAMPLES / "mnist_mlp.h5"),
+                             str(big), "--batch-size", "8", "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     time.sleep(8)
     proc.send_signal(signal.SIGINT)
