@@ -471,14 +471,21 @@ class _Packer:
         return tf.concat(parts, axis=0), layout
 
 
+def _widened(tf: Any, g: Any) -> Any:
+    return tf.cast(g, tf.float32) if g.dtype in (tf.float16, tf.bfloat16) else g
+
+
+def _sumsq(tf: Any, g: Any) -> Any:
+    """sum(g^2) in one kernel (l2_loss is sum(g^2) / 2; doubling is exact): no squared copy."""
+    return 2.0 * tf.nn.l2_loss(_widened(tf, g))
+
+
 def _reductions(tf: Any, g: Any) -> list[Any]:
     """sum of squares, sum of |g|, max |g| of a gradient, in its own precision (tree-reduced
     sums: ~1e-7 relative error in float32; 16-bit floats are widened first). NaN poisons all
     three; NaN/Inf are counted by ``_recount`` only when the host sees something not finite."""
-    if g.dtype in (tf.float16, tf.bfloat16):
-        g = tf.cast(g, tf.float32)
-    absval = tf.abs(g)
-    return [tf.reduce_sum(tf.square(g)), tf.reduce_sum(absval), tf.reduce_max(absval)]
+    absval = tf.abs(_widened(tf, g))
+    return [_sumsq(tf, g), tf.reduce_sum(absval), tf.reduce_max(absval)]
 
 
 def _recount(tf: Any, grads: list[Any], checked: list[Any]) -> Any:
@@ -711,7 +718,7 @@ class Probe:
                 pack.add(("out_shape", i, j), tf.shape(c.out))
                 for n, value in enumerate(_reductions(tf, g_x)):
                     pack.add(("gx", i, j, n), value)
-                pack.add(("gout", i, j), _reductions(tf, g_out)[0])
+                pack.add(("gout", i, j), _sumsq(tf, g_out))
             if measured[i] and site.measured.kind == "softmax":
                 probs = [tf.reshape(p, (-1, site.units)) for p in measured[i]]
                 pack.add(("confident", i), tf.add_n([tf.reduce_sum(tf.cast(
