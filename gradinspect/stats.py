@@ -58,18 +58,21 @@ class TensorAccumulator:
         self.count += a.size
         if a.size == 0:
             return self
-        nan = int(np.count_nonzero(np.isnan(a)))
-        inf = int(np.count_nonzero(np.isinf(a)))
+        flat = a.ravel()
+        sumsq = float(np.dot(flat, flat))
+        # a finite sum of squares means every entry is finite: count NaN/Inf only otherwise
+        nan = 0 if math.isfinite(sumsq) else int(np.count_nonzero(np.isnan(flat)))
+        inf = 0 if math.isfinite(sumsq) else int(np.count_nonzero(np.isinf(flat)))
         self.nan += nan
         self.inf += inf
-        absval = np.abs(a)
+        absval = np.abs(flat)
         if nan:
             self.sumsq = math.nan
             self.sum_abs = math.nan
             finite_max = np.nanmax(absval) if nan < a.size else 0.0
             self.max_abs = max(self.max_abs, float(finite_max))
         else:
-            self.sumsq += float(np.dot(a.ravel(), a.ravel())) if not inf else math.inf
+            self.sumsq += sumsq
             self.sum_abs += float(absval.sum())
             self.max_abs = max(self.max_abs, float(absval.max()))
         return self
@@ -116,7 +119,8 @@ def grad_stats(array: npt.ArrayLike) -> GradStats:
 def weight_stats(array: npt.ArrayLike) -> WeightStats:
     """Shape and L2 norm of a weight tensor."""
     a = np.asarray(array, dtype=np.float64)
-    return WeightStats(shape=tuple(a.shape), norm=float(np.sqrt(np.sum(a * a))))
+    flat = a.ravel()
+    return WeightStats(shape=tuple(a.shape), norm=math.sqrt(float(np.dot(flat, flat))))
 
 
 def safe_ratio(num: float, den: float) -> float:
