@@ -669,7 +669,7 @@ class Probe:
         recorder = self._recorder
         assert recorder is not None, "Probe used outside its context"
         assert self._sums is not None
-        scale, confidence, low = params[0], params[1], params[2:]
+        scale, confidence, *low = tf.unstack(params)  # one op, not a slice per figure
         recorder.reset()
         variables = [self._variables(s) for s in self.sites]
         with tf.GradientTape() as tape:
