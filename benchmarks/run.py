@@ -164,21 +164,14 @@ def _mlp(keras: Any, widths: tuple[int, ...]) -> Any:
     return keras.Sequential(layers)
 
 
-def _hand_loop(tf: Any, keras: Any, model_path: Path, path: Path, batch: int,
-               inputs_too: bool = True) -> list[float]:
-    """What a person writes for many samples: load the model, then a tf.function gradient step
-    over mmap batches, summing the gradients on the device. ``inputs_too``: the same gradients
-    gradinspect reports — dL/dW, dL/db and dL/dinput of every Dense layer (the input
-    gradients reduced to their sums of squares, since they cannot be summed over batches);
-    otherwise dL/dW and dL/db only."""
-    import numpy as np
-
-    model = keras.models.load_model(model_path, compile=False)
-    data = np.load(path, mmap_mode="r")
+def _bare_step(tf: Any, model: Any, inputs_too: bool = True) -> Any:
+    """A compiled forward/backward pass with no figures, as a person writes it: dL/dW, dL/db
+    and (``inputs_too``) dL/dinput of every Dense layer — the gradients gradinspect reports,
+    the input gradients reduced to sums of squares (they cannot be summed over batches)."""
     variables = model.trainable_variables
 
     @tf.function(reduce_retracing=True)
-    def step(x: Any) -> Any:
+    def bare(x: Any) -> Any:
         with tf.GradientTape() as tape:
             h, seen = x, []
             for layer in model.layers:  # the benchmark's models are plain Dense stacks
@@ -190,6 +183,18 @@ def _hand_loop(tf: Any, keras: Any, model_path: Path, path: Path, batch: int,
         grads, input_grads = tape.gradient(loss, [variables, seen])
         return grads, [tf.reduce_sum(tf.square(g)) for g in input_grads]
 
+    return bare
+
+
+def _hand_loop(tf: Any, keras: Any, model_path: Path, path: Path, batch: int,
+               inputs_too: bool = True) -> list[float]:
+    """What a person writes for many samples: load the model, then the bare step over mmap
+    batches, summing the gradients on the device."""
+    import numpy as np
+
+    model = keras.models.load_model(model_path, compile=False)
+    data = np.load(path, mmap_mode="r")
+    step = _bare_step(tf, model, inputs_too)
     total: list[Any] | None = None
     squares: list[Any] | None = None
     for start in range(0, data.shape[0], batch):
@@ -236,27 +241,6 @@ def bench_streaming(args: argparse.Namespace, tmp: Path) -> list[Row]:
         rows.append(Row("  same, vs a loop computing dL/dW and dL/db only (samples/s)",
                         n / ours, n / wb, "1/s", "report", True))
     return rows
-
-
-def _bare_step(tf: Any, model: Any, inputs_too: bool = True) -> Any:
-    """A compiled forward/backward pass with no figures: dL/dW, dL/db and (``inputs_too``)
-    dL/dinput of every Dense layer (reduced to sums of squares to leave the device small)."""
-    variables = model.trainable_variables
-
-    @tf.function
-    def bare(x: Any) -> Any:
-        with tf.GradientTape() as tape:
-            h, seen = x, []
-            for layer in model.layers:
-                if inputs_too:
-                    tape.watch(h)
-                    seen.append(h)
-                h = layer(h)
-            loss = tf.reduce_sum(h)
-        grads, input_grads = tape.gradient(loss, [variables, seen])
-        return grads, [tf.reduce_sum(tf.square(g)) for g in input_grads]
-
-    return bare
 
 
 def bench_diagnostics(args: argparse.Namespace, tmp: Path) -> list[Row]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
 import gradinspect
 from gradinspect.diagnose import CODES
@@ -201,6 +202,7 @@ def test_nonfinite_input(tfk: Any) -> None:
     assert f.figures["nonfinite"] == 2
 
 
+@pytest.mark.filterwarnings("ignore:.*from_logits=True.*:UserWarning")  # planted on purpose
 def test_logits_mismatch_both_ways(tfk: Any) -> None:
     _, keras = tfk
     L = keras.layers
