@@ -484,8 +484,9 @@ def _reductions(tf: Any, g: Any) -> list[Any]:
     """sum of squares, sum of |g|, max |g| of a gradient, in its own precision (tree-reduced
     sums: ~1e-7 relative error in float32; 16-bit floats are widened first). NaN poisons all
     three; NaN/Inf are counted by ``_recount`` only when the host sees something not finite."""
-    absval = tf.abs(_widened(tf, g))
-    return [_sumsq(tf, g), tf.reduce_sum(absval), tf.reduce_max(absval)]
+    wide = _widened(tf, g)
+    absval = tf.abs(wide)
+    return [_sumsq(tf, wide), tf.reduce_sum(absval), tf.reduce_max(absval)]
 
 
 def _recount(tf: Any, grads: list[Any], checked: list[Any]) -> Any:
@@ -684,7 +685,8 @@ class Probe:
             finally:
                 recorder.tape = None
             terms = self.loss.terms(tf, tf.nest.flatten(outputs), labels)
-            total = tf.reduce_sum(terms) * scale
+            total = tf.reduce_sum(terms)
+            total = total * tf.cast(scale, total.dtype)  # float64 and float16 models too
         calls = {i: recorder.calls.get(i, []) for i in range(len(self.sites))}
         targets = {
             "kernel": [k for k, _ in variables],
@@ -720,13 +722,15 @@ class Probe:
                     pack.add(("gx", i, j, n), value)
                 pack.add(("gout", i, j), _sumsq(tf, g_out))
             if measured[i] and site.measured.kind == "softmax":
-                probs = [tf.reshape(p, (-1, site.units)) for p in measured[i]]
+                probs = [tf.reshape(_widened(tf, p), (-1, site.units)) for p in measured[i]]
                 pack.add(("confident", i), tf.add_n([tf.reduce_sum(tf.cast(
-                    tf.reduce_max(p, axis=1) >= confidence, tf.int32)) for p in probs]))
+                    tf.reduce_max(p, axis=1) >= tf.cast(confidence, p.dtype), tf.int32))
+                    for p in probs]))
                 pack.add(("rows", i), tf.add_n([tf.shape(p)[0] for p in probs]))
             elif measured[i]:
-                lows = [tf.cast(tf.abs(tf.reshape(d, (-1, site.units))) < low[i], tf.int32)
-                        for d in measured[i]]
+                derivatives = [tf.abs(tf.reshape(_widened(tf, d), (-1, site.units)))
+                               for d in measured[i]]
+                lows = [tf.cast(d < tf.cast(low[i], d.dtype), tf.int32) for d in derivatives]
                 pack.add(("low_per_unit", i), tf.add_n([tf.reduce_sum(m, axis=0) for m in lows]))
                 pack.add(("rows", i), tf.add_n([tf.shape(m)[0] for m in lows]))
             if self.per_sample and cs and all(c.z is not None for c in cs):

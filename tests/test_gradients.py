@@ -236,6 +236,40 @@ def test_nan_counts_replay_the_same_dropout_mask(tfk: Any) -> None:
     assert max_abs == np.inf
 
 
+def test_float16_gradients_are_widened_before_reducing(tfk: Any) -> None:
+    """Under mixed_float16 dL/dinput is float16; its sum of squares (here 32 * 300^2 = 2.88e6)
+    would overflow float16 (max 65504) if it were reduced in its own precision."""
+    _tf, keras = tfk
+    model = keras.Sequential([keras.Input((4,)),
+                              keras.layers.Dense(1, dtype="mixed_float16", name="half")])
+    model.get_layer("half").set_weights([np.full((4, 1), 300.0, np.float32), np.zeros(1)])
+    report = gradinspect.inspect(model, np.ones((8, 4), np.float32))
+    grads = report["half"].grads
+    assert grads.input.norm == pytest.approx(np.sqrt(32 * 300.0**2), rel=1e-3)
+    assert grads.input.max_abs == pytest.approx(300.0)
+    assert grads.input.nan == grads.input.inf == 0
+
+
+def test_float64_models_run_in_float64(tfk: Any) -> None:
+    """A float64 model: the loss scale, thresholds and confidence follow the model's dtype."""
+    tf, keras = tfk
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((4,), dtype="float64"),
+                              keras.layers.Dense(3, activation="relu", dtype="float64", name="a"),
+                              keras.layers.Dense(2, activation="softmax", dtype="float64")])
+    x = np.random.default_rng(0).normal(size=(8, 4))
+    report = gradinspect.inspect(model, x, loss="mean", batch_size=3, per_sample=True,
+                                 verify=True)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(model(xt))
+    want = tape.gradient(loss, model.get_layer("a").kernel).numpy()
+    assert report["a"].grads.kernel.norm == pytest.approx(np.linalg.norm(want), rel=1e-12)
+    assert report["a"].verify is not None
+    assert report["a"].verify.ok
+    assert report["a"].activity is not None
+
+
 def test_dense_on_rank3_and_subclass_and_no_bias(tfk: Any) -> None:
     tf, keras = tfk
 
