@@ -7,9 +7,11 @@ for a function that records the pre-activation z and then applies the original a
 layer's own ``call`` still does all the arithmetic, so the model computes exactly what it
 computed before. Everything is undone in ``finally``.
 
-One step is one ``tf.function`` trace per input signature: the tape, the gradients of the loss
-with respect to every kernel, bias, layer input, pre-activation and layer output, and
-activation'(z) from a second tape. The step returns numpy arrays; numbers are made elsewhere.
+One step is one compiled ``tf.function`` (the batch axis left open): the tape, the gradients of
+the loss with respect to every kernel, bias, layer input, pre-activation and layer output, and
+activation'(z) from a second tape. Inside the step dL/dW and dL/db are added to float64 sums on
+the device and every other gradient is reduced to a few figures, handed to the host as one small
+vector per batch; full tensors only for ``--verify``/``--values``. Reports are made elsewhere.
 """
 
 from __future__ import annotations
