@@ -22,8 +22,11 @@ from gradinspect.config import InspectOptions, LoadOptions, Thresholds
 from gradinspect.diagnose import LayerFigures, RunFigures, diagnose
 from gradinspect.errors import DataError
 from gradinspect.loading import (
+    H5Rows,
     LoadedData,
     LoadedModel,
+    NpyRows,
+    aligned_empty,
     import_custom_objects,
     live_model,
     load_data,
@@ -112,7 +115,27 @@ def _batches(arrays: Sequence[np.ndarray], size: int) -> Iterator[list[np.ndarra
 
 
 def _as_model_dtype(batch: Sequence[np.ndarray], dtypes: Sequence[str]) -> list[np.ndarray]:
-    return [np.ascontiguousarray(a, dtype=d) for a, d in zip(batch, dtypes, strict=True)]
+    return [_converted(a, d) for a, d in zip(batch, dtypes, strict=True)]
+
+
+def _converted(a: np.ndarray, dtype: str) -> np.ndarray:
+    """``a`` as a C-contiguous array of ``dtype``: itself when it already is one, else a new
+    aligned buffer (``aligned_empty``) holding the conversion."""
+    a = np.asarray(a)
+    if a.dtype == np.dtype(dtype) and a.flags.c_contiguous:
+        return a
+    out = aligned_empty(a.shape, np.dtype(dtype))
+    np.copyto(out, a, casting="unsafe")
+    return out
+
+
+def _fresh(sources: Sequence[Any], raw: Sequence[np.ndarray],
+           batch: Sequence[np.ndarray]) -> list[bool]:
+    """Per input, whether the batch array is a buffer this run allocated for this batch alone:
+    a slice read from a .npy or HDF5 file, or a conversion. Arrays held in memory — the caller's
+    included — are slices of something still in use, so TensorFlow gets a copy of them."""
+    return [isinstance(src, (NpyRows, H5Rows)) or b is not r
+            for src, r, b in zip(sources, raw, batch, strict=True)]
 
 
 def _batched(shape: Sequence[int | None] | None, samples: int) -> tuple[int | None, ...]:
@@ -191,7 +214,8 @@ def run_inspection(
             labels = (label_prep(next(label_batches), done) if label_prep is not None and
                       label_batches is not None else None)
             capture = probe.step(batch, labels, run.scale, low_thresholds=lows,
-                                 confidence=t.softmax_confidence)
+                                 confidence=t.softmax_confidence,
+                                 fresh=_fresh(data.arrays, raw, batch))
             run.loss_value += capture.loss
             run.nonfinite += capture.nonfinite
             run.entries += capture.entries

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from gradinspect.errors import ModelLoadError, ProbeError
+from gradinspect.loading import BUFFER_ALIGNMENT
 from gradinspect.losses import Loss
 
 
@@ -473,6 +474,19 @@ class _Packer:
         return tf.concat(parts, axis=0), layout
 
 
+def batch_tensor(tf: Any, array: Any, fresh: bool = False) -> Any:
+    """A batch as a tensor. ``fresh``: the array is a buffer allocated for this batch alone that
+    nothing else will read or write (a slice read from a file, a dtype conversion): when it is
+    C-contiguous and aligned as TensorFlow's kernels require, TensorFlow takes it over through
+    DLPack instead of copying it (two copies of each batch otherwise: numpy's and its own). Any
+    other array is copied, so a caller's array is never shared with a tensor."""
+    if (fresh and isinstance(array, np.ndarray) and array.size and array.flags.c_contiguous
+            and array.flags.writeable and array.dtype.isnative and array.dtype.kind in "biuf"
+            and array.ctypes.data % BUFFER_ALIGNMENT == 0):
+        return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+    return tf.convert_to_tensor(array)
+
+
 def _widened(tf: Any, g: Any) -> Any:
     return tf.cast(g, tf.float32) if g.dtype in (tf.float16, tf.bfloat16) else g
 
@@ -799,11 +813,13 @@ class Probe:
         scale: float = 1.0,
         low_thresholds: Sequence[float] | None = None,
         confidence: float = 0.99,
+        fresh: Sequence[bool] | None = None,
     ) -> BatchCapture:
         """Run one batch (numpy arrays or tensors). ``scale`` multiplies the summed per-sample
-        loss terms; ``low_thresholds`` (per site) and ``confidence`` are the activity thresholds."""
+        loss terms; ``low_thresholds`` (per site) and ``confidence`` are the activity thresholds.
+        ``fresh`` (per input): see ``batch_tensor``."""
         tf = self.tf
-        tensors = [tf.convert_to_tensor(a) for a in inputs]
+        tensors = [batch_tensor(tf, a, bool(fresh and fresh[k])) for k, a in enumerate(inputs)]
         label_tensors = [tf.convert_to_tensor(y) for y in labels] if labels is not None else None
         params = self._param_tensor(scale, low_thresholds if low_thresholds is not None
                                     else [0.0] * len(self.sites), confidence)

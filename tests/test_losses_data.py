@@ -242,6 +242,76 @@ def test_hdf5_csv_and_dataset_paths(tfk: Any, tmp_path: Path) -> None:
     assert from_csv.data.arrays[0].dtype == "float64"
 
 
+def test_batches_read_from_npy_reach_tensorflow_without_a_copy(
+        tfk: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows read from a .npy or HDF5 file, and dtype conversions, are buffers of their own:
+    TensorFlow takes them over (no copy) and the figures equal the in-memory run's exactly. The
+    caller's arrays are always copied, and a buffer TensorFlow could not use as is (misaligned,
+    read-only, strided) is copied rather than crashing the process."""
+    tf, keras = tfk
+    from gradinspect import probe
+    from gradinspect.loading import BUFFER_ALIGNMENT, H5Rows, NpyRows, aligned_empty
+
+    model = classifier(keras, None)
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "x64.npy", X.astype(np.float64))
+    with h5py.File(tmp_path / "rows.h5", "w") as f:
+        f["x"] = X
+    h5 = h5py.File(tmp_path / "rows.h5", "r")
+    offset = np.load(tmp_path / "x.npy", mmap_mode="r").offset
+    for rows in (NpyRows(tmp_path / "x.npy", X.shape, X.dtype, offset), H5Rows(h5["x"])):
+        for start, stop in ((0, 12), (1, 6), (5, 12), (11, 12), (4, 4)):
+            part = rows[start:stop]
+            assert part.size == 0 or part.ctypes.data % BUFFER_ALIGNMENT == 0
+            np.testing.assert_array_equal(part, X[start:stop])
+    h5.close()
+
+    seen: list[bool] = []
+    real = probe.batch_tensor
+
+    def spy(tf_: Any, array: Any, fresh: bool = False) -> Any:
+        seen.append(fresh)
+        return real(tf_, array, fresh)
+
+    monkeypatch.setattr(probe, "batch_tensor", spy)
+    opts = gradinspect.InspectOptions(batch_size=5)
+    in_memory = gradinspect.inspect(model, X, batch_size=5)
+    assert seen == [False, False, False]
+    model.save(tmp_path / "m.keras")
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["x"] = X.astype(">f4")  # big-endian: converted, so a buffer of its own either way
+        f["y"] = X
+    for name in ("x.npy", "x64.npy", "x.h5:/x", "x.h5:/y"):
+        seen.clear()
+        report = gradinspect.inspect_files(tmp_path / "m.keras", f"{tmp_path}/{name}", opts)
+        assert seen == [True, True, True]
+        assert report.to_dict()["layers"] == in_memory.to_dict()["layers"]
+    seen.clear()
+    gradinspect.inspect(model, X.astype(np.float64), batch_size=5)
+    assert seen == [True, True, True]  # converted to float32: a buffer of its own
+
+    def aliased(array: np.ndarray, fresh: bool) -> bool:
+        tensor = real(tf, array, fresh)
+        before = float(tf.reduce_sum(tensor))
+        array.reshape(-1)[0] += 1.0
+        return float(tf.reduce_sum(tensor)) != before
+
+    def buffer() -> np.ndarray:
+        out = aligned_empty((4, 3), np.dtype(np.float32))
+        out[...] = 1.0
+        return out
+
+    assert aliased(buffer(), fresh=True)
+    assert not aliased(buffer(), fresh=False)
+    misaligned = aligned_empty((53,), np.dtype(np.uint8))[4:52].view(np.float32).reshape(4, 3)
+    misaligned[...] = 1.0
+    assert not aliased(misaligned, fresh=True)
+    read_only = buffer()
+    read_only.flags.writeable = False
+    assert float(tf.reduce_sum(real(tf, read_only, True))) == 12.0
+    assert float(tf.reduce_sum(real(tf, buffer()[:, ::2], True))) == 8.0
+
+
 def test_samples_limits_the_rows(tfk: Any, tmp_path: Path) -> None:
     _, keras = tfk
     model = classifier(keras, None)
