@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +23,12 @@ F64 = npt.NDArray[np.float64]
 def _rows(a: npt.ArrayLike) -> F64:
     arr = np.asarray(a, dtype=np.float64)
     return arr.reshape(-1, arr.shape[-1])
+
+
+def _rows_as_is(a: npt.ArrayLike, width: int) -> npt.NDArray[Any]:
+    """Rows of ``width`` entries, in the array's own dtype (no float64 copy of a whole tensor:
+    the checks widen one block of rows at a time)."""
+    return np.asarray(a).reshape(-1, width)
 
 
 def closed_form_delta(
@@ -39,9 +46,9 @@ def closed_form_delta(
     use the finite-difference derivative; at kinks (relu at 0 ...), where the derivative is not
     defined, the framework's choice (the tape's delta) is taken as is.
     """
-    g = _rows(g_out)
-    zz = _rows(z)
     if activation_kind == "softmax":
+        g = _rows(g_out)
+        zz = _rows(z)
         shifted = zz - zz.max(axis=1, keepdims=True)
         s = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
         if activation_name == "log_softmax":
@@ -49,10 +56,12 @@ def closed_form_delta(
         return np.asarray(s * (g - (g * s).sum(axis=1, keepdims=True)), dtype=np.float64)
     if derivative is None:
         return _rows(tape_delta)
-    delta = g * _rows(derivative)
+    g_rows = np.asarray(g_out).reshape(-1, np.shape(g_out)[-1])
+    delta: F64 = np.multiply(g_rows, np.asarray(derivative).reshape(g_rows.shape),
+                             dtype=np.float64)
     if kink is not None:
-        mask = _rows(kink).astype(bool)
-        delta[mask] = _rows(tape_delta)[mask]
+        mask = np.asarray(kink, dtype=bool).reshape(delta.shape)
+        delta[mask] = np.asarray(tape_delta).reshape(delta.shape)[mask]
     return delta
 
 
@@ -62,12 +71,15 @@ class _ErrorAcc:
     scale: float = 0.0
 
     def update(self, expected: F64, actual: npt.ArrayLike) -> None:
-        a = np.asarray(actual, dtype=np.float64).reshape(expected.shape)
+        """Fold in one block: the largest |expected - actual| and the largest |expected|.
+        ``actual`` keeps its dtype; the difference is taken in float64."""
         if expected.size == 0:
             return
-        diff = float(np.max(np.abs(expected - a)))
-        self.max_abs = max(self.max_abs, diff) if math.isfinite(diff) else math.nan
-        self.scale = max(self.scale, float(np.max(np.abs(expected))))
+        diff = np.subtract(expected, np.asarray(actual).reshape(expected.shape))
+        np.abs(diff, out=diff)
+        worst = float(diff.max())
+        self.max_abs = max(self.max_abs, worst) if math.isfinite(worst) else math.nan
+        self.scale = max(self.scale, float(expected.max()), -float(expected.min()))
 
     def result(self) -> ErrorStats:
         if math.isnan(self.max_abs):
@@ -80,9 +92,15 @@ class _ErrorAcc:
 @dataclass
 class VerifyAccumulator:
     """Closed-form dL/dW, dL/db summed over calls and batches; per-entry errors of z and
-    dL/dinput tracked as they stream by."""
+    dL/dinput tracked as they stream by.
+
+    Everything is float64, taken ``block_rows`` rows at a time: a block's x @ W + b and
+    delta W^T are compared and dropped before the next, so no float64 copy of a whole
+    (batch x features) tensor is ever made (at batch 8192 x 784 one is 51 MB).
+    """
 
     use_bias: bool
+    block_rows: int = 1024
     kernel_sum: F64 | None = None
     bias_sum: F64 | None = None
     forward: _ErrorAcc = field(default_factory=_ErrorAcc)
@@ -100,12 +118,22 @@ class VerifyAccumulator:
         tape_input_grad: npt.ArrayLike,
     ) -> None:
         w = np.asarray(kernel, dtype=np.float64)
-        xr = _rows(x)
-        z_expected = xr @ w + (np.asarray(bias, dtype=np.float64) if bias is not None else 0.0)
-        self.forward.update(z_expected, z)
+        b = np.asarray(bias, dtype=np.float64) if bias is not None else None
+        n_in, n_out = w.shape
+        xs = _rows_as_is(x, n_in)
+        zs = _rows_as_is(z, n_out)
+        gxs = _rows_as_is(tape_input_grad, n_in)
         self.delta.update(delta, tape_delta)
-        self.input.update(delta @ w.T, np.asarray(tape_input_grad).reshape(-1, w.shape[0]))
-        dw = xr.T @ delta
+        dw = np.zeros_like(w)
+        for start in range(0, xs.shape[0], self.block_rows):
+            rows = slice(start, start + self.block_rows)
+            xb = xs[rows].astype(np.float64)
+            z_expected = xb @ w
+            if b is not None:
+                z_expected += b
+            self.forward.update(z_expected, zs[rows])
+            self.input.update(delta[rows] @ w.T, gxs[rows])
+            dw += xb.T @ delta[rows]
         self.kernel_sum = dw if self.kernel_sum is None else self.kernel_sum + dw
         if self.use_bias:
             db = delta.sum(axis=0)

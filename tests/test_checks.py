@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import gradinspect
-from gradinspect.checks import per_sample_stats
+from gradinspect.checks import VerifyAccumulator, per_sample_stats
 from gradinspect.probe import _per_sample_sq
 from gradinspect.report import Severity
 
@@ -211,6 +211,59 @@ def test_verify_catches_a_dense_subclass_that_changes_the_output(tfk: Any) -> No
     x = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
     report = gradinspect.inspect(model, x, verify=True)
     assert any(f.code == "gradient_mismatch" for f in report["dbl"].warnings)
+
+
+@given(st.integers(1, 9), st.integers(1, 4), st.integers(1, 5), st.integers(1, 4),
+       st.booleans(), st.integers(0, 2**32 - 1))
+def test_verify_blocks_equal_whole_tensor_formulas(rows: int, block: int, n_in: int, n_out: int,
+                                                  bias: bool, seed: int) -> None:
+    """--verify widens and compares ``block_rows`` rows at a time; its errors must be those of
+    the formulas on whole float64 tensors, over two calls, whatever the block size."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n_in, n_out)).astype(np.float32)
+    b = rng.standard_normal(n_out).astype(np.float32) if bias else None
+    acc = VerifyAccumulator(bias, block_rows=block)
+    forward = inputs = 0.0
+    forward_scale = input_scale = 0.0
+    kernel = np.zeros((n_in, n_out))
+    for _ in range(2):
+        x = rng.standard_normal((rows, n_in)).astype(np.float32)
+        z = (x @ w + (b if b is not None else 0)).astype(np.float32)
+        z += rng.normal(0, 1e-3, z.shape).astype(np.float32)  # a tape that is a little off
+        delta = rng.standard_normal((rows, n_out))
+        g_x = (delta @ w.T.astype(np.float64)).astype(np.float32)
+        acc.update_call(w, b, x, z, delta, delta.astype(np.float32), g_x)
+        z64 = x.astype(np.float64) @ w.astype(np.float64) + (b if b is not None else 0)
+        forward = max(forward, float(np.abs(z64 - z).max()))
+        forward_scale = max(forward_scale, float(np.abs(z64).max()))
+        gx64 = delta @ w.T.astype(np.float64)
+        inputs = max(inputs, float(np.abs(gx64 - g_x).max()))
+        input_scale = max(input_scale, float(np.abs(gx64).max()))
+        kernel += x.astype(np.float64).T @ delta
+    # a block of one row is a matrix-vector product: BLAS may round its last bit differently
+    assert acc.forward.max_abs == pytest.approx(forward, rel=1e-6, abs=1e-12)
+    assert acc.forward.scale == pytest.approx(forward_scale, rel=1e-12)
+    assert acc.input.max_abs == pytest.approx(inputs, rel=1e-6, abs=1e-12)
+    assert acc.input.scale == pytest.approx(input_scale, rel=1e-12)
+    assert acc.kernel_sum is not None
+    np.testing.assert_allclose(acc.kernel_sum, kernel, rtol=1e-12, atol=1e-12)
+    result = acc.result(kernel.astype(np.float32), None, 1e-3)
+    assert result.forward.max_rel_error == pytest.approx(forward / forward_scale)
+
+
+def test_verify_errors_are_nan_when_the_tape_is() -> None:
+    acc = VerifyAccumulator(False, block_rows=2)
+    w = np.ones((2, 2), np.float32)
+    x = np.ones((5, 2), np.float32)
+    g_x = np.full((5, 2), 2.0, np.float32)
+    g_x[3, 1] = np.nan  # in the second block
+    delta = np.ones((5, 2))
+    acc.update_call(w, None, x, x @ w, delta, delta, g_x)
+    result = acc.result(np.full((2, 2), 5.0, np.float32), None, 1e-3)
+    assert result.forward.max_abs_error == 0.0
+    assert np.isnan(result.input.max_rel_error)
+    assert np.isnan(result.worst_rel_error)
+    assert not result.ok
 
 
 def test_gradcheck_is_deterministic_and_reports_when_impossible(tfk: Any) -> None:
