@@ -266,6 +266,9 @@ def bench_diagnostics(args: argparse.Namespace, tmp: Path) -> list[Row]:
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(5 if args.quick else 11):  # interleaved, so drift hits all alike
         for key, fn in runs.items():
+            # --verify's float64 products run in OpenBLAS, whose threads keep spinning for up
+            # to ~0.1 s afterwards and would slow whichever run came next on 2 cores
+            time.sleep(0.25)
             times[key].append(median_time(fn, 1))
     t = {k: statistics.median(v) for k, v in times.items()}
     return [
