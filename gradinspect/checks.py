@@ -172,16 +172,16 @@ def per_sample_stats(sq_norms: npt.ArrayLike, mean_grad_sq_norm: float, top: int
     norms = np.sqrt(np.maximum(sq, 0.0))
     median = float(np.median(norms))
     mad = float(np.median(np.abs(norms - median))) * 1.4826
-    order = np.argsort(-norms, kind="stable")[:top]
+    ranked = np.argsort(-norms, kind="stable")  # largest first; one sort for both lists
     cut = median + outlier_mad * mad
-    outliers = [int(i) for i in np.argsort(-norms, kind="stable") if norms[i] > cut and mad > 0]
+    outliers = ranked[norms[ranked] > cut] if mad > 0 else ranked[:0]
     mean_sq = float(sq.mean())
     return PerSampleStats(
         min=float(norms.min()),
         median=median,
         max=float(norms.max()),
-        top=tuple(SampleNorm(index=int(i), norm=float(norms[i])) for i in order),
-        outliers=tuple(outliers[:20]),
-        outlier_count=len(outliers),
+        top=tuple(SampleNorm(index=int(i), norm=float(norms[i])) for i in ranked[:top]),
+        outliers=tuple(int(i) for i in outliers[:20]),
+        outlier_count=int(outliers.size),
         gsnr=mean_grad_sq_norm / mean_sq if mean_sq > 0 else math.nan,
     )
