@@ -533,9 +533,10 @@ def _per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], with_bias: bool) -
     """
     batch = tf.shape(xs[0])[0]
     if len(xs) == 1 and len(xs[0].shape) == 2:
-        # row sums in the tensors' precision (one row is short), products in float64
-        xx = tf.cast(tf.reduce_sum(tf.square(xs[0]), axis=1), tf.float64)
-        dd = tf.cast(tf.reduce_sum(tf.square(deltas[0]), axis=1), tf.float64)
+        # row norms in the tensors' precision (one row is short) by one fused kernel (no
+        # squared copy: x is the batch's largest tensor), squared and multiplied in float64
+        xx, dd = (tf.square(tf.cast(tf.math.reduce_euclidean_norm(_widened(tf, t), axis=1),
+                                    tf.float64)) for t in (xs[0], deltas[0]))
         return dd * (xx + (1.0 if with_bias else 0.0))
     big_x = tf.concat([_rows(tf, x, batch) for x in xs], axis=1)
     big_d = tf.concat([_rows(tf, d, batch) for d in deltas], axis=1)

@@ -248,6 +248,11 @@ def test_float16_gradients_are_widened_before_reducing(tfk: Any) -> None:
     assert grads.input.norm == pytest.approx(np.sqrt(32 * 300.0**2), rel=1e-3)
     assert grads.input.max_abs == pytest.approx(300.0)
     assert grads.input.nan == grads.input.inf == 0
+    # per-sample: ||x_i||^2 = 4 * 200^2 = 160000 overflows float16 unless widened too
+    model.get_layer("half").set_weights([np.full((4, 1), 0.01, np.float32), np.zeros(1)])
+    per = gradinspect.inspect(model, np.full((8, 4), 200.0, np.float32), per_sample=True)
+    assert per["half"].per_sample is not None
+    assert per["half"].per_sample.max == pytest.approx(np.sqrt(160000.0 + 1.0), rel=1e-3)
 
 
 def test_float64_models_run_in_float64(tfk: Any) -> None:
