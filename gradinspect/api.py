@@ -134,7 +134,7 @@ def _fresh(sources: Sequence[Any], raw: Sequence[np.ndarray],
     """Per input, whether the batch array is a buffer this run allocated for this batch alone:
     a slice read from a .npy or HDF5 file, or a conversion. Arrays held in memory — the caller's
     included — are slices of something still in use, so TensorFlow gets a copy of them."""
-    return [isinstance(src, (NpyRows, H5Rows)) or b is not r
+    return [isinstance(src, (NpyRows, H5Rows)) or not np.may_share_memory(b, r)
             for src, r, b in zip(sources, raw, batch, strict=True)]
 
 

@@ -289,6 +289,12 @@ def test_batches_read_from_npy_reach_tensorflow_without_a_copy(
     seen.clear()
     gradinspect.inspect(model, X.astype(np.float64), batch_size=5)
     assert seen == [True, True, True]  # converted to float32: a buffer of its own
+    seen.clear()
+    mapped = np.lib.format.open_memmap(tmp_path / "mapped.npy", mode="w+", dtype=np.float32,
+                                       shape=X.shape)
+    mapped[...] = X
+    gradinspect.inspect(model, mapped, batch_size=5)  # a view of the caller's memory map
+    assert seen == [False, False, False]
 
     def aliased(array: np.ndarray, fresh: bool) -> bool:
         tensor = real(tf, array, fresh)
