@@ -60,16 +60,26 @@ class Row:
 
 def measure_command(cmd: list[str], reps: int) -> tuple[float, float]:
     """Median wall seconds and median peak RSS bytes of a command, each run in a fresh child."""
-    walls, rsss = [], []
+    (medians,) = measure_commands([cmd], reps)
+    return medians
+
+
+def measure_commands(cmds: list[list[str]], reps: int) -> list[tuple[float, float]]:
+    """``measure_command`` for several commands, their runs interleaved (a, b, a, b ...) so
+    that drift on a shared machine hits them alike."""
+    walls: list[list[float]] = [[] for _ in cmds]
+    rsss: list[list[float]] = [[] for _ in cmds]
     for _ in range(reps):
-        out = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], capture_output=True,
-                             text=True, check=False)
-        wall, rss, code = out.stdout.split()
-        if int(code) != 0:
-            raise RuntimeError(f"{cmd} failed ({code}): {out.stderr[-2000:]}")
-        walls.append(float(wall))
-        rsss.append(float(rss))
-    return statistics.median(walls), statistics.median(rsss)
+        for k, cmd in enumerate(cmds):
+            out = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], capture_output=True,
+                                 text=True, check=False)
+            wall, rss, code = out.stdout.split()
+            if int(code) != 0:
+                raise RuntimeError(f"{cmd} failed ({code}): {out.stderr[-2000:]}")
+            walls[k].append(float(wall))
+            rsss[k].append(float(rss))
+    return [(statistics.median(w), statistics.median(r)) for w, r in zip(walls, rsss,
+                                                                        strict=True)]
 
 
 def median_time(fn: Callable[[], Any], reps: int) -> float:
@@ -147,8 +157,8 @@ def bench_small_e2e(args: argparse.Namespace, tmp: Path) -> list[Row]:
     for name in names:
         model = str(SAMPLES / f"{name}.keras")
         data = str(SAMPLES / f"{name}_x.npy")
-        ours_t, ours_m = measure_command(gradinspect_cmd(model, data), reps)
-        base_t, base_m = measure_command([sys.executable, str(baseline), model, data], reps)
+        (ours_t, ours_m), (base_t, base_m) = measure_commands(
+            [gradinspect_cmd(model, data), [sys.executable, str(baseline), model, data]], reps)
         rows.append(Row(f"end to end {name}: wall", ours_t, base_t, "s", "<= 1.10x",
                         ours_t / base_t <= 1.10))
         rows.append(Row(f"end to end {name}: peak RSS", ours_m / 2**20, base_m / 2**20, "MiB",

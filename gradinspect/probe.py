@@ -448,7 +448,9 @@ class _Packer:
     """The small figures of one step, packed into one float64 vector: one transfer to the host
     per batch instead of one per figure, and few graph ops (scalars are stacked and vectors
     concatenated per dtype, then cast once). ``layout`` maps a key to its slice; the trace
-    fixes it (every piece is a scalar or a vector of static length)."""
+    fixes it (every piece is a scalar or a vector of static length). An eager step (one small
+    batch) joins the values on the host instead: there, every distinct op costs its first-use
+    setup (about 2 ms each in a fresh process), which is most of what the step would add."""
 
     def __init__(self, tf: Any) -> None:
         self.tf = tf
@@ -459,6 +461,14 @@ class _Packer:
 
     def packed(self) -> tuple[Any, dict[tuple[Any, ...], slice]]:
         tf = self.tf
+        if tf.executing_eagerly():  # values exist already: join them on the host, no ops to run
+            parts, layout, offset = [], {}, 0
+            for key, value in self.pieces:
+                part = np.asarray(value, dtype=np.float64).reshape(-1)
+                layout[key] = slice(offset, offset + part.size)
+                offset += part.size
+                parts.append(part)
+            return np.concatenate(parts), layout
         groups: dict[tuple[str, int], list[tuple[tuple[Any, ...], Any]]] = {}
         for key, value in self.pieces:
             groups.setdefault((value.dtype.name, len(value.shape)), []).append((key, value))
@@ -485,6 +495,13 @@ def batch_tensor(tf: Any, array: Any, fresh: bool = False) -> Any:
             and array.ctypes.data % BUFFER_ALIGNMENT == 0):
         return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
     return tf.convert_to_tensor(array)
+
+
+def _shape(tf: Any, t: Any) -> Any:
+    """``tf.shape(t)``; in an eager step the shape is known, so no op is run for it."""
+    if tf.executing_eagerly() and t.shape.is_fully_defined():
+        return np.asarray(t.shape.as_list(), dtype=np.int64)
+    return tf.shape(t)
 
 
 def _widened(tf: Any, g: Any) -> Any:
@@ -556,6 +573,20 @@ def _per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], with_bias: bool) -
     return sq
 
 
+@dataclass
+class _EagerSum:
+    """The eager step's stand-in for a float64 ``tf.Variable``: the sum of what was added."""
+
+    shape: tuple[int, ...]
+    value: Any = None
+
+    def assign_add(self, addend: Any) -> None:
+        self.value = addend if self.value is None else self.value + addend
+
+    def numpy(self) -> np.ndarray:
+        return np.zeros(self.shape) if self.value is None else np.asarray(self.value)
+
+
 class Probe:
     """A hooked forward/backward step over batches of one model, compiled with ``tf.function``
     (or run eagerly: cheaper for a single small batch than tracing).
@@ -615,21 +646,27 @@ class Probe:
             cm.__exit__(*exc)
 
     def reset(self) -> None:
-        """Zero the device-side sums of dL/dW and dL/db."""
+        """Zero the device-side sums of dL/dW and dL/db (float64 variables for the compiled
+        step; an eager step keeps plain tensors and skips creating variables, which costs a
+        single-batch run from the command line about 20 ms of first-use setup)."""
         tf = self.tf
         if self._sums is None:
             self._sums = []
             for site in self.sites:
                 kernel, bias = self._variables(site)
-                self._sums.append((
-                    tf.Variable(tf.zeros(kernel.shape, tf.float64), trainable=False),
-                    tf.Variable(tf.zeros(bias.shape, tf.float64), trainable=False)
-                    if bias is not None else None,
-                ))
+                shapes = [kernel.shape] + ([bias.shape] if bias is not None else [])
+                if self._compiled:
+                    made = [tf.Variable(tf.zeros(shape, tf.float64), trainable=False)
+                            for shape in shapes]
+                else:
+                    made = [_EagerSum(tuple(int(d) for d in shape)) for shape in shapes]
+                self._sums.append((made[0], made[1] if bias is not None else None))
         for kernel_sum, bias_sum in self._sums:
-            kernel_sum.assign(tf.zeros(kernel_sum.shape, tf.float64))
-            if bias_sum is not None:
-                bias_sum.assign(tf.zeros(bias_sum.shape, tf.float64))
+            for total in (kernel_sum, bias_sum):
+                if isinstance(total, _EagerSum):
+                    total.value = None
+                elif total is not None:
+                    total.assign(tf.zeros(total.shape, tf.float64))
 
     def gradient_sums(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Per site, (dL/dW, dL/db) summed over the steps since the last reset, in float64."""
@@ -733,8 +770,8 @@ class Probe:
             cs = calls[i]
             for j, (c, g_x, g_out) in enumerate(zip(cs, grads["x"][i], grads["out"][i],
                                                     strict=True)):
-                pack.add(("x_shape", i, j), tf.shape(c.x))
-                pack.add(("out_shape", i, j), tf.shape(c.out))
+                pack.add(("x_shape", i, j), _shape(tf, c.x))
+                pack.add(("out_shape", i, j), _shape(tf, c.out))
                 for n, value in enumerate(_reductions(tf, g_x)):
                     pack.add(("gx", i, j, n), value)
                 pack.add(("gout", i, j), _sumsq(tf, g_out))
@@ -829,7 +866,7 @@ class Probe:
         if self._weights is None:  # the pass does not change them: read once per session
             self._weights = [(k.numpy(), b.numpy() if b is not None else None)
                              for k, b in (self._variables(s) for s in self.sites)]
-        figures = result["figures"].numpy()
+        figures = np.asarray(result["figures"])
         layout = self._layout
 
         def get(*key: Any) -> np.ndarray:

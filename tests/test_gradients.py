@@ -190,13 +190,15 @@ def test_batched_pass_equals_single_pass(tfk: Any, batch_size: int, loss: str) -
         assert b.activity == a.activity
 
 
-def test_gradient_sums_accumulate_in_float64_on_the_device(tfk: Any) -> None:
+@pytest.mark.parametrize("compiled", [True, False])
+def test_gradient_sums_accumulate_in_float64_on_the_device(tfk: Any, compiled: bool) -> None:
     """dL/dW of Dense(linear) under the sum loss is the column sum of x: a batch of 1e8s then a
-    batch of 1s must give 1e8 + 1, which float32 accumulation would round back to 1e8."""
+    batch of 1s must give 1e8 + 1, which float32 accumulation would round back to 1e8. The
+    eager step (no variables) must sum the same way."""
     _tf, keras = tfk
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
     sites = find_dense_layers(model)
-    with Probe(model, sites, get_loss("sum")) as probe:
+    with Probe(model, sites, get_loss("sum"), compiled=compiled) as probe:
         for value in (1e8, 1.0, 1.0):
             probe.step([np.full((1, 2), value, np.float32)], None, 1.0)
         (kernel_grad, bias_grad), = probe.gradient_sums()
