@@ -265,6 +265,12 @@ def test_batches_read_from_npy_reach_tensorflow_without_a_copy(
             assert part.size == 0 or part.ctypes.data % BUFFER_ALIGNMENT == 0
             np.testing.assert_array_equal(part, X[start:stop])
     h5.close()
+    short = tmp_path / "short.npy"
+    short.write_bytes((tmp_path / "x.npy").read_bytes()[:-8])  # cut after the header check
+    rows = NpyRows(short, X.shape, X.dtype, offset)
+    np.testing.assert_array_equal(rows[0:11], X[:11])
+    with pytest.raises(DataError, match="shorter than its header"):
+        rows[10:12]
 
     seen: list[bool] = []
     real = probe.batch_tensor
