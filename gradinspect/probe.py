@@ -583,8 +583,8 @@ class _EagerSum:
     def assign_add(self, addend: Any) -> None:
         self.value = addend if self.value is None else self.value + addend
 
-    def numpy(self) -> np.ndarray:
-        return np.zeros(self.shape) if self.value is None else np.asarray(self.value)
+    def numpy(self) -> np.ndarray:  # a writable copy, as tf.Variable.numpy() gives
+        return np.zeros(self.shape) if self.value is None else np.array(self.value)
 
 
 class Probe:
