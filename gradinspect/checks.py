@@ -56,7 +56,7 @@ def closed_form_delta(
         return np.asarray(s * (g - (g * s).sum(axis=1, keepdims=True)), dtype=np.float64)
     if derivative is None:
         return _rows(tape_delta)
-    g_rows = np.asarray(g_out).reshape(-1, np.shape(g_out)[-1])
+    g_rows = _rows_as_is(g_out, np.shape(g_out)[-1])
     delta: F64 = np.multiply(g_rows, np.asarray(derivative).reshape(g_rows.shape),
                              dtype=np.float64)
     if kink is not None:
