@@ -650,23 +650,25 @@ class Probe:
         step; an eager step keeps plain tensors and skips creating variables, which costs a
         single-batch run from the command line about 20 ms of first-use setup)."""
         tf = self.tf
-        if self._sums is None:
+
+        def zero_sum(like: Any) -> Any:
+            if like is None:
+                return None
+            if self._compiled:
+                return tf.Variable(tf.zeros(like.shape, tf.float64), trainable=False)
+            return _EagerSum(tuple(int(d) for d in like.shape))
+
+        if self._sums is None:  # made at zero: nothing to reset yet
             self._sums = []
             for site in self.sites:
                 kernel, bias = self._variables(site)
-                shapes = [kernel.shape] + ([bias.shape] if bias is not None else [])
-                if self._compiled:
-                    made = [tf.Variable(tf.zeros(shape, tf.float64), trainable=False)
-                            for shape in shapes]
-                else:
-                    made = [_EagerSum(tuple(int(d) for d in shape)) for shape in shapes]
-                self._sums.append((made[0], made[1] if bias is not None else None))
-        for kernel_sum, bias_sum in self._sums:
-            for total in (kernel_sum, bias_sum):
-                if isinstance(total, _EagerSum):
-                    total.value = None
-                elif total is not None:
-                    total.assign(tf.zeros(total.shape, tf.float64))
+                self._sums.append((zero_sum(kernel), zero_sum(bias)))
+            return
+        for total in (t for pair in self._sums for t in pair if t is not None):
+            if isinstance(total, _EagerSum):
+                total.value = None
+            else:
+                total.assign(tf.zeros(total.shape, tf.float64))
 
     def gradient_sums(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Per site, (dL/dW, dL/db) summed over the steps since the last reset, in float64."""
