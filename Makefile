@@ -23,6 +23,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/gradinspect samples/seed_a.h5 samples/seed_a_x.npy
 	$(BIN)/gradinspect samples/mnist_mlp.keras samples/mnist_mlp_x.npy
+	$(BIN)/gradinspect samples/cnn_small.keras samples/cnn_small_x.npy
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check gradinspect tests samples benchmarks

@@ -413,6 +413,68 @@ def bench_callback(args: argparse.Namespace, tmp: Path) -> list[Row]:
                 "<= 1.10x", o / b <= 1.10)]
 
 
+def _real_models(tmp: Path) -> dict[str, tuple[Path, Path]]:
+    """MobileNetV2 (weights=None, 96x96, 10 classes) and a Transformer encoder block (Embedding
+    5000x128, 4-head attention, feed-forward 512, LayerNormalization), each with a batch of 32,
+    saved as .keras files and .npy samples."""
+    import numpy as np
+
+    from gradinspect._tf import tf_modules
+
+    _, keras = tf_modules()
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    mobilenet = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3),
+                                               classes=10)
+    L = keras.layers
+    tokens = keras.Input((64,), dtype="int32", name="tokens")
+    h = L.Embedding(5000, 128)(tokens)
+    h = L.LayerNormalization()(L.Add()([h, L.MultiHeadAttention(4, 32)(h, h)]))
+    ff = L.Dense(128)(L.Dense(512, activation="gelu")(h))
+    h = L.LayerNormalization()(L.Add()([h, ff]))
+    transformer = keras.Model(tokens, L.Dense(10)(L.GlobalAveragePooling1D()(h)))
+    out = {}
+    for name, model, x in (
+            ("MobileNetV2 96x96", mobilenet,
+             rng.standard_normal((32, 96, 96, 3)).astype(np.float32)),
+            ("Transformer block", transformer,
+             rng.integers(0, 5000, (32, 64)).astype(np.int32))):
+        stem = name.split()[0].lower()
+        model.save(tmp / f"{stem}.keras")
+        np.save(tmp / f"{stem}_x.npy", x)
+        out[name] = (tmp / f"{stem}.keras", tmp / f"{stem}_x.npy")
+    return out
+
+
+def bench_real_models(args: argparse.Namespace, tmp: Path) -> list[Row]:
+    """Whole-model inspection (every trainable variable) against the hand-written script that
+    runs one tape over ``model.trainable_variables`` and prints their norms; ``--kind dense``
+    (a head-only pass) and oneDNN's own kernels against the default, for the record."""
+    reps = 3 if args.quick else 5
+    baseline = write_baseline(tmp)
+    rows = []
+    for name, (model, data) in _real_models(tmp).items():
+        m, d = str(model), str(data)
+        (ours_t, ours_m), (base_t, base_m) = measure_commands(
+            [gradinspect_cmd(m, d), [sys.executable, str(baseline), m, d]], reps)
+        rows.append(Row(f"{name}, batch 32, every variable: wall", ours_t, base_t, "s",
+                        "<= 1.25x", ours_t / base_t <= 1.25))
+        rows.append(Row(f"{name}, batch 32, every variable: peak RSS", ours_m / 2**20,
+                        base_m / 2**20, "MiB", "<= 1.30x", ours_m / base_m <= 1.30))
+        if name.startswith("MobileNetV2"):
+            onednn = [sys.executable, "-c", "import os, runpy, sys; "
+                      "os.environ['TF_ENABLE_ONEDNN_OPTS'] = '1'; sys.argv = sys.argv[1:]; "
+                      "runpy.run_module('gradinspect', run_name='__main__')",
+                      "gradinspect", m, d]
+            (head_t, _), (full_t, _), (dnn_t, _) = measure_commands(
+                [gradinspect_cmd(m, d, "--kind", "dense"), gradinspect_cmd(m, d), onednn], reps)
+            rows.append(Row(f"{name}: --kind dense (head only) vs every layer: wall", head_t,
+                            full_t, "s", "(report)", True))
+            rows.append(Row(f"{name}: oneDNN kernels on (TF_ENABLE_ONEDNN_OPTS=1) vs off: wall",
+                            dnn_t, full_t, "s", "(report)", True))
+    return rows
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace, Path], list[Row]]] = {
     "startup": bench_startup,
     "small_e2e": bench_small_e2e,
@@ -421,6 +483,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, Path], list[Row]]] = {
     "memory": bench_memory,
     "per_sample": bench_per_sample,
     "callback": bench_callback,
+    "real_models": bench_real_models,
 }
 
 

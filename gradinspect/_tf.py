@@ -22,6 +22,10 @@ def tf_modules() -> tuple[ModuleType, ModuleType]:
     """Import and return ``(tensorflow, keras)``, silencing their start-up noise."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # oneDNN's CPU kernels have crashed the process (heap corruption) on the gradient of a
+    # 1x1 stride-2 convolution; TensorFlow's own kernels ran the same model correctly, and on
+    # the benchmark models at the same speed. A value the user set is kept.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     with tempfile.TemporaryFile() as buffer:
         sys.stderr.flush()
         saved = os.dup(2)

@@ -100,9 +100,15 @@ class VerifyAccumulator:
     """
 
     use_bias: bool
+    bias_reduce: Any = None
+    """Maps the closed-form dL/db over every output entry to the bias's own axes (an
+    EinsumDense whose bias covers some output axes); ``None``: the same shape."""
     block_rows: int = 1024
     kernel_sum: F64 | None = None
     bias_sum: F64 | None = None
+    bias_abs_sum: F64 | None = None
+    """Sum of |delta|: the scale of dL/db's rounding error when the terms of sum(delta)
+    cancel (a key bias in attention has gradient exactly zero, computed as noise)."""
     forward: _ErrorAcc = field(default_factory=_ErrorAcc)
     delta: _ErrorAcc = field(default_factory=_ErrorAcc)
     input: _ErrorAcc = field(default_factory=_ErrorAcc)
@@ -120,6 +126,7 @@ class VerifyAccumulator:
         w = np.asarray(kernel, dtype=np.float64)
         b = np.asarray(bias, dtype=np.float64) if bias is not None else None
         n_in, n_out = w.shape
+        delta = delta.reshape(-1, n_out)
         xs = _rows_as_is(x, n_in)
         zs = _rows_as_is(z, n_out)
         gxs = _rows_as_is(tape_input_grad, n_in)
@@ -138,6 +145,8 @@ class VerifyAccumulator:
         if self.use_bias:
             db = delta.sum(axis=0)
             self.bias_sum = db if self.bias_sum is None else self.bias_sum + db
+            da = np.abs(delta).sum(axis=0)
+            self.bias_abs_sum = da if self.bias_abs_sum is None else self.bias_abs_sum + da
 
     def result(self, tape_kernel: npt.ArrayLike, tape_bias: npt.ArrayLike | None,
                tolerance: float) -> VerifyStats:
@@ -147,7 +156,13 @@ class VerifyAccumulator:
         bias = None
         if self.use_bias and self.bias_sum is not None and tape_bias is not None:
             b = _ErrorAcc()
-            b.update(self.bias_sum, tape_bias)
+            expected = self.bias_sum if self.bias_reduce is None else np.asarray(
+                self.bias_reduce(self.bias_sum), dtype=np.float64)
+            b.update(expected, tape_bias)
+            if self.bias_abs_sum is not None and self.bias_abs_sum.size:
+                # relative to sum |delta| where that is larger: the float32 tape's error bound
+                # for a sum whose terms cancel
+                b.scale = max(b.scale, float(self.bias_abs_sum.max()))
             bias = b.result()
         parts = [self.forward.result(), kernel.result(), self.input.result()]
         if bias is not None:

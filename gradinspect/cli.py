@@ -78,7 +78,7 @@ class CliConfig:
     flow: bool
     plot: Path | None
     fail_on: FailOn
-    details: bool
+    details: bool | None
     show_traceback: bool
 
 
@@ -96,6 +96,36 @@ def _version_callback(value: bool) -> None:
     if value:
         print(f"gradinspect {__version__}")
         raise typer.Exit(0)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2,
+               "mb": 1000**2, "mib": 1 << 20, "g": 1000**3, "gb": 1000**3, "gib": 1 << 30,
+               "t": 1000**4, "tb": 1000**4, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``1GiB``, ``512MiB``, ``2G``, ``1e9``: a size in bytes (a whole number, at least 1)."""
+    raw = text.strip().lower().replace(" ", "")
+    number = raw.rstrip("kmgtib")
+    unit = raw[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _SIZE_UNITS or not value >= 1 or value * _SIZE_UNITS[unit] > 1 << 62:
+        raise UsageError(f"--memory-budget {text!r} is not a size",
+                         "give bytes or a number with a unit: 512MiB, 2GiB, 1e9")
+    return int(value * _SIZE_UNITS[unit])
+
+
+def _check_kinds(kinds: list[str]) -> tuple[str, ...]:
+    from gradinspect.engine.adapters import KINDS
+
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise UsageError(f"--kind {unknown[0]!r} is not a layer kind",
+                         f"kinds: {', '.join(KINDS)}")
+    return tuple(kinds)
 
 
 def _parse_thresholds(pairs: list[str], base: Thresholds) -> Thresholds:
@@ -281,8 +311,12 @@ def inspect(
         help="Override whether a crossentropy loss takes logits [default: the compiled "
         "loss's setting, else probabilities].")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Samples per forward/backward "
-                                                   "step [default: all at once].",
+                                                   "step [default: as many as fit "
+                                                   "--memory-budget].",
                                                    show_default=False)] = None,
+    memory_budget: Annotated[str, typer.Option(
+        metavar="SIZE", help="Without --batch-size, the activation memory one step may use "
+        "(512MiB, 2GiB ...); the batch size is chosen to fit it.")] = "1GiB",
     samples: Annotated[int | None, typer.Option(min=1, help="Use only the first N samples.",
                                                 show_default=False)] = None,
     training: Annotated[bool, typer.Option("--training", help="Run the model in training "
@@ -293,13 +327,15 @@ def inspect(
     threshold: Annotated[list[str] | None, typer.Option(
         help="Override a finding threshold, NAME=VALUE (repeatable); see the README.",
         metavar="NAME=VALUE", show_default=False)] = None,
-    verify: Annotated[bool, typer.Option("--verify", help="Check every layer's tape gradients "
-                                         "against the closed-form Dense formulas in float64.")
+    verify: Annotated[bool, typer.Option("--verify", help="Check the tape gradients of every "
+                                         "Dense entry against the closed-form formulas in "
+                                         "float64 (other kinds: see --gradcheck).")
                       ] = False,
     gradcheck: Annotated[int, typer.Option(
         "--gradcheck", min=0, metavar="[K]",
-        help=f"Check the tape against float64 finite differences on K coordinates of each W and "
-        f"b (K defaults to {GRADCHECK_DEFAULT} when omitted).", show_default=False)] = 0,
+        help=f"Check the tape against float64 finite differences on K coordinates of every "
+        f"variable of every entry (K defaults to {GRADCHECK_DEFAULT} when omitted).",
+        show_default=False)] = 0,
     per_sample: Annotated[bool, typer.Option("--per-sample", help="Per-sample gradient norms, "
                                              "outlier samples and the gradient signal-to-noise "
                                              "ratio, from the same single pass.")] = False,
@@ -307,7 +343,12 @@ def inspect(
                                       "randomness.")] = 0,
     layer: Annotated[list[str] | None, typer.Option(
         "--layer", metavar="PATTERN", show_default=False,
-        help="Report only layers whose name or path matches this glob (repeatable).")] = None,
+        help="Inspect only layers whose name or path matches this glob (repeatable); the "
+        "backward pass stops at the earliest one.")] = None,
+    kind: Annotated[list[str] | None, typer.Option(
+        "--kind", metavar="KIND", show_default=False,
+        help="Inspect only layers of this kind (repeatable): dense, einsum_dense, conv, "
+        "embedding, recurrent, normalization, generic.")] = None,
     values: Annotated[bool, typer.Option("--values", help="Print the gradient arrays "
                                          "themselves (summarised when large; in the JSON as "
                                          "lists).")] = False,
@@ -317,16 +358,20 @@ def inspect(
         "--plot", metavar="FILE.png", show_default=False,
         help="Write the gradient-flow chart as an image (pip install 'gradinspect[plot]')."
     )] = None,
-    details: Annotated[bool, typer.Option(help="Show the per-gradient detail table "
-                                          "(shape, max, mean, NaN, Inf).")] = True,
+    details: Annotated[bool | None, typer.Option(
+        "--details/--no-details", show_default=False,
+        help="Show the per-gradient detail table (shape, max, mean, NaN, Inf) [default: for "
+        "reports of at most 30 layers].")] = None,
     show_traceback: Annotated[bool, typer.Option("--traceback", help="Show the Python "
                                                  "traceback of an error.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version_callback,
                                           is_eager=True, help="Print the version and exit.")
                        ] = False,
 ) -> None:
-    """Show dL/dW, dL/db and dL/dinput of every Dense layer of a saved Keras model on a data
-    sample, with verdicts (saturation, dead units, vanishing/exploding/NaN gradients).
+    """Show the gradients of every layer with trainable weights of a saved Keras model (Dense,
+    convolutions, attention, recurrent, normalization, embeddings, custom) on a data sample:
+    dL/dW, dL/db (every variable) and dL/dinput, with verdicts (saturation, dead units,
+    vanishing/exploding/NaN gradients).
 
     Compare two reports with: gradinspect diff A.json B.json"""
     try:
@@ -342,7 +387,9 @@ def inspect(
                 from_logits=from_logits,
                 batch_size=batch_size, samples=samples, training=training,
                 thresholds=thresholds, verify=verify, gradcheck=gradcheck,
-                per_sample=per_sample, seed=seed, layers=tuple(layer or ()), values=values,
+                per_sample=per_sample, seed=seed, layers=tuple(layer or ()),
+                kinds=_check_kinds(kind or []), values=values,
+                memory_budget=parse_size(memory_budget),
             ),
             output_format=OutputFormat.JSON if json_out else OutputFormat.TABLE,
             output=output,

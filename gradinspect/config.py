@@ -82,7 +82,11 @@ class InspectOptions:
     from_logits: bool | None = None
     """Override ``from_logits`` of crossentropy losses."""
     batch_size: int | None = None
-    """Samples per forward/backward step; ``None`` = all samples in one step."""
+    """Samples per forward/backward step; ``None`` = as many as fit ``memory_budget`` (all
+    samples in one step when they fit)."""
+    memory_budget: int = 1 << 30
+    """Without ``batch_size``: the activation memory one step may use, in bytes (estimated
+    from the layers' output sizes); the batch size is chosen to stay within it."""
     samples: int | None = None
     """Use only the first N samples."""
     training: bool = False
@@ -90,10 +94,11 @@ class InspectOptions:
     thresholds: Thresholds = field(default_factory=Thresholds)
     """Finding thresholds."""
     verify: bool = False
-    """Check the tape against the closed-form Dense formulas (float64)."""
+    """Check the tape against the closed-form formulas (float64): Dense entries; other kinds
+    are listed as not available in ``checks``."""
     gradcheck: int = 0
-    """Check the tape against float64 finite differences on this many coordinates of every W
-    and b (0 = off)."""
+    """Check the tape against float64 finite differences on this many coordinates of every
+    variable of every entry (0 = off)."""
     gradcheck_samples: int = 256
     """``gradcheck`` uses at most this many samples (each coordinate costs two passes)."""
     per_sample: bool = False
@@ -101,7 +106,11 @@ class InspectOptions:
     seed: int = 0
     """Seed for everything random (gradcheck coordinates, training-mode randomness)."""
     layers: tuple[str, ...] = ()
-    """Glob patterns on layer name or path: report only the matching layers (all by default)."""
+    """Glob patterns on layer name or path: inspect only the matching entries (all by
+    default); the backward pass stops at the earliest selected entry."""
+    kinds: tuple[str, ...] = ()
+    """Layer kinds (``dense``, ``conv`` ...): inspect only entries of these kinds (all by
+    default); combined with ``layers``, an entry must match both."""
     values: bool = False
     """Keep the gradient arrays themselves (dL/dW, dL/db; dL/dinput for the first
     ``values_samples`` samples) in the report."""

@@ -25,9 +25,10 @@ from gradinspect.report import (
 CODES: dict[str, str] = {
     "nan_gradient": "a gradient contains NaN",
     "inf_gradient": "a gradient contains +/-Inf",
-    "nonfinite_weights": "a kernel or bias contains NaN or Inf",
+    "nonfinite_weights": "a layer's weights contain NaN or Inf",
     "nonfinite_input": "the data contains NaN or Inf",
-    "zero_gradient": "every entry of a layer's dL/dW and dL/db is exactly zero",
+    "zero_gradient": "every entry of a layer's weight gradients (dL/dW, dL/db ...) is exactly "
+    "zero",
     "constant_loss": "the loss does not depend on the weights (e.g. sum of softmax outputs)",
     "vanishing_gradient": "a layer's gradient is tiny, absolutely or next to the largest layer's",
     "exploding_gradient": "a layer's gradient is huge, absolutely or next to its weights",
@@ -47,11 +48,14 @@ class LayerFigures:
     """What diagnose needs to know about one layer."""
 
     path: str
-    activation: str
-    units: int
+    kind: str
+    activation: str | None
+    units: int | None
     grads: LayerGrads
-    kernel_norm: float
-    bias_norm: float | None
+    weight_grad: GradStats
+    """dL/dW over the entry's variables but the offsets (Dense: the kernel)."""
+    weight_norm: float
+    """||W|| over the same variables."""
     weights_nonfinite: bool
     grad_to_weight: float
     backward_gain: float
@@ -88,11 +92,15 @@ def _per_sample(norm: float, run: RunFigures) -> float:
     return norm / run.samples if run.loss_reduction == "sum" and run.samples else norm
 
 
+def _grad_label(name: str) -> str:
+    """``dL/dW`` and ``dL/db`` for Dense's kernel and bias, ``dL/d<name>`` otherwise."""
+    return {"kernel": "dL/dW", "bias": "dL/db"}.get(name, f"dL/d{name}")
+
+
 def _nonfinite(layer: LayerFigures) -> list[Finding]:
     found = []
     parts: list[tuple[str, GradStats | None]] = [
-        ("dL/dW", layer.grads.kernel),
-        ("dL/db", layer.grads.bias),
+        *((_grad_label(name), g) for name, g in layer.grads.variables.items()),
         ("dL/dinput", layer.grads.input),
     ]
     for label, g in parts:
@@ -123,9 +131,9 @@ def _nonfinite(layer: LayerFigures) -> list[Finding]:
             Finding(
                 "nonfinite_weights",
                 Severity.ERROR,
-                "the kernel or bias holds NaN or Inf values",
+                "the layer's weights hold NaN or Inf values",
                 "the weights were corrupted (diverged training?): restore an earlier checkpoint",
-                {"kernel_norm": layer.kernel_norm, "bias_norm": layer.bias_norm},
+                {"weight_norm": layer.weight_norm},
             )
         )
     return found
@@ -208,7 +216,7 @@ def _activity(layer: LayerFigures, run: RunFigures, t: Thresholds) -> list[Findi
 def _magnitude(
     layer: LayerFigures, largest: float, run: RunFigures, t: Thresholds
 ) -> list[Finding]:
-    g = layer.grads.kernel
+    g = layer.weight_grad
     if not math.isfinite(g.norm):
         return []
     if run.constant_loss or layer.constant_output:
@@ -224,12 +232,13 @@ def _magnitude(
                 {"kernel_norm": g.norm, "loss": run.loss_name},
             )
         ]
-    if g.norm == 0.0 and (layer.grads.bias is None or layer.grads.bias.norm == 0.0):
+    if all(v is None or v.norm == 0.0 for v in layer.grads.variables.values()):
         return [
             Finding(
                 "zero_gradient",
                 Severity.ERROR,
-                "dL/dW and dL/db are exactly zero: this layer would not learn from this data",
+                "every weight gradient of this layer is exactly zero: it would not learn from "
+                "this data",
                 "see the model-level findings for the cause (constant loss, dead units, "
                 "a layer not connected to the loss)",
                 {"kernel_norm": g.norm},
@@ -274,7 +283,7 @@ def _logits(layer: LayerFigures) -> list[Finding]:
     if layer.logits_mismatch is None:
         return []
     loss, from_logits = layer.logits_mismatch
-    act = layer.activity.name if layer.activity is not None else layer.activation
+    act = layer.activity.name if layer.activity is not None else (layer.activation or "linear")
     if from_logits:
         # Keras 3 notices a softmax/sigmoid-produced tensor and uses its logits (with a
         # warning); Keras 2 and hand-written losses squash the probabilities a second time.
@@ -343,7 +352,7 @@ def diagnose(
     layers: Sequence[LayerFigures], run: RunFigures, t: Thresholds
 ) -> tuple[tuple[tuple[Finding, ...], ...], tuple[Finding, ...]]:
     """Per-layer findings (aligned with ``layers``) and model-level findings."""
-    finite = [ly.grads.kernel.norm for ly in layers if math.isfinite(ly.grads.kernel.norm)]
+    finite = [ly.weight_grad.norm for ly in layers if math.isfinite(ly.weight_grad.norm)]
     largest = max(finite, default=0.0)
     per_layer = tuple(diagnose_layer(ly, largest, run, t) for ly in layers)
     model: list[Finding] = []
@@ -378,8 +387,8 @@ def diagnose(
             Finding(
                 "constant_loss",
                 Severity.ERROR,
-                "every Dense gradient is exactly zero: the loss does not change with the weights "
-                "on this data",
+                "every weight gradient is exactly zero: the loss does not change with the "
+                "weights on this data",
                 "check for dead units in the last layers, a saturated output, or a loss that "
                 "ignores the model output",
                 {"loss": run.loss_name, "value": run.loss_value},

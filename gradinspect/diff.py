@@ -18,6 +18,7 @@ from typing import Any
 from gradinspect.errors import DataError
 
 FIGURES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("grad_weight_norm", ("weight_grad_norm",)),
     ("grad_kernel_norm", ("grads", "kernel", "norm")),
     ("grad_bias_norm", ("grads", "bias", "norm")),
     ("grad_input_norm", ("grads", "input", "norm")),
@@ -27,7 +28,22 @@ FIGURES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("backward_gain", ("backward_gain",)),
     ("low_grad_fraction", ("activity", "low_grad_fraction")),
 )
-"""(name, path into a layer's JSON) of every figure compared."""
+"""(name, path into a layer's JSON) of every figure compared. ``grad_weight_norm`` is ||dL/dW||
+over a layer's variables but the offsets (schema 2's ``weight_grad_norm``; in a schema-1 report,
+the Dense kernel's norm); the kernel/bias figures exist for Dense layers."""
+
+SCHEMAS = (1, 2)
+"""Report schema versions ``diff`` reads."""
+
+
+def _upgraded(doc: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A schema-1 report (Dense only) with the schema-2 keys the comparison reads."""
+    if doc.get("schema_version") != 1:
+        return doc
+    layers = [{"kind": "dense", "weight_grad_norm": _dig(layer, ("grads", "kernel", "norm")),
+               **layer} if isinstance(layer, Mapping) else layer
+              for layer in doc.get("layers") or []]
+    return {**doc, "layers": layers}
 
 
 @dataclass(frozen=True)
@@ -128,9 +144,10 @@ def diff_reports(a: Mapping[str, Any], b: Mapping[str, Any], a_name: str = "A",
     for label, doc in ((a_name, a), (b_name, b)):
         if not isinstance(doc, Mapping) or "layers" not in doc or "schema_version" not in doc:
             raise DataError(f"{label}: not a gradinspect report", "pass --json output files")
-        if doc["schema_version"] != 1:
+        if doc["schema_version"] not in SCHEMAS:
             raise DataError(f"{label}: report schema {doc['schema_version']} is not supported",
                             "compare reports written by this gradinspect version")
+    a, b = _upgraded(a), _upgraded(b)
     layers_a = {ly["path"]: ly for ly in a["layers"]}
     layers_b = {ly["path"]: ly for ly in b["layers"]}
     out = []

@@ -880,7 +880,7 @@ def _check_array(path: Path, spec: InputSpec, array: ArrayLike) -> str | None:
             )
     if array.shape[0] == 0:
         raise DataError(f"{where} holds zero samples", "pass at least one sample")
-    if np.dtype(array.dtype).kind in ("i", "u", "b"):
+    if np.dtype(array.dtype).kind in ("i", "u", "b") and str(array.dtype) != spec.dtype:
         return f"input '{spec.name}': {array.dtype} data cast to {spec.dtype}"
     return None
 

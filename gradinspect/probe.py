@@ -1,22 +1,26 @@
-"""The instrumented pass: find Dense layers, hook them, run tf.GradientTape, return raw arrays.
+"""The instrumented pass: hook every entry the walker found, run tf.GradientTape, reduce.
 
-How a hook works. Each Dense layer's ``call`` is replaced, on the instance only, by a wrapper
-that (1) passes its input through ``tf.identity`` and watches it, so dL/dinput is this layer's
-own share even when the same tensor feeds several layers, and (2) swaps the layer's activation
-for a function that records the pre-activation z and then applies the original activation. The
-layer's own ``call`` still does all the arithmetic, so the model computes exactly what it
-computed before. Everything is undone in ``finally``.
+How a hook works. Each entry's ``call`` is replaced, on the instance only, by a wrapper that
+(1) passes its input, when that is a float tensor, through ``tf.identity`` and watches it, so
+dL/dinput is this layer's own share even when the same tensor feeds several layers, and (2) for
+kinds whose ``activation`` is their last, element-wise step (Dense, EinsumDense, convolutions),
+swaps the activation for a function that records the pre-activation z and then applies the
+original. The layer's own ``call`` still does all the arithmetic, so the model computes exactly
+what it computed before. Everything is undone in ``finally``.
 
-One step is one compiled ``tf.function`` (the batch axis left open): the tape, the gradients of
-the loss with respect to every kernel, bias, layer input, pre-activation and layer output, and
-activation'(z) from a second tape. Inside the step dL/dW and dL/db are added to float64 sums on
-the device and every other gradient is reduced to a few figures, handed to the host as one small
-vector per batch; full tensors only for ``--verify``/``--values``. Reports are made elsewhere.
+One step is one compiled ``tf.function`` (the batch axis left open): the tape watches only the
+entries' variables and inputs (so with ``--kind``/``--layer`` the backward pass stops at the
+earliest selected entry), the gradients of the loss with respect to every owned variable, layer
+input and layer output (and pre-activation, when needed), and activation'(z) from a second
+tape. Inside the step the variable gradients are added to float64 sums on the device and every
+other gradient is reduced to a few figures, handed to the host as one small vector per batch;
+full tensors only for ``--verify``/``--values``. Reports are made elsewhere.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,85 +28,44 @@ from typing import Any
 
 import numpy as np
 
+from gradinspect.engine.adapters.base import DenseView, children
+from gradinspect.engine.walk import (
+    ActivationProfile,
+    Follower,
+    Site,
+    find_dense_layers,
+    find_sites,
+    layer_classes,
+    profile_activation,
+    walk_model,
+)
 from gradinspect.errors import ModelLoadError, ProbeError
 from gradinspect.loading import BUFFER_ALIGNMENT
 from gradinspect.losses import Loss
 
-
-@dataclass(frozen=True)
-class ActivationProfile:
-    """What an activation's derivative looks like, sampled on a grid of z values.
-
-    ``kind``: ``linear`` (derivative never falls much below its peak: linear, leaky relu),
-    ``saturating`` (derivative vanishes on both sides: sigmoid, tanh, hard_sigmoid, relu6 ...),
-    ``rectifier`` (vanishes on one side: relu, elu, selu, gelu, swish, softplus ...),
-    ``softmax`` (not element-wise; measured on the probabilities).
-    """
-
-    name: str
-    kind: str
-    peak: float
-
-
-@dataclass(frozen=True)
-class Follower:
-    """An activation layer that acts on a linear Dense layer's output, found through the graph
-    (``Dense(linear) -> [BatchNormalization | Dropout ...] -> Activation/ReLU/PReLU ...``)."""
-
-    layer: Any
-    path: str
-    profile: ActivationProfile
-
-
-@dataclass(frozen=True)
-class DenseSite:
-    """A Dense layer found in the model, with where it sits."""
-
-    layer: Any
-    name: str
-    path: str
-    class_name: str
-    activation: str
-    units: int
-    use_bias: bool
-    profile: ActivationProfile
-    """The Dense layer's own activation."""
-    follower: Follower | None = None
-    """A following activation layer, measured instead of the (linear) own activation."""
-    output_index: int | None = None
-    """Index of the model output that is this layer's output (or its follower's), as is."""
-
-    @property
-    def is_output(self) -> bool:
-        return self.output_index is not None
-
-    @property
-    def measured(self) -> ActivationProfile:
-        """The activation whose saturation is measured for this layer."""
-        return self.follower.profile if self.follower is not None else self.profile
-
-    @property
-    def measured_source(self) -> str:
-        """``layer`` or the path of the following activation layer."""
-        return self.follower.path if self.follower is not None else "layer"
+__all__ = [
+    "ActivationProfile", "BatchCapture", "CallCapture", "CallSummary", "Follower",
+    "LayerCapture", "Probe", "Site", "find_dense_layers", "find_sites", "gradcheck",
+    "layer_classes", "profile_activation", "require_entries", "seeded", "walk_model",
+]
 
 
 @dataclass(frozen=True)
 class CallCapture:
     """Raw tensors of one call of a Dense layer, as (read-only) numpy arrays."""
 
-    x: np.ndarray
-    """Layer input."""
+    x: np.ndarray | None
+    """Layer input (``None`` when it is not a float tensor, e.g. Embedding ids)."""
     z: np.ndarray | None
     """Pre-activation x @ W + b (``None`` if the layer never applied its activation)."""
     out: np.ndarray
-    """Layer output, activation(z)."""
+    """Layer output, activation(z) (the first float output)."""
     g_out: np.ndarray
     """dL/doutput (the upstream gradient g)."""
     g_z: np.ndarray | None
     """dL/dz = delta."""
-    g_x: np.ndarray
-    """dL/dinput."""
+    g_x: np.ndarray | None
+    """dL/dinput (``None`` without a float input)."""
     derivative64: np.ndarray | None = None
     """``verify`` only: activation'(z) by float64 central differences (``None`` when the
     activation is not element-wise or does not compute in float64)."""
@@ -117,13 +80,14 @@ only when something is not finite."""
 
 @dataclass(frozen=True)
 class CallSummary:
-    """One call of a Dense layer, reduced inside the step: no full tensors cross to the host
+    """One call of an entry, reduced inside the step: no full tensors cross to the host
     unless ``full`` was asked for (``--verify``, ``--values``)."""
 
-    x_shape: tuple[int, ...]
+    x_shape: tuple[int, ...] | None
+    """Shape of the input (``None`` when it is not a float tensor)."""
     out_shape: tuple[int, ...]
-    input_grad: np.ndarray
-    """dL/dinput reduced to ``SUMMARY_FIELDS``."""
+    input_grad: np.ndarray | None
+    """dL/dinput reduced to ``SUMMARY_FIELDS`` (``None`` without a float input)."""
     output_grad_sumsq: float
     """||dL/doutput||^2, for the backward gain."""
     full: CallCapture | None = None
@@ -131,11 +95,13 @@ class CallSummary:
 
 @dataclass(frozen=True)
 class LayerCapture:
-    """One layer's results for one batch (dL/dW and dL/db are summed on the device across
+    """One entry's results for one batch (variable gradients are summed on the device across
     batches: ``Probe.gradient_sums``)."""
 
-    kernel: np.ndarray
-    bias: np.ndarray | None
+    names: tuple[str, ...]
+    """Short names of the entry's variables."""
+    weights: tuple[np.ndarray, ...]
+    """Their values, aligned with ``names``."""
     calls: tuple[CallSummary, ...]
     low_per_unit: np.ndarray | None = None
     """Per unit: entries whose measured activation'(z) is below the low threshold."""
@@ -146,6 +112,22 @@ class LayerCapture:
     """Softmax: rows whose top probability reaches the confidence threshold."""
     per_sample_sq: np.ndarray | None = None
     """``per_sample``: ||dl_i/dW||^2 + ||dl_i/db||^2 per sample (gradients of per-sample terms)."""
+
+    def weight(self, name: str) -> np.ndarray | None:
+        """The value of the variable with this short name, or ``None``."""
+        return self.weights[self.names.index(name)] if name in self.names else None
+
+    @property
+    def kernel(self) -> np.ndarray:
+        """Dense layout: the kernel."""
+        kernel = self.weight("kernel")
+        assert kernel is not None, "no kernel in this entry"
+        return kernel
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        """Dense layout: the bias, or ``None``."""
+        return self.weight("bias")
 
 
 @dataclass(frozen=True)
@@ -162,173 +144,6 @@ class BatchCapture:
     """All entries of this batch's inputs and labels."""
 
 
-# ---------------------------------------------------------------- finding layers
-
-
-def _children(layer: Any) -> list[Any]:
-    flatten = getattr(layer, "_flatten_layers", None)
-    if flatten is not None:
-        return list(flatten(include_self=False, recursive=False))
-    return list(getattr(layer, "layers", []))
-
-
-def activation_name(fn: Any) -> str:
-    name = getattr(fn, "__name__", None) or type(fn).__name__
-    return "linear" if name in ("linear", "identity") else str(name)
-
-
-def profile_activation(tf: Any, fn: Any) -> ActivationProfile:
-    """Sample activation'(z) on [-30, 30] and classify its shape (no table of names)."""
-    name = activation_name(fn)
-    if name in ("softmax", "log_softmax"):
-        return ActivationProfile(name=name, kind="softmax", peak=1.0)
-    z = tf.constant(np.linspace(-30.0, 30.0, 6001, dtype=np.float32)[None, :])
-    with tf.GradientTape() as tape:
-        tape.watch(z)
-        a = fn(z)
-    d = tape.gradient(a, z)
-    if d is None:
-        return ActivationProfile(name=name, kind="linear", peak=1.0)
-    d = np.abs(np.asarray(d, dtype=np.float64)).ravel()
-    peak = float(d.max()) if d.size else 0.0
-    if not np.isfinite(peak) or peak == 0.0:
-        return ActivationProfile(name=name, kind="linear", peak=1.0)
-    low = d < 0.01 * peak
-    if not low.any():  # never falls far below its peak: linear, leaky relu
-        return ActivationProfile(name=name, kind="linear", peak=peak)
-    kind = "saturating" if low[0] and low[-1] else "rectifier"
-    return ActivationProfile(name=name, kind=kind, peak=peak)
-
-
-PASS_THROUGH = (
-    "BatchNormalization", "LayerNormalization", "GroupNormalization", "UnitNormalization",
-    "Dropout", "AlphaDropout", "GaussianDropout", "GaussianNoise", "ActivityRegularization",
-)
-ACTIVATION_LAYERS = ("Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax")
-
-
-def _sole_consumer(layer: Any) -> Any | None:
-    consumers = {id(n.operation): n.operation for n in getattr(layer, "_outbound_nodes", [])
-                 if getattr(n, "operation", None) is not None}
-    return next(iter(consumers.values())) if len(consumers) == 1 else None
-
-
-def _layer_fn(tf: Any, layer: Any, units: int) -> Any:
-    """An element-wise view of an activation layer for profiling: z -> mean over units."""
-
-    def fn(z: Any) -> Any:
-        tiled = tf.tile(tf.transpose(z), [1, units])
-        return tf.reduce_mean(layer(tiled), axis=1)[None, :]
-
-    fn.__name__ = _snake(type(layer).__name__)
-    return fn
-
-
-def _snake(name: str) -> str:
-    return {"ReLU": "relu", "LeakyReLU": "leaky_relu", "PReLU": "prelu", "ELU": "elu",
-            "Softmax": "softmax"}.get(name, name.lower())
-
-
-def _find_follower(tf: Any, dense: Any, prefix: str) -> Follower | None:
-    """Walk from a linear Dense layer through pass-through layers to an activation layer."""
-    current = dense
-    for _ in range(8):
-        nxt = _sole_consumer(current)
-        if nxt is None:
-            return None
-        kind = type(nxt).__name__
-        if kind in ACTIVATION_LAYERS:
-            path = f"{prefix}{nxt.name}"
-            try:
-                if kind == "Activation":
-                    profile = profile_activation(tf, nxt.activation)
-                elif kind == "Softmax":
-                    profile = ActivationProfile(name="softmax", kind="softmax", peak=1.0)
-                else:
-                    profile = profile_activation(tf, _layer_fn(tf, nxt, int(dense.units)))
-            except Exception:  # an exotic layer we cannot profile: measure nothing
-                return None
-            return Follower(layer=nxt, path=path, profile=profile)
-        if kind not in PASS_THROUGH:
-            return None
-        current = nxt
-    return None
-
-
-def output_layers(model: Any) -> dict[int, int]:
-    """id of each layer whose output tensor is a model output (into nested models) -> the
-    index of that model output."""
-    found: dict[int, int] = {}
-
-    def walk(m: Any, index: int | None) -> None:
-        for k, t in enumerate(getattr(m, "outputs", None) or []):
-            history = getattr(t, "_keras_history", None)
-            op = history[0] if history else None
-            if op is None:
-                continue
-            position = k if index is None else index
-            found.setdefault(id(op), position)
-            if getattr(op, "outputs", None) and op is not m:
-                walk(op, position)
-
-    walk(model, None)
-    return found
-
-
-def find_dense_layers(model: Any) -> list[DenseSite]:
-    """Every Dense layer (subclasses too), nested models included, each once, with its path."""
-    from gradinspect._tf import tf_modules
-
-    tf, keras = tf_modules()
-    dense_type = keras.layers.Dense
-    sites: list[DenseSite] = []
-    seen: set[int] = set()
-    outputs = output_layers(model)
-
-    def walk(layer: Any, prefix: str) -> None:
-        for child in _children(layer):
-            path = f"{prefix}{child.name}"
-            if isinstance(child, dense_type):
-                if id(child) in seen:
-                    continue
-                seen.add(id(child))
-                own = profile_activation(tf, child.activation)
-                follower = _find_follower(tf, child, prefix) if own.kind == "linear" else None
-                sites.append(
-                    DenseSite(
-                        layer=child,
-                        name=child.name,
-                        path=path,
-                        class_name=type(child).__name__,
-                        activation=activation_name(child.activation),
-                        units=int(child.units),
-                        use_bias=child.bias is not None,
-                        profile=own,
-                        follower=follower,
-                        output_index=outputs.get(id(child))
-                        if id(child) in outputs
-                        else (outputs.get(id(follower.layer)) if follower is not None else None),
-                    )
-                )
-            walk(child, f"{path}/")
-
-    walk(model, "")
-    return sites
-
-
-def layer_classes(model: Any) -> list[str]:
-    """Class names of all layers (nested too), for messages about models without Dense."""
-    names: list[str] = []
-
-    def walk(layer: Any) -> None:
-        for child in _children(layer):
-            names.append(type(child).__name__)
-            walk(child)
-
-    walk(model)
-    return names
-
-
 # ---------------------------------------------------------------- hooks
 
 
@@ -336,17 +151,31 @@ def layer_classes(model: Any) -> list[str]:
 class _CallRecord:
     x: Any = None
     z: Any = None
-    out: Any = None
+    out: list[Any] = field(default_factory=list)
+    gx: list[Any] | None = None
+    """dL/dx reduced during the backward pass (``_reductions``; ``_counts`` when counting)."""
+    gx_full: Any = None
+    gout_sq: list[Any] = field(default_factory=list)
+    """||dL/doutput||^2 of each float output that the loss reached."""
+    gout_full: Any = None
+    gz: Any = None
+    """dL/dz (delta), when asked for."""
 
 
 @dataclass
 class _Recorder:
-    """Collects the symbolic tensors of one trace, per site index, in call order."""
+    """Collects the symbolic tensors of one trace, per site index, in call order, and the
+    gradients that reach them during the backward pass (through ``tap``)."""
 
+    tf: Any = None
     tape: Any = None
     calls: dict[int, list[_CallRecord]] = field(default_factory=dict)
     first_call: list[int] = field(default_factory=list)
     follower_calls: dict[int, list[_CallRecord]] = field(default_factory=dict)
+    want_z: frozenset[int] = frozenset()
+    """Sites whose dL/dz (delta) is kept: per-sample norms, --verify, --values."""
+    full: bool = False
+    counting: bool = False
 
     def reset(self) -> None:
         self.calls = {}
@@ -360,6 +189,35 @@ class _Recorder:
             self.first_call.append(index)
         self.calls[index].append(record)
         return record
+
+    def tap(self, t: Any, record: _CallRecord, role: str) -> Any:
+        """``t`` through an identity whose gradient hands dL/dt to ``record`` as the backward
+        pass produces it: reduced on the spot (kept whole only when ``full``), so no layer's
+        input or output gradient outlives its use, as in a plain tape."""
+        tf = self.tf
+
+        @tf.custom_gradient  # type: ignore[untyped-decorator]
+        def identity(v: Any) -> Any:
+            def grad(dy: Any) -> Any:
+                self._receive(record, role, dy)
+                return dy
+
+            return tf.identity(v), grad
+
+        return identity(t)
+
+    def _receive(self, record: _CallRecord, role: str, dy: Any) -> None:
+        tf = self.tf
+        if role == "x":
+            record.gx = _counts(tf, dy) if self.counting else _reductions(tf, dy)
+            if self.full:
+                record.gx_full = dy
+        elif role == "z":
+            record.gz = dy
+        else:
+            if self.full and role == "out0":
+                record.gout_full = dy
+            record.gout_sq.append(_sumsq(tf, dy))
 
 
 def _replace_call(layer: Any, hooked: Any) -> Any:
@@ -377,36 +235,59 @@ def _replace_call(layer: Any, hooked: Any) -> Any:
     return undo
 
 
-def _install(tf: Any, index: int, site: DenseSite, recorder: _Recorder) -> Any:
+def _float_tensor(tf: Any, t: Any) -> bool:
+    return isinstance(t, tf.Tensor) and t.dtype.is_floating
+
+
+def _install(tf: Any, index: int, site: Site, recorder: _Recorder) -> Any:
     layer = site.layer
     original_call = layer.call
-    original_activation = layer.activation
+    hook_activation = site.profile is not None
+    original_activation: Any = layer.activation if hook_activation else None
 
     @functools.wraps(original_call)
     def hooked_call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
         if recorder.tape is None:  # a call outside the probe's pass: leave it alone
             return original_call(inputs, *args, **kwargs)
-        x = tf.identity(inputs)
-        recorder.tape.watch(x)
         record = recorder.new_call(index)
-        record.x = x
-
-        def capture(z: Any) -> Any:
-            record.z = z
-            return original_activation(z)
-
-        layer.activation = capture
-        try:
+        x = inputs
+        if _float_tensor(tf, inputs):
+            recorder.tape.watch(inputs)  # the backward pass reaches this input, no further
+            x = recorder.tap(inputs, record, "x")
+            record.x = x
+        if not hook_activation:
             out = original_call(x, *args, **kwargs)
-        finally:
-            layer.activation = original_activation
-        record.out = out
-        return out
+        else:
+            def capture(z: Any) -> Any:
+                record.z = z
+                if index in recorder.want_z:
+                    z = recorder.tap(z, record, "z")
+                return original_activation(z)
+
+            layer.activation = capture
+            try:
+                out = original_call(x, *args, **kwargs)
+            finally:
+                layer.activation = original_activation
+        flat = tf.nest.flatten(out)
+        tapped = []
+        for t in flat:
+            if _float_tensor(tf, t):
+                new = recorder.tap(t, record, "out0" if not record.out else "out")
+                mask = getattr(t, "_keras_mask", None)
+                if mask is not None:
+                    new._keras_mask = mask
+                record.out.append(new)
+                tapped.append(new)
+            else:
+                tapped.append(t)
+        return tf.nest.pack_sequence_as(out, tapped)
 
     restore_call = _replace_call(layer, hooked_call)
 
     def undo() -> None:
-        layer.activation = original_activation
+        if hook_activation:
+            layer.activation = original_activation
         restore_call()
 
     return undo
@@ -419,16 +300,18 @@ def _install_follower(index: int, layer: Any, recorder: _Recorder) -> Any:
     def hooked_call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
         out = original_call(inputs, *args, **kwargs)
         if recorder.tape is not None:
-            recorder.follower_calls.setdefault(index, []).append(_CallRecord(x=inputs, out=out))
+            recorder.follower_calls.setdefault(index, []).append(
+                _CallRecord(x=inputs, out=[out]))
         return out
 
     return _replace_call(layer, hooked_call)
 
 
 @contextmanager
-def instrumented(tf: Any, sites: Sequence[DenseSite]) -> Iterator[_Recorder]:
+def instrumented(tf: Any, sites: Sequence[Site], want_z: frozenset[int] = frozenset(),
+                 full: bool = False) -> Iterator[_Recorder]:
     """Hooks on every site for the duration of the block; always removed on exit."""
-    recorder = _Recorder()
+    recorder = _Recorder(tf=tf, want_z=want_z, full=full)
     undos = []
     try:
         for i, site in enumerate(sites):
@@ -516,50 +399,47 @@ def _sumsq(tf: Any, g: Any) -> Any:
 def _reductions(tf: Any, g: Any) -> list[Any]:
     """sum of squares, sum of |g|, max |g| of a gradient, in its own precision (tree-reduced
     sums: ~1e-7 relative error in float32; 16-bit floats are widened first). NaN poisons all
-    three; NaN/Inf are counted by ``_recount`` only when the host sees something not finite."""
+    three; NaN/Inf are counted by ``_counts`` only when the host sees something not finite."""
     wide = _widened(tf, g)
     absval = tf.abs(wide)
     return [_sumsq(tf, wide), tf.reduce_sum(absval), tf.reduce_max(absval)]
 
 
-def _recount(tf: Any, grads: list[Any], checked: list[Any]) -> Any:
-    """The rare path: NaN/Inf entries of the batch's inputs and labels, then per gradient
-    (max |g| over the entries that are not NaN, NaN count, Inf count), as one float64 vector."""
-    zero = tf.zeros((), tf.float64)
-    fixed = [tf.add_n([zero] + [tf.reduce_sum(tf.cast(~tf.math.is_finite(t), tf.float64))
-                                for t in checked])]
-    for g in grads:
-        absval = tf.abs(g)
-        nan = tf.math.is_nan(g)
-        top = tf.reduce_max(tf.where(nan, tf.zeros_like(absval), absval))
-        fixed += [tf.cast(top, tf.float64), tf.reduce_sum(tf.cast(nan, tf.float64)),
-                  tf.reduce_sum(tf.cast(tf.math.is_inf(g), tf.float64))]
-    return tf.stack(fixed)
+def _counts(tf: Any, g: Any) -> list[Any]:
+    """The rare path, for one gradient: max |g| over the entries that are not NaN, the NaN
+    count and the Inf count."""
+    absval = tf.abs(_widened(tf, g))
+    nan = tf.math.is_nan(absval)
+    top = tf.reduce_max(tf.where(nan, tf.zeros_like(absval), absval))
+    return [top, tf.reduce_sum(tf.cast(nan, tf.float64)),
+            tf.reduce_sum(tf.cast(tf.math.is_inf(absval), tf.float64))]
 
 
-def _rows(tf: Any, t: Any, batch: Any) -> Any:
-    """(batch, positions, features): calls and time steps of one sample become its rows."""
-    return tf.reshape(tf.cast(t, tf.float64), (batch, -1, tf.shape(t)[-1]))
+def _rows(tf: Any, t: Any, batch: Any, width: int) -> Any:
+    """(batch, positions, width): calls and positions of one sample become its rows."""
+    return tf.reshape(tf.cast(t, tf.float64), (batch, -1, width))
 
 
-def _per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], with_bias: bool) -> Any:
-    """||X_i^T Delta_i||_F^2 (+ ||sum Delta_i||^2) per sample, inside the step.
+def _per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], bias: DenseView | None,
+                   n_in: int, n_out: int) -> Any:
+    """||X_i^T Delta_i||_F^2 (+ ||dl_i/db||^2 when ``bias``) per sample, inside the step, on the
+    layer's Dense view: x as rows of ``n_in``, delta as rows of ``n_out``.
 
     One rank-2 call: ||x_i||^2 ||delta_i||^2. Otherwise the Gram form <X_i X_i^T, D_i D_i^T>
     when a sample has few rows, or the per-sample product when that is smaller.
     """
     batch = tf.shape(xs[0])[0]
-    if len(xs) == 1 and len(xs[0].shape) == 2:
+    full_bias = bias is None or len(bias.bias_axes) == len(bias.out_dims)
+    if len(xs) == 1 and len(xs[0].shape) == 2 and len(deltas[0].shape) == 2 and full_bias:
         # row norms in the tensors' precision (one row is short) by one fused kernel (no
         # squared copy: x is the batch's largest tensor), squared and multiplied in float64
         xx, dd = (tf.square(tf.cast(tf.math.reduce_euclidean_norm(_widened(tf, t), axis=1),
                                     tf.float64)) for t in (xs[0], deltas[0]))
-        return dd * (xx + (1.0 if with_bias else 0.0))
-    big_x = tf.concat([_rows(tf, x, batch) for x in xs], axis=1)
-    big_d = tf.concat([_rows(tf, d, batch) for d in deltas], axis=1)
-    n_in, n_out = int(xs[0].shape[-1]), int(deltas[0].shape[-1])
-    rows = sum(int(np.prod(x.shape[1:-1])) if all(v is not None for v in x.shape[1:-1])
-               else 10**9 for x in xs)
+        return dd * (xx + (1.0 if bias is not None else 0.0))
+    big_x = tf.concat([_rows(tf, x, batch, n_in) for x in xs], axis=1)
+    big_d = tf.concat([_rows(tf, d, batch, n_out) for d in deltas], axis=1)
+    rows = sum(int(np.prod(x.shape[1:], dtype=np.int64)) // n_in
+               if all(v is not None for v in x.shape[1:]) else 10**9 for x in xs)
     if rows * rows <= n_in * n_out:
         gx = tf.einsum("bri,bsi->brs", big_x, big_x)
         gd = tf.einsum("bro,bso->brs", big_d, big_d)
@@ -567,8 +447,12 @@ def _per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], with_bias: bool) -
     else:
         per = tf.einsum("bri,bro->bio", big_x, big_d)
         sq = tf.reduce_sum(per * per, axis=[1, 2])
-    if with_bias:
-        s = tf.reduce_sum(big_d, axis=1)
+    if bias is not None:
+        s = tf.reduce_sum(big_d, axis=1)  # dl_i/db over every output entry
+        other = [1 + k for k in range(len(bias.out_dims)) if k not in bias.bias_axes]
+        if other:  # a bias over some output axes only: sum the others away
+            s = tf.reduce_sum(tf.reshape(s, (batch, *bias.out_dims)), axis=other)
+            s = tf.reshape(s, (batch, -1))
         sq = sq + tf.reduce_sum(s * s, axis=1)
     return sq
 
@@ -594,16 +478,16 @@ class Probe:
     Use as a context manager: hooks are installed on enter and removed on exit, whatever
     happens in between. The step reduces everything it can on the device — gradient norms,
     maxima, NaN/Inf counts, saturated/dead unit counts, per-sample norms — and hands one small
-    vector of figures to the host per batch; dL/dW and dL/db are summed across batches on the
-    device in float64 (``gradient_sums``, zeroed on enter and by ``reset``); full tensors cross
-    only when ``full`` (``--verify``/``--values``). ``order`` is the forward order of the sites
-    (by first call).
+    vector of figures to the host per batch; every owned variable's gradient is summed across
+    batches on the device in float64 (``gradient_sums``, zeroed on enter and by ``reset``); full
+    tensors cross only when ``full`` (``--verify``/``--values``). ``order`` is the forward order
+    of the sites (by first call).
     """
 
     def __init__(
         self,
         model: Any,
-        sites: Sequence[DenseSite],
+        sites: Sequence[Site],
         loss: Loss,
         *,
         training: bool = False,
@@ -630,13 +514,23 @@ class Probe:
         self._generators = _seed_generators(model)
         self._layout: dict[tuple[Any, ...], slice] = {}
         self._param_cache: tuple[tuple[float, ...], Any] | None = None
-        self._weights: list[tuple[np.ndarray, np.ndarray | None]] | None = None
-        self._sums: list[tuple[Any, Any]] | None = None
+        self._weights: list[tuple[np.ndarray, ...]] | None = None
+        self._sums: list[list[Any]] | None = None
+        self._tf_vars = [[_tf_variable(self.tf, v.variable) for v in s.variables]
+                         for s in self.sites]
+        # Where activation'(z) is low exactly on two tails of z (relu, relu6, sigmoid, tanh,
+        # elu ...), the step counts low entries by comparing z with the tails' bounds instead of
+        # differentiating the activation again: one read of z instead of a second tape.
+        self._bounded = [s.measured is not None and s.measured.kind not in ("softmax", "linear")
+                         and s.measured.tails_only() for s in self.sites]
 
     def __enter__(self) -> Probe:
         self._weights = None
         self.reset()
-        self._cm = instrumented(self.tf, self.sites)
+        want_z = frozenset(i for i, s in enumerate(self.sites) if s.profile is not None and (
+            self.full or (self.per_sample and s.adapter.per_sample
+                          and s.dense_view is not None)))
+        self._cm = instrumented(self.tf, self.sites, want_z=want_z, full=self.full)
         self._recorder = self._cm.__enter__()
         return self
 
@@ -646,63 +540,53 @@ class Probe:
             cm.__exit__(*exc)
 
     def reset(self) -> None:
-        """Zero the device-side sums of dL/dW and dL/db (float64 variables for the compiled
-        step; an eager step keeps plain tensors and skips creating variables, which costs a
-        single-batch run from the command line about 20 ms of first-use setup)."""
+        """Zero the device-side gradient sums (float64 variables for the compiled step; an
+        eager step keeps plain tensors and skips creating variables, which costs a single-batch
+        run from the command line about 20 ms of first-use setup)."""
         tf = self.tf
-
-        def zero_sum(like: Any) -> Any:
-            if like is None:
-                return None
-            if self._compiled:
-                return tf.Variable(tf.zeros(like.shape, tf.float64), trainable=False)
-            return _EagerSum(tuple(int(d) for d in like.shape))
-
         if self._sums is None:  # made at zero: nothing to reset yet
-            self._sums = []
-            for site in self.sites:
-                kernel, bias = self._variables(site)
-                self._sums.append((zero_sum(kernel), zero_sum(bias)))
+            self._sums = [[tf.Variable(tf.zeros(v.shape, tf.float64), trainable=False)
+                           if self._compiled else _EagerSum(tuple(int(d) for d in v.shape))
+                           for v in vs] for vs in self._tf_vars]
             return
-        for total in (t for pair in self._sums for t in pair if t is not None):
+        for total in (t for per in self._sums for t in per):
             if isinstance(total, _EagerSum):
                 total.value = None
             else:
                 total.assign(tf.zeros(total.shape, tf.float64))
 
-    def gradient_sums(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """Per site, (dL/dW, dL/db) summed over the steps since the last reset, in float64."""
+    def gradient_sums(self) -> list[tuple[np.ndarray, ...]]:
+        """Per site, the gradient of every owned variable (aligned with ``site.variables``)
+        summed over the steps since the last reset, in float64."""
         assert self._sums is not None
-        return [(k.numpy(), b.numpy() if b is not None else None) for k, b in self._sums]
-
-    def _variables(self, site: DenseSite) -> tuple[Any, Any]:
-        layer = site.layer
-        kernel = getattr(layer, "_kernel", None)
-        if kernel is None:
-            kernel = layer.kernel
-        return _tf_variable(self.tf, kernel), (
-            _tf_variable(self.tf, layer.bias) if layer.bias is not None else None
-        )
+        return [tuple(t.numpy() for t in per) for per in self._sums]
 
     def _measured(self, calls: dict[int, list[_CallRecord]]) -> dict[int, list[Any]]:
-        """Per site, per call: the measured activation's derivative at its input, or its
-        output probabilities (softmax). Derivatives come from one second tape for all sites
-        (element-wise activations: the gradient of the summed outputs is the derivative)."""
+        """Per site, per call, units on the last axis: the measured activation's input (sites
+        whose low set is two tails, see ``_bounded``), its derivative there (the others), or
+        its output probabilities (softmax). Derivatives come from one second tape for all
+        sites (element-wise activations: the gradient of the summed outputs is the
+        derivative)."""
         tf = self.tf
         recorder = self._recorder
         assert recorder is not None
         found: dict[int, list[Any]] = {i: [] for i in range(len(self.sites))}
         watched: list[tuple[int, Any, Any]] = []
         for i, site in enumerate(self.sites):
+            measured = site.measured
+            if measured is None:
+                continue
             if site.follower is not None:
-                pairs = [(c.x, c.out) for c in recorder.follower_calls.get(i, [])]
+                pairs = [(c.x, c.out[0]) for c in recorder.follower_calls.get(i, [])]
                 fn = site.follower.layer.call
             else:
-                pairs = [(c.z, c.out) for c in calls[i] if c.z is not None]
+                pairs = [(c.z, c.out[0]) for c in calls[i] if c.z is not None and c.out]
                 fn = site.layer.activation
             for x, out in pairs:
-                if site.measured.kind == "softmax":
-                    found[i].append(out)
+                if measured.kind == "softmax":
+                    found[i].append(_units_last(tf, out, site.channel_axis))
+                elif self._bounded[i]:
+                    found[i].append(_units_last(tf, x, site.channel_axis))
                 else:
                     watched.append((i, x, fn))
         if watched:
@@ -714,26 +598,44 @@ class Probe:
             derivatives = tape.gradient(outs, [x for _, x, _ in watched],
                                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
             for (i, _, _), d in zip(watched, derivatives, strict=True):
-                found[i].append(d)
+                found[i].append(_units_last(tf, d, self.sites[i].channel_axis))
         return found
+
+    def _add_to_sums(self, grads: list[list[Any]]) -> None:
+        tf = self.tf
+        assert self._sums is not None
+        for sums, gs in zip(self._sums, grads, strict=True):
+            for total, g in zip(sums, gs, strict=True):
+                if isinstance(g, tf.IndexedSlices):  # Embedding: only the rows looked up
+                    if isinstance(total, _EagerSum):
+                        total.assign_add(tf.cast(tf.convert_to_tensor(g), tf.float64))
+                    else:
+                        total.scatter_add(tf.IndexedSlices(tf.cast(g.values, tf.float64),
+                                                           g.indices, g.dense_shape))
+                else:
+                    total.assign_add(tf.cast(g, tf.float64))
 
     def _traced(self, inputs: list[Any], labels: Any, params: Any,
                 counting: bool = False) -> dict[str, Any]:
-        """One step. ``params`` is float32 ``[scale, confidence, low_0, low_1, ...]``.
-        ``counting``: the same pass, returning only ``_recount``'s vector (and adding nothing
+        """One step. ``params`` is float32 ``[scale, confidence, low_0 ..., a_0 ..., b_0 ...]``
+        (per site: the derivative threshold, and the z bounds of its low tails).
+        ``counting``: the same pass, returning only the NaN/Inf counts (and adding nothing
         to the gradient sums)."""
         tf = self.tf
         recorder = self._recorder
         assert recorder is not None, "Probe used outside its context"
-        assert self._sums is not None
-        scale, confidence, *low = tf.unstack(params)  # one op, not a slice per figure
+        scale, confidence, *rest = tf.unstack(params)  # one op, not a slice per figure
+        n_sites = len(self.sites)
+        low, tail_a, tail_b = (rest[:n_sites], rest[n_sites:2 * n_sites],
+                               rest[2 * n_sites:])
         recorder.reset()
-        variables = [self._variables(s) for s in self.sites]
-        with tf.GradientTape() as tape:
-            for kernel, bias in variables:
-                tape.watch(kernel)
-                if bias is not None:
-                    tape.watch(bias)
+        recorder.counting = counting
+        # Only what is inspected is watched: the tape records no op upstream of the earliest
+        # selected entry, so a filtered run's backward pass stops there.
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            for vs in self._tf_vars:
+                for v in vs:
+                    tape.watch(v)
             recorder.tape = tape
             try:
                 model_in = inputs if len(inputs) > 1 else inputs[0]
@@ -743,24 +645,23 @@ class Probe:
             terms = self.loss.terms(tf, tf.nest.flatten(outputs), labels)
             total = tf.reduce_sum(terms)
             total = total * tf.cast(scale, total.dtype)  # float64 and float16 models too
+        # the input, output and pre-activation gradients reach the records through the taps
+        # while this runs; only the variables' gradients are returned whole
+        var_grads = tape.gradient(total, self._tf_vars,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
         calls = {i: recorder.calls.get(i, []) for i in range(len(self.sites))}
-        targets = {
-            "kernel": [k for k, _ in variables],
-            "bias": [b if b is not None else k for k, b in variables],
-            "x": [[c.x for c in calls[i]] for i in calls],
-            "z": [[c.z if c.z is not None else c.out for c in calls[i]] for i in calls],
-            "out": [[c.out for c in calls[i]] for i in calls],
-        }
-        grads = tape.gradient(total, targets, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         self.order = list(recorder.first_call)
         checked = [t for t in [*inputs, *(labels or [])] if t.dtype.is_floating]
         if counting:
-            return {"counts": _recount(tf, [g for per in grads["x"] for g in per], checked)}
-        for (kernel_sum, bias_sum), g_kernel, g_bias in zip(self._sums, grads["kernel"],
-                                                            grads["bias"], strict=True):
-            kernel_sum.assign_add(tf.cast(g_kernel, tf.float64))
-            if bias_sum is not None:
-                bias_sum.assign_add(tf.cast(g_bias, tf.float64))
+            zero = tf.zeros((), tf.float64)
+            fixed = [tf.add_n([zero] + [tf.reduce_sum(tf.cast(~tf.math.is_finite(t),
+                                                              tf.float64)) for t in checked])]
+            for i in range(len(self.sites)):
+                if calls[i] and all(c.x is not None for c in calls[i]):
+                    for c in calls[i]:
+                        fixed += [tf.cast(v, tf.float64) for v in (c.gx or [zero] * 3)]
+            return {"counts": tf.stack(fixed)}
+        self._add_to_sums(var_grads)
         pack = _Packer(tf)
         pack.add(("loss",), total)
         for k, t in enumerate(checked):
@@ -770,36 +671,58 @@ class Probe:
         full: dict[int, Any] = {}
         for i, site in enumerate(self.sites):
             cs = calls[i]
-            for j, (c, g_x, g_out) in enumerate(zip(cs, grads["x"][i], grads["out"][i],
-                                                    strict=True)):
-                pack.add(("x_shape", i, j), _shape(tf, c.x))
-                pack.add(("out_shape", i, j), _shape(tf, c.out))
-                for n, value in enumerate(_reductions(tf, g_x)):
-                    pack.add(("gx", i, j, n), value)
-                pack.add(("gout", i, j), _sumsq(tf, g_out))
-            if measured[i] and site.measured.kind == "softmax":
-                probs = [tf.reshape(_widened(tf, p), (-1, site.units)) for p in measured[i]]
+            has_x = bool(cs) and all(c.x is not None for c in cs)
+            for j, c in enumerate(cs):
+                if has_x:
+                    pack.add(("x_shape", i, j), _shape(tf, c.x))
+                    g_x = c.gx or [tf.zeros((), c.x.dtype)] * 3  # the loss never reached it
+                    for n, value in enumerate(g_x):
+                        pack.add(("gx", i, j, n), value)
+                if c.out:
+                    pack.add(("out_shape", i, j), _shape(tf, c.out[0]))
+                pack.add(("gout", i, j), tf.add_n(c.gout_sq) if c.gout_sq
+                         else tf.zeros((), tf.float32))
+            profile = site.measured
+            units = site.units or 1
+            if measured[i] and profile is not None and profile.kind == "softmax":
+                probs = [tf.reshape(_widened(tf, p), (-1, units)) for p in measured[i]]
                 pack.add(("confident", i), tf.add_n([tf.reduce_sum(tf.cast(
                     tf.reduce_max(p, axis=1) >= tf.cast(confidence, p.dtype), tf.int32))
                     for p in probs]))
                 pack.add(("rows", i), tf.add_n([tf.shape(p)[0] for p in probs]))
+            elif measured[i] and self._bounded[i]:
+                zs = [tf.reshape(z, (-1, units)) for z in measured[i]]
+                lows = [tf.cast(tf.logical_or(z <= tf.cast(tail_a[i], z.dtype),
+                                              z >= tf.cast(tail_b[i], z.dtype)), tf.int32)
+                        for z in zs]
+                pack.add(("low_per_unit", i), tf.add_n([tf.reduce_sum(m, axis=0) for m in lows]))
+                pack.add(("rows", i), tf.add_n([tf.shape(m)[0] for m in lows]))
             elif measured[i]:
-                derivatives = [tf.abs(tf.reshape(_widened(tf, d), (-1, site.units)))
+                derivatives = [tf.abs(tf.reshape(_widened(tf, d), (-1, units)))
                                for d in measured[i]]
                 lows = [tf.cast(d < tf.cast(low[i], d.dtype), tf.int32) for d in derivatives]
                 pack.add(("low_per_unit", i), tf.add_n([tf.reduce_sum(m, axis=0) for m in lows]))
                 pack.add(("rows", i), tf.add_n([tf.shape(m)[0] for m in lows]))
-            if self.per_sample and cs and all(c.z is not None for c in cs):
-                deltas = [g / tf.cast(scale, g.dtype) for g in grads["z"][i]]
-                per_sample[i] = _per_sample_sq(tf, [c.x for c in cs], deltas, site.use_bias)
+            has_z = bool(cs) and i in recorder.want_z and all(c.z is not None for c in cs)
+            deltas = [c.gz if c.gz is not None else tf.zeros_like(c.z) for c in cs] if has_z \
+                else []
+            view = site.dense_view
+            if self.per_sample and site.adapter.per_sample and view is not None and has_z \
+                    and has_x:
+                per_sample[i] = _per_sample_sq(
+                    tf, [c.x for c in cs], [d / tf.cast(scale, d.dtype) for d in deltas],
+                    view if site.use_bias else None, view.n_in, view.n_out)
             if self.full:
+                empty = tf.zeros((0,))
                 full[i] = {
-                    "x": [c.x for c in cs],
-                    "z": [c.z if c.z is not None else tf.zeros((0,)) for c in cs],
-                    "out": [c.out for c in cs],
-                    "g_out": grads["out"][i],
-                    "g_z": grads["z"][i],
-                    "g_x": grads["x"][i],
+                    "x": [c.x if has_x else empty for c in cs],
+                    "z": [c.z if has_z else empty for c in cs],
+                    "out": [c.out[0] if c.out else empty for c in cs],
+                    "g_out": [(c.gout_full if c.gout_full is not None
+                               else tf.zeros_like(c.out[0])) if c.out else empty for c in cs],
+                    "g_z": deltas if has_z else [empty for _ in cs],
+                    "g_x": [(c.gx_full if c.gx_full is not None else tf.zeros_like(c.x))
+                            if has_x else empty for c in cs],
                 }
         figures, self._layout = pack.packed()
         return {"figures": figures, "per_sample": per_sample, "full": full}
@@ -823,11 +746,23 @@ class Probe:
         return tf.function(traced, autograph=False).get_concrete_function(*signature)
 
     def _param_tensor(self, scale: float, lows: Sequence[float], confidence: float) -> Any:
-        """``[scale, confidence, *lows]`` as one tensor, made again only when they change."""
-        key = (float(scale), float(confidence), *(float(v) for v in lows))
+        """``[scale, confidence, *lows, *tail_a, *tail_b]`` as one tensor, made again only
+        when they change."""
+        bounds = [self._tail_bounds(i, low) for i, low in enumerate(lows)]
+        key = (float(scale), float(confidence), *(float(v) for v in lows),
+               *(a for a, _ in bounds), *(b for _, b in bounds))
         if self._param_cache is None or self._param_cache[0] != key:
             self._param_cache = (key, self.tf.constant(key, self.tf.float32))
         return self._param_cache[1]
+
+    def _tail_bounds(self, i: int, low: float) -> tuple[float, float]:
+        """Site ``i``'s low tails for the derivative threshold ``low`` (unused: +-inf)."""
+        measured = self.sites[i].measured
+        if not self._bounded[i] or measured is None or not measured.peak:
+            return -math.inf, math.inf
+        fraction = low / measured.peak
+        bounds = measured.tail_bounds(fraction) or measured.tail_bounds(fraction, strict=False)
+        return bounds if bounds is not None else (-math.inf, math.inf)
 
     def _run(self, counting: bool, tensors: list[Any], labels: list[Any] | None,
              params: Any) -> dict[str, Any]:
@@ -866,8 +801,7 @@ class Probe:
         replay = _generator_states(self._generators) if self.training else None
         result = self._run(False, tensors, label_tensors, params)
         if self._weights is None:  # the pass does not change them: read once per session
-            self._weights = [(k.numpy(), b.numpy() if b is not None else None)
-                             for k, b in (self._variables(s) for s in self.sites)]
+            self._weights = [tuple(v.numpy() for v in vs) for vs in self._tf_vars]
         figures = np.asarray(result["figures"])
         layout = self._layout
 
@@ -887,27 +821,31 @@ class Probe:
         for i, site in enumerate(self.sites):
             calls = []
             j = 0
-            while ("gx", i, j, 0) in layout:
-                x_shape = tuple(int(v) for v in get("x_shape", i, j))
-                sumsq, sum_abs, max_abs = (float(get("gx", i, j, n)[0]) for n in range(3))
-                nan = inf = 0.0
-                if counts is not None:
-                    max_abs, nan, inf = (float(v) for v in counts[1 + 3 * k: 4 + 3 * k])
+            while ("gout", i, j) in layout:
+                input_grad = x_shape = None
+                if ("gx", i, j, 0) in layout:
+                    x_shape = tuple(int(v) for v in get("x_shape", i, j))
+                    sumsq, sum_abs, max_abs = (float(get("gx", i, j, n)[0]) for n in range(3))
+                    nan = inf = 0.0
+                    if counts is not None:
+                        max_abs, nan, inf = (float(v) for v in counts[1 + 3 * k: 4 + 3 * k])
+                    input_grad = np.array([float(np.prod(x_shape)), sumsq, sum_abs,
+                                           max(max_abs, 0.0), nan, inf])
+                    k += 1
                 calls.append(CallSummary(
                     x_shape=x_shape,
-                    out_shape=tuple(int(v) for v in get("out_shape", i, j)),
-                    input_grad=np.array([float(np.prod(x_shape)), sumsq, sum_abs,
-                                         max(max_abs, 0.0), nan, inf]),
+                    out_shape=(tuple(int(v) for v in get("out_shape", i, j))
+                               if ("out_shape", i, j) in layout else ()),
+                    input_grad=input_grad,
                     output_grad_sumsq=float(get("gout", i, j)[0]),
                     full=self._full_capture(site, result["full"][i], j) if self.full else None,
                 ))
                 j += 1
-                k += 1
             low_per_unit = (get("low_per_unit", i).astype(np.int64)
                             if ("low_per_unit", i) in layout else None)
             layers.append(LayerCapture(
-                kernel=self._weights[i][0],
-                bias=self._weights[i][1],
+                names=tuple(v.name for v in site.variables),
+                weights=self._weights[i],
                 calls=tuple(calls),
                 low_per_unit=low_per_unit,
                 low_entries=int(low_per_unit.sum()) if low_per_unit is not None else 0,
@@ -926,20 +864,33 @@ class Probe:
             entries=sum(int(np.prod(a.shape)) for a in [*inputs, *(labels or [])]),
         )
 
-    def _full_capture(self, site: DenseSite, f: dict[str, Any], j: int) -> CallCapture:
+    def _full_capture(self, site: Site, f: dict[str, Any], j: int) -> CallCapture:
         """``full``: call ``j``'s tensors as numpy arrays (and, for ``verify``, activation'(z)
         by float64 finite differences). The arrays are read-only views of the tensors
         (``np.asarray``), not copies: at batch 8192 the first layer's x and dL/dx are 25 MB each."""
-        z = np.asarray(f["z"][j]) if int(np.size(f["z"][j])) else None
+
+        def present(t: Any) -> np.ndarray | None:
+            return np.asarray(t) if int(np.size(t)) or len(t.shape) > 1 else None
+
+        z = present(f["z"][j])
         derivative64 = kink = None
-        if self.verify and z is not None and site.profile.kind != "softmax":
+        if (self.verify and z is not None and site.profile is not None
+                and site.profile.kind != "softmax"):
             derivative64, kink = fd_derivative(self.tf, site.layer.activation, f["z"][j])
         return CallCapture(
-            x=np.asarray(f["x"][j]), z=z, out=np.asarray(f["out"][j]),
+            x=present(f["x"][j]), z=z, out=np.asarray(f["out"][j]),
             g_out=np.asarray(f["g_out"][j]),
-            g_z=np.asarray(f["g_z"][j]) if z is not None else None, g_x=np.asarray(f["g_x"][j]),
+            g_z=present(f["g_z"][j]) if z is not None else None, g_x=present(f["g_x"][j]),
             derivative64=derivative64, kink=kink,
         )
+
+
+def _units_last(tf: Any, t: Any, axis: int) -> Any:
+    """``t`` with its unit (channel) axis last: channels_first convolutions move axis 1."""
+    if axis == -1 or len(t.shape) < 3:
+        return t
+    rank = len(t.shape)
+    return tf.transpose(t, [0, *range(2, rank), 1])
 
 
 def fd_derivative(tf: Any, fn: Any, z: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -1010,7 +961,7 @@ def batch_interactions(model: Any, training: bool) -> list[str]:
     found: list[str] = []
 
     def walk(layer: Any, prefix: str) -> None:
-        for child in _children(layer):
+        for child in children(layer):
             if type(child).__name__ in ("BatchNormalization", "SyncBatchNormalization"):
                 found.append(f"{prefix}{child.name}")
             walk(child, f"{prefix}{child.name}/")
@@ -1046,21 +997,23 @@ class GradcheckResult:
 
 def gradcheck(
     model: Any,
-    sites: Sequence[DenseSite],
+    sites: Sequence[Site],
     loss: Loss,
     inputs: Sequence[np.ndarray],
-    tape_grads: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    tape_grads: Sequence[Sequence[np.ndarray]],
     *,
     coordinates: int,
     seed: int,
     scale: float,
     labels: Sequence[np.ndarray] | None = None,
 ) -> GradcheckResult:
-    """Central differences of the loss in float64 on sampled coordinates of every W and b.
+    """Central differences of the loss in float64 on sampled coordinates of every variable of
+    every entry (any kind).
 
     The model is rebuilt from its config with a float64 dtype policy and the same weights, and
     run in inference mode (Dropout and other randomness off). ``tape_grads`` are the tape's
-    (dL/dW, dL/db) per site on the same inputs; ``scale`` is the loss scale used for them.
+    gradients per site (aligned with ``site.variables``) on the same inputs; ``scale`` is the
+    loss scale used for them.
     Raises ``ValueError`` when the model cannot be rebuilt in float64.
     """
     from gradinspect._tf import tf_modules
@@ -1072,7 +1025,7 @@ def gradcheck(
     except Exception as exc:
         raise ValueError(f"the model cannot be rebuilt in float64 ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    by_path = {s.path: s for s in find_dense_layers(model64)}
+    by_path = {s.path: s for s in find_sites(model64)}
     x64 = [tf.constant(np.asarray(a, dtype=np.float64)) for a in inputs]
     y64 = ([tf.constant(y if np.asarray(y).dtype.kind in "iu" else np.asarray(y, np.float64))
             for y in labels] if labels is not None else None)
@@ -1087,14 +1040,17 @@ def gradcheck(
 
     rng = np.random.default_rng(seed)
     counts, rels, abss = [], [], []
-    for site, (kernel_grad, bias_grad) in zip(sites, tape_grads, strict=True):
+    for site, grads in zip(sites, tape_grads, strict=True):
         twin = by_path.get(site.path)
         if twin is None:
             raise ValueError(f"layer {site.path} not found in the float64 rebuild")
-        pairs = [(_tf_variable(tf, twin.layer.kernel), kernel_grad)]
-        if site.use_bias and bias_grad is not None:
-            pairs.append((_tf_variable(tf, twin.layer.bias), bias_grad))
-        floor = 0.01 * max(float(np.max(np.abs(g))) for _, g in pairs)
+        twin_vars = {v.name: v.variable for v in twin.variables}
+        if set(twin_vars) != {v.name for v in site.variables}:
+            raise ValueError(f"layer {site.path} has other variables in the float64 rebuild")
+        pairs = [(_tf_variable(tf, twin_vars[v.name]), g)
+                 for v, g in zip(site.variables, grads, strict=True)]
+        floor = 0.01 * max((float(np.max(np.abs(g))) for _, g in pairs if np.size(g)),
+                           default=0.0)
         n, worst_rel, worst_abs = 0, 0.0, 0.0
         for variable, tape in pairs:
             flat_size = int(np.prod(variable.shape))
@@ -1129,12 +1085,13 @@ def _tf_variable(tf: Any, variable: Any) -> Any:
     return getattr(variable, "value", variable)
 
 
-def require_dense(model: Any, sites: Sequence[DenseSite], label: str) -> None:
-    """Refuse a model without Dense layers, listing what it has instead."""
+def require_entries(model: Any, sites: Sequence[Site], label: str) -> None:
+    """Refuse a model without trainable variables, listing what it has instead."""
     if sites:
         return
     classes = sorted(set(layer_classes(model))) or ["no layers"]
     raise ModelLoadError(
-        f"{label}: the model has no Dense layer (it has: {', '.join(classes)})",
-        "gradinspect inspects Dense layers; pass a model that contains at least one",
+        f"{label}: the model has no trainable variables (it has: {', '.join(classes)})",
+        "gradinspect inspects layers with trainable weights; pass a model that has some "
+        "(layers with trainable=False are not inspected)",
     )

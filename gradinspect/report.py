@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bumped only on a breaking change of the JSON layout. Added keys do not bump it."""
 
 Shape = tuple[int | None, ...]
@@ -78,28 +78,66 @@ class WeightStats:
     """Shape of the variable."""
     norm: float
     """L2 (Frobenius) norm."""
+    path: str = ""
+    """Keras variable path (``variable.path``), as in ``model.trainable_variables``."""
+
+
+OFFSET_NAMES = ("bias", "beta")
+"""Variables that shift rather than scale (``bias``, ``beta``, ``*_bias``): left out of W in
+||dL/dW|| and ||dL/dW|| / ||W||."""
+
+
+def is_offset(name: str) -> bool:
+    """Whether a variable's short name is an additive offset (see ``OFFSET_NAMES``)."""
+    return name in OFFSET_NAMES or name.endswith("_bias")
 
 
 @dataclass(frozen=True)
 class LayerWeights:
-    """The Dense layer's variables."""
+    """The entry's trainable variables by short name (Dense: ``kernel``, ``bias``)."""
 
-    kernel: WeightStats
-    """The kernel W, shape (in_features, units)."""
-    bias: WeightStats | None
-    """The bias b, shape (units,); ``None`` when the layer has no bias."""
+    variables: Mapping[str, WeightStats | None]
+    """Shape, norm and Keras path of each variable; a Dense layer without bias has
+    ``bias: None``."""
+
+    @property
+    def kernel(self) -> WeightStats | None:
+        """The ``kernel`` variable, if the entry has one."""
+        return self.variables.get("kernel")
+
+    @property
+    def bias(self) -> WeightStats | None:
+        """The ``bias`` variable, if the entry has one."""
+        return self.variables.get("bias")
+
+    def __getitem__(self, name: str) -> WeightStats | None:
+        return self.variables[name]
 
 
 @dataclass(frozen=True)
 class LayerGrads:
-    """The three gradients of the loss the tool makes visible."""
+    """The gradients of the loss the tool makes visible: one per owned variable, and the
+    input's."""
 
-    kernel: GradStats
-    """dL/dW = x^T delta, summed over all calls of the layer."""
-    bias: GradStats | None
-    """dL/db = sum of delta over every axis but the last; ``None`` without bias."""
-    input: GradStats
-    """dL/dinput = delta W^T, over all calls of the layer."""
+    variables: Mapping[str, GradStats | None]
+    """dL/dvariable by short name, summed over all calls (Dense: ``kernel`` = x^T delta,
+    ``bias`` = sum of delta, ``None`` without bias)."""
+    input: GradStats | None
+    """dL/dinput over all calls (Dense: delta W^T); ``None`` when the input is not a float
+    tensor (Embedding ids)."""
+
+    @property
+    def kernel(self) -> GradStats | None:
+        """dL/dkernel, if the entry has a kernel."""
+        return self.variables.get("kernel")
+
+    @property
+    def bias(self) -> GradStats | None:
+        """dL/dbias, if the entry has a bias."""
+        return self.variables.get("bias")
+
+    def __getitem__(self, name: str) -> GradStats | None:
+        return self.input if name == "input" else self.variables[name]
 
 
 @dataclass(frozen=True)
@@ -109,7 +147,8 @@ class ActivationStats:
     name: str
     """Activation name, e.g. ``sigmoid``."""
     source: str
-    """Where the activation lives: ``layer`` (the Dense itself) or the path of a following layer."""
+    """Where the activation lives: ``layer`` (the entry itself) or the path of a following
+    layer."""
     kind: str
     """``saturating``, ``rectifier``, ``softmax``, ``linear`` or ``other``: what is measured."""
     low_grad_fraction: float | None
@@ -202,32 +241,45 @@ class PerSampleStats:
 class GradValues:
     """``--values``: the gradient arrays themselves (numpy arrays; lists in JSON)."""
 
-    kernel: Any
-    """dL/dW, shape (in_features, units)."""
-    bias: Any
-    """dL/db, shape (units,), or ``None`` without bias."""
+    variables: Mapping[str, Any]
+    """dL/dvariable by short name (Dense: ``kernel``, ``bias`` or ``None``)."""
     input: Any
-    """dL/dinput of the first call for the first ``values_samples`` samples."""
+    """dL/dinput of the first call for the first ``values_samples`` samples (``None`` without
+    a float input)."""
     input_samples: int
     """How many samples ``input`` covers."""
+
+    @property
+    def kernel(self) -> Any:
+        return self.variables.get("kernel")
+
+    @property
+    def bias(self) -> Any:
+        return self.variables.get("bias")
 
 
 @dataclass(frozen=True)
 class LayerReport:
-    """Everything gradinspect knows about one Dense layer."""
+    """Everything gradinspect knows about one entry: a layer that owns trainable variables."""
 
     name: str
     """Layer name."""
     path: str
     """Nesting path from the top model, e.g. ``encoder/dense_1``."""
+    kind: str
+    """Layer kind: ``dense``, ``einsum_dense``, ``conv``, ``embedding``, ``recurrent``,
+    ``normalization`` or ``generic``."""
     class_name: str
-    """Python class name (``Dense`` or a subclass)."""
-    activation: str
-    """Name of the Dense layer's own activation (``linear`` when none)."""
-    units: int
-    """Output features."""
+    """Python class name (``Dense``, ``Conv2D``, a subclass or a custom class)."""
+    activation: str | None
+    """The layer's own activation (``linear`` when none); ``None`` for kinds without one."""
+    units: int | None
+    """Units (output features or channels) the activation acts on; ``None`` when the kind has
+    no element-wise activation."""
     use_bias: bool
-    """Whether the layer has a bias."""
+    """Whether the entry owns a ``bias`` variable."""
+    params: int
+    """Trainable parameters the entry owns."""
     calls: int
     """How many times the layer was called in one forward pass (shared layers: > 1)."""
     input_shape: Shape
@@ -235,11 +287,16 @@ class LayerReport:
     output_shape: Shape
     """Output shape, same convention."""
     weights: LayerWeights
-    """Kernel and bias shapes and norms."""
+    """Each variable's shape, norm and Keras path."""
     grads: LayerGrads
-    """dL/dW, dL/db, dL/dinput."""
+    """dL/dvariable for each variable, and dL/dinput."""
+    grad_norm: float
+    """||dL/dθ|| over every variable of the entry."""
+    weight_grad_norm: float
+    """||dL/dW||, W = the entry's variables but the offsets (bias, beta): Dense's kernel."""
     grad_to_weight: float
-    """||dL/dW|| / ||W||: the relative size of one gradient step at learning rate 1."""
+    """||dL/dW|| / ||W||, W as in ``weight_grad_norm``: the relative size of one gradient step
+    at learning rate 1."""
     backward_gain: float
     """||dL/dinput|| / ||dL/doutput||: how much the backward signal grows (>1) or shrinks (<1)."""
     activity: ActivationStats | None
@@ -254,6 +311,34 @@ class LayerReport:
     """``--values``: the gradient arrays; ``None`` when not requested."""
     warnings: tuple[Finding, ...] = ()
     """Findings about this layer."""
+
+
+@dataclass(frozen=True)
+class SkippedInfo:
+    """Trainable parameters that were not inspected."""
+
+    path: str
+    """Layer path (or variable path when no layer owns it)."""
+    class_name: str
+    """Layer class (``?`` when unknown)."""
+    params: int
+    """Trainable parameters left out."""
+    reason: str
+    """Why (a filter, or no layer owning the variable)."""
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the model's trainable parameters the report covers."""
+
+    trainable_params: int
+    """The model's trainable parameters (``model.trainable_variables``)."""
+    inspected_params: int
+    """Parameters owned by the entries in this report."""
+    entries: int
+    """Entries (layers) in this report."""
+    skipped: tuple[SkippedInfo, ...] = ()
+    """Everything not inspected, with the reason."""
 
 
 @dataclass(frozen=True)
@@ -334,6 +419,9 @@ class ChecksInfo:
     per_sample: str | None
     """What the per-sample norms are (gradients of the per-sample loss terms), why they are not
     available (samples interact), or ``None`` when not requested."""
+    verify_note: str | None = None
+    """``--verify``: which kinds have a closed-form check and which do not (``None`` when not
+    requested)."""
 
 
 @dataclass(frozen=True)
@@ -351,11 +439,13 @@ class Report:
     training: bool
     """Whether the pass ran in training mode (Dropout active, BatchNorm on batch statistics)."""
     layers: tuple[LayerReport, ...]
-    """One entry per Dense layer, forward order."""
+    """One entry per layer that owns trainable variables, forward order."""
     warnings: tuple[Finding, ...] = ()
     """Model-level findings."""
     checks: ChecksInfo = ChecksInfo(verify=False, gradcheck=None, per_sample=None)
     """Self-checks requested for this report."""
+    coverage: Coverage | None = None
+    """Trainable parameters inspected and skipped."""
     schema_version: int = SCHEMA_VERSION
     """JSON layout version."""
 
@@ -364,7 +454,7 @@ class Report:
             if key in (layer.path, layer.name):
                 return layer
         known = ", ".join(layer.path for layer in self.layers)
-        raise KeyError(f"no Dense layer named {key!r}; layers: {known}")
+        raise KeyError(f"no entry named {key!r}; entries: {known}")
 
     def __iter__(self) -> Iterator[LayerReport]:
         return iter(self.layers)
@@ -390,6 +480,7 @@ class Report:
             "data": _plain(self.data),
             "loss": _plain(self.loss),
             "training": self.training,
+            "coverage": _plain(self.coverage),
             "layers": [_layer_dict(layer) for layer in self.layers],
             "warnings": [_plain(f) for f in self.warnings],
             "checks": _plain(self.checks),
@@ -425,8 +516,15 @@ _RENAMED = {"class_name": "class"}
 def _layer_dict(layer: LayerReport) -> dict[str, Any]:
     out = _plain(layer)
     assert isinstance(out, dict)
+    # flat, keyed by variable short name: Dense keeps schema 1's kernel/bias/input keys
+    out["weights"] = _plain(layer.weights.variables)
+    out["grads"] = {**_plain(layer.grads.variables), "input": _plain(layer.grads.input)}
     if layer.values is None:
         del out["values"]  # present only when asked for: arrays can be large
+    else:
+        v = layer.values
+        out["values"] = {**_plain(v.variables), "input": _plain(v.input),
+                         "input_samples": v.input_samples}
     return out
 
 

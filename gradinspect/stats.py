@@ -7,6 +7,7 @@ is what lets the probe stream data batch by batch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,11 +128,31 @@ def grad_stats(array: npt.ArrayLike) -> GradStats:
     return TensorAccumulator().update(array).result()
 
 
-def weight_stats(array: npt.ArrayLike) -> WeightStats:
+def weight_stats(array: npt.ArrayLike, path: str = "") -> WeightStats:
     """Shape and L2 norm of a weight tensor."""
     a = np.asarray(array, dtype=np.float64)
     flat = a.ravel()
-    return WeightStats(shape=tuple(a.shape), norm=math.sqrt(sum_of_squares(flat)))
+    return WeightStats(shape=tuple(a.shape), norm=math.sqrt(sum_of_squares(flat)), path=path)
+
+
+def combined(stats: Sequence[GradStats]) -> GradStats:
+    """The summary of several tensors taken as one flat vector (an entry's variables):
+    norms add in squares, means weight by entry counts, NaN/Inf counts add."""
+    counts = [int(np.prod([d or 0 for d in g.shape], dtype=np.int64)) if g.shape else 1
+              for g in stats]
+    total = sum(counts)
+    nan = sum(g.nan for g in stats)
+    sumsq = sum(g.norm ** 2 for g in stats)
+    finite_max = [g.max_abs for g in stats if not math.isnan(g.max_abs)]
+    return GradStats(
+        shape=(total,),
+        norm=math.nan if nan else math.sqrt(sumsq),
+        max_abs=max(finite_max, default=math.nan if nan else 0.0),
+        mean_abs=sum(g.mean_abs * n for g, n in zip(stats, counts, strict=True)) / total
+        if total else 0.0,
+        nan=nan,
+        inf=sum(g.inf for g in stats),
+    )
 
 
 def safe_ratio(num: float, den: float) -> float:

@@ -14,6 +14,7 @@ from hypothesis.extra.numpy import arrays
 
 import gradinspect
 from gradinspect.checks import VerifyAccumulator, per_sample_stats
+from gradinspect.engine.adapters.base import DenseView
 from gradinspect.probe import _per_sample_sq
 from gradinspect.report import Severity
 
@@ -21,27 +22,36 @@ small = st.floats(-3, 3, allow_nan=False, width=32)
 
 
 @given(
-    st.integers(1, 4), st.integers(1, 3), st.integers(1, 4), st.integers(1, 4),
-    st.integers(1, 2), st.booleans(), st.data(),
+    st.integers(1, 4), st.integers(1, 3), st.integers(1, 4), st.integers(1, 2),
+    st.integers(1, 3), st.integers(1, 2), st.booleans(), st.data(),
 )
 def test_per_sample_norm_formulas_equal_explicit_outer_products(
-    tfk: Any, batch: int, rows: int, n_in: int, n_out: int, calls: int, bias: bool, data: Any
+    tfk: Any, batch: int, rows: int, n_in: int, o1: int, o2: int, calls: int, bias: bool,
+    data: Any
 ) -> None:
+    """Per-sample ||dl_i/dW||^2 (+ ||dl_i/db||^2) from the step's formulas, against explicit
+    per-sample outer products; the output may have two axes (an EinsumDense) with a bias over
+    any subset of them."""
     tf, _ = tfk
+    out_dims = (o1, o2) if data.draw(st.booleans()) else (o1 * o2,)
+    n_out = o1 * o2
+    bias_axes = tuple(k for k in range(len(out_dims)) if data.draw(st.booleans()))
+    view = DenseView(n_in=n_in, n_out=n_out, out_dims=out_dims, bias_axes=bias_axes)
     rank3 = rows > 1 or calls > 1
     shape_x = (batch, rows, n_in) if rank3 else (batch, n_in)
-    shape_d = (batch, rows, n_out) if rank3 else (batch, n_out)
+    shape_d = (batch, rows, *out_dims) if rank3 else (batch, *out_dims)
     xs = [data.draw(arrays(np.float64, shape_x, elements=small)) for _ in range(calls)]
     ds = [data.draw(arrays(np.float64, shape_d, elements=small)) for _ in range(calls)]
     got = _per_sample_sq(tf, [tf.constant(x) for x in xs], [tf.constant(d) for d in ds],
-                         bias).numpy()
+                         view if bias else None, n_in, n_out).numpy()
+    other = tuple(k for k in range(len(out_dims)) if k not in bias_axes)
     for i in range(batch):
         gw = sum(x[i].reshape(-1, n_in).T @ d[i].reshape(-1, n_out) for x, d in zip(xs, ds,
                                                                                    strict=True))
         want = float(np.sum(gw * gw))
         if bias:
-            gb = sum(d[i].reshape(-1, n_out).sum(axis=0) for d in ds)
-            want += float(np.sum(gb * gb))
+            gb = sum(d[i].reshape(-1, *out_dims).sum(axis=0).sum(axis=other) for d in ds)
+            want += float(np.sum(np.square(gb)))
         assert got[i] == pytest.approx(want, rel=1e-9, abs=1e-9)
 
 
@@ -126,7 +136,11 @@ def test_per_sample_refused_when_batchnorm_mixes_samples(tfk: Any) -> None:
     assert "batch_normalization" in report.checks.per_sample
     assert all(layer.per_sample is None for layer in report.layers)
     inference = gradinspect.inspect(model, x, per_sample=True)
-    assert all(layer.per_sample is not None for layer in inference.layers)
+    assert all(layer.per_sample is not None for layer in inference.layers
+               if layer.kind == "dense")
+    assert [ly.per_sample for ly in inference.layers if ly.kind == "normalization"] == [None]
+    assert inference.checks.per_sample is not None
+    assert "not available for normalization" in inference.checks.per_sample
 
 
 @given(arch=archs(), loss=st.sampled_from(["sum", "mean"]))

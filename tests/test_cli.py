@@ -43,10 +43,15 @@ G_KEYS = {"shape", "norm", "max_abs", "mean_abs", "nan", "inf"}
 
 
 def validate_schema(doc: dict[str, Any]) -> None:
-    """The documented schema-1 keys, with their types."""
+    """The documented schema-2 keys, with their types (Dense entries keep schema 1's)."""
     assert list(doc)[:1] == ["schema_version"]
-    assert doc["schema_version"] == 1
-    assert set(doc) >= {"schema_version", "tool", "model", "data", "loss", "layers", "warnings"}
+    assert doc["schema_version"] == 2
+    assert set(doc) >= {"schema_version", "tool", "model", "data", "loss", "coverage", "layers",
+                        "warnings"}
+    coverage = doc["coverage"]
+    assert set(coverage) == {"trainable_params", "inspected_params", "entries", "skipped"}
+    assert coverage["entries"] == len(doc["layers"])
+    assert coverage["inspected_params"] == sum(ly["params"] for ly in doc["layers"])
     assert doc["tool"]["name"] == "gradinspect"
     assert isinstance(doc["tool"]["version"], str)
     assert set(doc["model"]) >= {"path", "format", "name"}
@@ -57,18 +62,23 @@ def validate_schema(doc: dict[str, Any]) -> None:
     assert set(doc["loss"]) >= {"name", "reduction", "value"}
     assert doc["loss"]["reduction"] in {"sum", "mean"}
     for layer in doc["layers"]:
-        assert set(layer) >= {"name", "path", "class", "activation", "units", "use_bias",
-                              "calls", "input_shape", "output_shape", "weights", "grads",
-                              "warnings"}
-        assert set(layer["weights"]["kernel"]) == {"shape", "norm"}
-        assert (layer["weights"]["bias"] is None) == (not layer["use_bias"])
-        assert set(layer["grads"]) == {"kernel", "bias", "input"}
-        for key in ("kernel", "input"):
+        assert set(layer) >= {"name", "path", "kind", "class", "activation", "units",
+                              "use_bias", "params", "calls", "input_shape", "output_shape",
+                              "weights", "grads", "grad_norm", "weight_grad_norm",
+                              "grad_to_weight", "backward_gain", "warnings"}
+        variables = {k for k, w in layer["weights"].items() if w is not None}
+        assert set(layer["grads"]) - {"input"} == set(layer["weights"])
+        assert layer["params"] == sum(int(np.prod(layer["weights"][k]["shape"]))
+                                      for k in variables)
+        for key in variables:
+            assert set(layer["weights"][key]) == {"shape", "norm", "path"}
             assert set(layer["grads"][key]) == G_KEYS
-        if layer["use_bias"]:
-            assert set(layer["grads"]["bias"]) == G_KEYS
-        else:
-            assert layer["grads"]["bias"] is None
+        if layer["grads"]["input"] is not None:
+            assert set(layer["grads"]["input"]) == G_KEYS
+        if layer["kind"] == "dense":  # schema 1's layout, unchanged
+            assert set(layer["grads"]) == {"kernel", "bias", "input"}
+            assert (layer["weights"]["bias"] is None) == (not layer["use_bias"])
+            assert (layer["grads"]["bias"] is None) == (not layer["use_bias"])
         for finding in layer["warnings"]:
             assert set(finding) >= {"code", "severity", "message", "hint"}
     for finding in doc["warnings"]:

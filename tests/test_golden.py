@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
-@pytest.mark.parametrize("name", ["seed_a", "seed_b", "seed_c", "mnist_mlp"])
+@pytest.mark.parametrize("name", ["seed_a", "seed_b", "seed_c", "mnist_mlp", "cnn_small"])
 def test_table_matches_golden(name: str, update_golden: bool, monkeypatch: pytest.MonkeyPatch,
                               tfk: object) -> None:
     monkeypatch.chdir(ROOT)

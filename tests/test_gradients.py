@@ -42,6 +42,11 @@ def _capture(model: Any, inputs: list[np.ndarray], loss: str) -> tuple[list[Any]
     return sites, cap, sums
 
 
+def _kernel_bias(sums: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+    """A Dense site's gradient sums as (dL/dW, dL/db or None): its variables are kernel[, bias]."""
+    return sums[0], (sums[1] if len(sums) > 1 else None)
+
+
 def _flat(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float64).reshape(-1, a.shape[-1])
 
@@ -58,7 +63,9 @@ def test_gradients_match_plain_tape_and_closed_form(tfk: Any, arch: Arch, loss: 
     sites, cap, sums = _capture(model, inputs, loss)
     assert {s.name for s in sites} >= {f"d{i}" for i in range(len(arch.widths))}
 
-    for site, layer, (kernel_grad, bias_grad) in zip(sites, cap.layers, sums, strict=True):
+    for site, layer, site_sums in zip(sites, cap.layers, sums, strict=True):
+        kernel_grad, bias_grad = _kernel_bias(site_sums)
+        assert [v.name for v in site.variables] == ["kernel", "bias"][:len(site_sums)]
         name = site.path
         kernel = np.asarray(layer.kernel, dtype=np.float64)
         # 1. against the plain tape on the twin
@@ -201,7 +208,8 @@ def test_gradient_sums_accumulate_in_float64_on_the_device(tfk: Any, compiled: b
     with Probe(model, sites, get_loss("sum"), compiled=compiled) as probe:
         for value in (1e8, 1.0, 1.0):
             probe.step([np.full((1, 2), value, np.float32)], None, 1.0)
-        (kernel_grad, bias_grad), = probe.gradient_sums()
+        (site_sums,) = probe.gradient_sums()
+        kernel_grad, bias_grad = _kernel_bias(site_sums)
         assert kernel_grad.dtype == np.float64
         assert kernel_grad.ravel().tolist() == [1e8 + 2, 1e8 + 2]
         assert bias_grad is None

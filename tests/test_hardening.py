@@ -198,16 +198,26 @@ def test_content_decides_the_format_not_the_extension(tmp_path: Path) -> None:
     assert a.layers[0].grads.kernel.norm == pytest.approx(b.layers[0].grads.kernel.norm)
 
 
-def test_model_without_dense_is_explained(tmp_path: Path, tfk: Any) -> None:
+def test_model_without_trainable_variables_is_explained(tmp_path: Path, tfk: Any) -> None:
     _, keras = tfk
-    model = keras.Sequential([keras.Input((4, 3)), keras.layers.Conv1D(2, 2),
-                              keras.layers.Flatten()])
-    model.save(tmp_path / "conv.keras")
+    frozen = keras.layers.Conv1D(2, 2)
+    model = keras.Sequential([keras.Input((4, 3)), frozen, keras.layers.Flatten()])
+    frozen.trainable = False
+    model.save(tmp_path / "frozen.keras")
     np.save(tmp_path / "x.npy", np.ones((2, 4, 3), np.float32))
-    result = runner.invoke(cli.app, [str(tmp_path / "conv.keras"), str(tmp_path / "x.npy")])
+    result = runner.invoke(cli.app, [str(tmp_path / "frozen.keras"), str(tmp_path / "x.npy")])
     assert result.exit_code == ExitStatus.MODEL_ERROR
-    assert "no Dense layer" in result.stderr
+    assert "no trainable variables" in result.stderr
     assert "Conv1D" in result.stderr
+    assert "Traceback" not in result.stderr
+    frozen.trainable = True  # the same model without Dense layers is inspected in full
+    model.save(tmp_path / "conv.keras")
+    result = runner.invoke(cli.app, [str(tmp_path / "conv.keras"), str(tmp_path / "x.npy"),
+                                     "--json"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert [ly["kind"] for ly in doc["layers"]] == ["conv"]
+    assert doc["coverage"]["inspected_params"] == doc["coverage"]["trainable_params"] == 14
 
 
 def test_unreadable_file_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -85,22 +85,20 @@ def test_keras2_h5_gradients_match_keras2_tape(tfk: Any, tmp_path: Path, name: s
                                                                     strict=True)})
     with tf.GradientTape() as tape:
         total = tf.reduce_sum(model([tf.constant(a) for a in xs] if len(xs) > 1 else xs[0]))
-    dense_vars = [v for v in model.trainable_variables if "kernel" in v.name or "bias" in
-                  v.name]
-    grads = dict(zip((v.name for v in dense_vars), tape.gradient(total, dense_vars),
+    variables = model.trainable_variables
+    grads = dict(zip((v.name for v in variables), tape.gradient(total, variables),
                      strict=True))
 
     report = gradinspect.inspect_files(path, data)
     assert report.model.format == "h5"
     assert report.loss.value == pytest.approx(float(total), rel=1e-5)
-    for layer in report.layers:
-        want = grads[f"{layer.name}/kernel:0"].numpy().astype(np.float64)
-        assert layer.grads.kernel.norm == pytest.approx(np.linalg.norm(want), rel=1e-5,
-                                                        abs=1e-7)
-        if layer.grads.bias is not None:
-            want_b = grads[f"{layer.name}/bias:0"].numpy().astype(np.float64)
-            assert layer.grads.bias.norm == pytest.approx(np.linalg.norm(want_b), rel=1e-5,
-                                                          abs=1e-7)
-    n_dense = len({v.name.split("/")[0] for v in dense_vars})
-    assert len(report.layers) == n_dense
+    for layer in report.layers:  # every variable of every entry, Dense or not
+        for short, g in layer.grads.variables.items():
+            if g is None:
+                continue
+            want = grads[f"{layer.name}/{short}:0"].numpy().astype(np.float64)
+            assert g.norm == pytest.approx(np.linalg.norm(want), rel=1e-5, abs=1e-7), short
+    assert report.coverage is not None
+    assert report.coverage.inspected_params == report.coverage.trainable_params == sum(
+        int(np.prod(v.shape)) for v in model.trainable_variables)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, "model file was modified"

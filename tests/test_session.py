@@ -67,7 +67,7 @@ def test_api_on_a_live_model_matches_the_cli(tfk: Any, tmp_path: Path) -> None:
     assert report["mid"].grads.kernel.norm == pytest.approx(float(np.linalg.norm(grad)),
                                                            rel=1e-5)
     assert [ly.path for ly in report] == ["hidden", "mid", "logits"]
-    with pytest.raises(KeyError, match="no Dense layer named 'nope'"):
+    with pytest.raises(KeyError, match="no entry named 'nope'"):
         report["nope"]
     model.save(tmp_path / "m.keras")
     np.save(tmp_path / "x.npy", X)
@@ -76,7 +76,13 @@ def test_api_on_a_live_model_matches_the_cli(tfk: Any, tmp_path: Path) -> None:
     api_doc = json.loads(report.to_json())
     assert api_doc == report.to_dict()
     # the CLI runs one small batch eagerly, the API a compiled step: same figures up to float
-    # rounding of a different op order
+    # rounding of a different op order. Keras names an in-process model's variables after the
+    # model (mlp/hidden/kernel), the loaded copy's without it (hidden/kernel).
+    for layer in api_doc["layers"]:
+        for w in layer["weights"].values():
+            if w is not None:
+                assert w["path"] == f"mlp/{layer['path']}/{w['path'].rsplit('/', 1)[-1]}"
+                w["path"] = w["path"].removeprefix("mlp/")
     assert_close_tree(api_doc["layers"], cli_doc["layers"])
     assert api_doc["model"]["format"] == "live"
     text = io.StringIO()
@@ -111,7 +117,7 @@ def test_callback_records_during_a_real_fit(tfk: Any, tmp_path: Path) -> None:
     steps = [r["step"] for r in lines]
     assert steps == [0, 7, 14, 21, 28, 35]  # 40 batches in all, every 7, plus the start
     assert [r["epoch"] for r in lines] == [0, 0, 0, 1, 1, 1]
-    assert all(r["report"]["schema_version"] == 1 for r in lines)
+    assert all(r["report"]["schema_version"] == 2 for r in lines)
     assert lines[0]["report"]["loss"]["source"] == "compiled"
     first = [ln for ln in stream.getvalue().splitlines() if "dead_units" in ln]
     assert len(first) == 1, stream.getvalue()
@@ -225,4 +231,38 @@ def test_layer_focus_and_values(tfk: Any, tmp_path: Path) -> None:
     assert "gradient flow" in table.stdout
     none = runner.invoke(cli.app, [*args, "--layer", "conv*"])
     assert none.exit_code == ExitStatus.USAGE
-    assert "hidden, mid, logits" in none.stderr
+    assert "hidden (dense), mid (dense), logits (dense)" in none.stderr
+
+
+def _as_schema_1(doc: dict[str, Any]) -> dict[str, Any]:
+    """A schema-2 report of a Dense-only model written back in schema 1's layout, as 0.1
+    wrote it (no kind, params, coverage, variable paths or grad_norm keys)."""
+    old = {k: v for k, v in doc.items() if k != "coverage"}
+    old["schema_version"] = 1
+    old["layers"] = []
+    for layer in doc["layers"]:
+        assert layer["kind"] == "dense"
+        entry = {k: v for k, v in layer.items()
+                 if k not in ("kind", "params", "grad_norm", "weight_grad_norm")}
+        entry["weights"] = {k: None if w is None else {"shape": w["shape"], "norm": w["norm"]}
+                            for k, w in layer["weights"].items()}
+        old["layers"].append(entry)
+    return old
+
+
+def test_diff_reads_schema_1_and_schema_2_reports(tfk: Any) -> None:
+    _, keras = tfk
+    model = mlp(keras)
+    before = gradinspect.inspect(model, X).to_dict()
+    after = gradinspect.inspect(model, X * 3).to_dict()
+    mixed = diff_reports(_as_schema_1(before), after)
+    same = diff_reports(before, after)
+    assert mixed.layers == same.layers
+    for layer in same.layers:
+        figures = {f.name: f for f in layer.figures}
+        kernel, weight = figures["grad_kernel_norm"], figures["grad_weight_norm"]
+        assert weight.a == kernel.a  # Dense: ||dL/dW|| is the kernel's
+        assert weight.b == kernel.b
+        assert weight.a is not None
+    with pytest.raises(DataError, match="schema 3 is not supported"):
+        diff_reports({**before, "schema_version": 3}, after)

@@ -15,7 +15,7 @@ from gradinspect.render.table import fmt
 if TYPE_CHECKING:
     from gradinspect.diff import FigureChange, ReportDiff
 
-SHOWN = (("grad_kernel_norm", "‖∂L/∂W‖"), ("grad_input_norm", "‖∂L/∂x‖"),
+SHOWN = (("grad_weight_norm", "‖∂L/∂W‖"), ("grad_input_norm", "‖∂L/∂x‖"),
          ("grad_to_weight", "‖∂W‖/‖W‖"), ("low_grad_fraction", "low act′"))
 
 

@@ -24,7 +24,8 @@ def _log10(value: float) -> float | None:
 
 def flow_values(report: Report) -> list[tuple[str, float | None, float | None]]:
     """(layer path, log10 ||dL/dW||, log10 ||dL/dinput||) in forward order."""
-    return [(ly.path, _log10(ly.grads.kernel.norm), _log10(ly.grads.input.norm))
+    return [(ly.path, _log10(ly.weight_grad_norm),
+             _log10(ly.grads.input.norm) if ly.grads.input is not None else None)
             for ly in report.layers]
 
 
@@ -57,6 +58,9 @@ def flow_renderable(report: Report, width: int = 40) -> RenderableType:
         mark = Text(MARK[worst], style=STYLE[worst]) if worst else Text(" ")
         table.add_row(mark, Text(path, style="bold"), Text("∂W", style="dim"),
                       Text.assemble(bar(w, "green"), f" {w:+.2f}" if w is not None else ""))
+        if layer.grads.input is None:
+            table.add_row("", "", Text("∂x", style="dim"), Text("(no float input)", style="dim"))
+            continue
         table.add_row("", "", Text("∂x", style="dim"),
                       Text.assemble(bar(x, "blue"), f" {x:+.2f}" if x is not None else ""))
     title = Text(f"gradient flow: log10 norms, scale {low:+.0f} … {high:+.0f}  "

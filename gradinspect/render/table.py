@@ -1,5 +1,6 @@
-"""Report -> rich renderables: a header, one row per Dense layer, a gradient detail table and the
-findings with their hints. Readable at 100 columns; colour is only decoration."""
+"""Report -> rich renderables: a header with the coverage line, one row per entry (a layer that
+owns trainable variables), a gradient detail table and the findings with their hints. Readable
+at 100 columns; colour is only decoration. Text from files (names, paths) is never markup."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ SEVERITY_STYLE = {Severity.INFO: "cyan", Severity.WARNING: "yellow", Severity.ER
 STATUS_LABEL = {Severity.INFO: "info", Severity.WARNING: "warn", Severity.ERROR: "ERROR"}
 
 
-def fmt(value: float | None) -> str:
-    """Four significant digits; ``nan``/``inf`` spelled out; ``-`` for no value."""
+def fmt(value: float | None, digits: int = 4) -> str:
+    """``digits`` significant digits; ``nan``/``inf`` spelled out; ``-`` for no value."""
     if value is None:
         return "-"
     if math.isnan(value):
@@ -27,7 +28,9 @@ def fmt(value: float | None) -> str:
         return "inf" if value > 0 else "-inf"
     if value == 0:
         return "0"
-    return f"{value:.4g}"
+    if digits < 4 and 1e-3 <= abs(value) < 1e5:  # short columns: 1778, 24.8, 0.00315
+        return f"{value:.{max(0, digits - 1 - math.floor(math.log10(abs(value))))}f}"
+    return f"{value:.{digits}g}"
 
 
 def fmt_shape(shape: Shape) -> str:
@@ -57,7 +60,40 @@ def _header(report: Report) -> Text:
         text.append(f"note: {note}\n", style="yellow")
     text.append(f"loss {loss.name} = {fmt(loss.value)}, {reduction} over {data.samples} samples; ")
     text.append("training mode" if report.training else "inference mode")
+    coverage = report.coverage
+    if coverage is not None:
+        text.append(f"\ninspected {coverage.inspected_params:,} of "
+                    f"{coverage.trainable_params:,} trainable parameters in "
+                    f"{coverage.entries} layers")
+        if coverage.skipped:
+            reasons: dict[str, list[str]] = {}
+            for s in coverage.skipped:
+                reasons.setdefault(s.reason, []).append(s.path)
+            for reason, paths in reasons.items():
+                shown = ", ".join(paths[:6]) + (f" +{len(paths) - 6} more" if len(paths) > 6
+                                                 else "")
+                text.append(f"\nskipped ({reason}): {shown}", style="yellow")
     return text
+
+
+KIND_LABEL = {"dense": "dense", "einsum_dense": "einsum", "conv": "conv", "embedding": "embed",
+              "recurrent": "rnn", "normalization": "norm", "generic": "other"}
+"""Short labels for the summary table's kind column (the JSON spells kinds out)."""
+
+
+def _main_shape(layer: LayerReport) -> str:
+    """The shape of the entry's first non-offset variable (Dense: the kernel)."""
+    from gradinspect.report import is_offset
+
+    for name, w in layer.weights.variables.items():
+        if w is not None and not is_offset(name):
+            return fmt_shape(w.shape)
+    first = next((w for w in layer.weights.variables.values() if w is not None), None)
+    return fmt_shape(first.shape) if first is not None else "-"
+
+
+def _grad_label(name: str) -> str:
+    return {"kernel": "∂L/∂W", "bias": "∂L/∂b"}.get(name, f"∂L/∂{name}")
 
 
 def _layer_label(layer: LayerReport) -> str:
@@ -65,32 +101,42 @@ def _layer_label(layer: LayerReport) -> str:
 
 
 def summary_table(report: Report) -> Table:
-    """One row per Dense layer, forward order."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=None, expand=False)
+    """One row per entry, forward order. ‖∂L/∂W‖ is over the entry's variables but the offsets
+    (bias, beta): a Dense layer's kernel."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=None, expand=False,
+                  collapse_padding=True)
     table.add_column("#", justify="right", style="dim")
-    table.add_column("layer", overflow="fold")
-    table.add_column("act")
-    table.add_column("kernel", justify="right")
-    table.add_column("‖∂L/∂W‖", justify="right")
-    table.add_column("‖∂L/∂b‖", justify="right")
-    table.add_column("‖∂L/∂x‖", justify="right")
-    table.add_column("‖∂W‖/‖W‖", justify="right")
-    table.add_column("gain", justify="right")
-    table.add_column("status")
+    table.add_column("layer", overflow="fold", min_width=16)
+    table.add_column("kind")
+    table.add_column("act", overflow="ellipsis", max_width=8, no_wrap=True)
+    table.add_column("W", justify="right", overflow="ellipsis", max_width=11, no_wrap=True)
+    table.add_column("‖∂L/∂W‖", justify="right", no_wrap=True)
+    table.add_column("‖∂L/∂x‖", justify="right", no_wrap=True)
+    table.add_column("‖∂W‖/‖W‖", justify="right", no_wrap=True)
+    table.add_column("gain", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True, min_width=6)
     for i, layer in enumerate(report.layers):
         table.add_row(
             str(i),
-            _layer_label(layer),
-            layer.activation,
-            fmt_shape(layer.weights.kernel.shape),
-            fmt(layer.grads.kernel.norm),
-            fmt(layer.grads.bias.norm) if layer.grads.bias else "-",
-            fmt(layer.grads.input.norm),
-            fmt(layer.grad_to_weight),
-            fmt(layer.backward_gain),
+            Text(_layer_label(layer)),
+            KIND_LABEL.get(layer.kind, layer.kind),
+            _act_label(layer),
+            _main_shape(layer),
+            fmt(layer.weight_grad_norm, 3),
+            fmt(layer.grads.input.norm, 3) if layer.grads.input is not None else "-",
+            fmt(layer.grad_to_weight, 3),
+            fmt(layer.backward_gain, 3),
             _status(layer),
         )
     return table
+
+
+def _act_label(layer: LayerReport) -> str:
+    """The activation measured (a following activation layer's, marked →), else the layer's
+    own; empty for kinds without one."""
+    if layer.activity is not None and layer.activity.source != "layer":
+        return f"→{layer.activity.name}"
+    return layer.activation or ""
 
 
 def detail_table(report: Report) -> Table:
@@ -106,8 +152,7 @@ def detail_table(report: Report) -> Table:
     table.add_column("Inf", justify="right")
     for layer in report.layers:
         rows: Sequence[tuple[str, GradStats | None]] = (
-            ("∂L/∂W", layer.grads.kernel),
-            ("∂L/∂b", layer.grads.bias),
+            *((_grad_label(name), g) for name, g in layer.grads.variables.items()),
             ("∂L/∂x", layer.grads.input),
         )
         first = True
@@ -115,7 +160,7 @@ def detail_table(report: Report) -> Table:
             if g is None:
                 continue
             table.add_row(
-                layer.path if first else "",
+                Text(layer.path) if first else "",
                 label,
                 fmt_shape(g.shape),
                 fmt(g.norm),
@@ -145,7 +190,7 @@ def checks_table(report: Report) -> Table | None:
         table.add_column("GSNR", justify="right")
         table.add_column("outliers", overflow="fold")
     for layer in report.layers:
-        row: list[Text | str] = [layer.path]
+        row: list[Text | str] = [Text(layer.path)]
         if checks.verify:
             v = layer.verify
             row.append(Text(fmt(v.worst_rel_error), style="" if v.ok else "bold red")
@@ -169,6 +214,8 @@ def checks_table(report: Report) -> Table | None:
 
 def _check_notes(report: Report) -> Text | None:
     notes = []
+    if report.checks.verify_note:
+        notes.append(f"verify: {report.checks.verify_note}")
     if report.checks.gradcheck:
         notes.append(f"gradcheck: {report.checks.gradcheck}")
     if report.checks.per_sample:
@@ -207,7 +254,8 @@ def values_renderable(report: Report) -> RenderableType | None:
         v = layer.values
         if v is None:
             continue
-        for label, array in (("∂L/∂W", v.kernel), ("∂L/∂b", v.bias), ("∂L/∂x", v.input)):
+        arrays = [*((_grad_label(n), a) for n, a in v.variables.items()), ("∂L/∂x", v.input)]
+        for label, array in arrays:
             if array is None:
                 continue
             a = np.asarray(array)
@@ -219,9 +267,20 @@ def values_renderable(report: Report) -> RenderableType | None:
     return Group(*parts) if parts else None
 
 
-def report_renderable(report: Report, details: bool = True) -> RenderableType:
-    """Everything the table format prints, as one rich renderable."""
+DETAILS_UP_TO = 30
+"""With more entries than this, the detail table is left out unless asked for (``--details``):
+a 100-layer CNN would print 300 rows of it."""
+
+
+def report_renderable(report: Report, details: bool | None = None) -> RenderableType:
+    """Everything the table format prints, as one rich renderable. ``details``: the detail
+    table; ``None`` = only for reports of at most ``DETAILS_UP_TO`` entries."""
     parts: list[RenderableType] = [_header(report), summary_table(report)]
+    if details is None:
+        details = len(report.layers) <= DETAILS_UP_TO
+        if not details:
+            parts.append(Text(f"(detail table left out for {len(report.layers)} entries: "
+                              "--details shows it, --json has every figure)", style="dim"))
     if details:
         parts.append(detail_table(report))
     checks = checks_table(report)
@@ -242,9 +301,8 @@ def report_renderable(report: Report, details: bool = True) -> RenderableType:
     return Group(*parts)
 
 
-def render_table(report: Report, width: int = 100, color: bool = False, details: bool = True) -> (
-    str
-):
+def render_table(report: Report, width: int = 100, color: bool = False,
+                 details: bool | None = None) -> str:
     """The table format as a string (fixed width, optionally without colour)."""
     console = Console(
         width=width, record=False, color_system="standard" if color else None,
