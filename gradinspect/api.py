@@ -215,6 +215,7 @@ def run_inspection(
         loaded.compile_config,
         [o.name for o in loaded.outputs],
         has_labels=data.labels is not None,
+        custom_objects=loaded.custom_objects,
     )
     label_notes: list[str] = []
     label_prep = prepare_labels(loss, loaded, data, label_notes)
@@ -776,7 +777,7 @@ def inspect_files(
     load = load or LoadOptions()
     custom = import_custom_objects(load.custom_objects) if load.custom_objects else None
     loaded = load_model(model_path, unsafe=load.unsafe, custom_objects=custom,
-                        weights=load.weights)
+                        weights=load.weights, max_model_bytes=load.max_model_bytes)
     data = load_data(data_path, loaded.inputs, options.samples, labels_path=labels_path,
                      outputs=loaded.outputs)
     try:

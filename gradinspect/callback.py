@@ -13,6 +13,7 @@ from typing import IO, Any
 
 from gradinspect._tf import tf_modules
 from gradinspect.config import Thresholds
+from gradinspect.plaintext import plain
 from gradinspect.report import Report
 
 _, _keras = tf_modules()
@@ -115,6 +116,6 @@ class GradInspectCallback(_keras.callbacks.Callback):  # type: ignore[misc,name-
                 continue
             self._seen.add(key)
             stream.write(f"gradinspect: epoch {self.epoch + 1} step {self.step}: first "
-                         f"{finding.code} ({finding.severity.value}) at {where}: "
-                         f"{finding.message}\n")
+                         f"{finding.code} ({finding.severity.value}) at {plain(where)}: "
+                         f"{plain(finding.message)}\n")
         stream.flush()

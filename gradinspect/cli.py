@@ -23,6 +23,7 @@ from rich.console import Console
 from gradinspect import __version__
 from gradinspect.config import InspectOptions, LoadOptions, Thresholds
 from gradinspect.errors import ExitStatus, GradInspectError, OutputError, UsageError
+from gradinspect.plaintext import plain
 from gradinspect.render import OutputFormat
 from gradinspect.report import Report, Severity
 
@@ -103,7 +104,7 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**
                "t": 1000**4, "tb": 1000**4, "tib": 1 << 40}
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, option: str = "--memory-budget") -> int:
     """``1GiB``, ``512MiB``, ``2G``, ``1e9``: a size in bytes (a whole number, at least 1)."""
     raw = text.strip().lower().replace(" ", "")
     number = raw.rstrip("kmgtib")
@@ -113,7 +114,7 @@ def parse_size(text: str) -> int:
     except ValueError:
         value = -1.0
     if unit not in _SIZE_UNITS or not value >= 1 or value * _SIZE_UNITS[unit] > 1 << 62:
-        raise UsageError(f"--memory-budget {text!r} is not a size",
+        raise UsageError(f"{option} {text!r} is not a size",
                          "give bytes or a number with a unit: 512MiB, 2GiB, 1e9")
     return int(value * _SIZE_UNITS[unit])
 
@@ -263,8 +264,22 @@ def run(config: CliConfig) -> ExitStatus:
 
 
 def _fail(message: str, status: ExitStatus) -> NoReturn:
-    stderr.print(f"[bold red]gradinspect:[/] {message}", markup=True, soft_wrap=True)
+    """One line on stderr and the exit code. The message carries file names and text from
+    files: it is printed as plain text (no markup), control characters escaped."""
+    from rich.text import Text
+
+    stderr.print(Text.assemble(("gradinspect:", "bold red"), " ", plain(message)),
+                 soft_wrap=True, highlight=False)
     raise SystemExit(int(status))
+
+
+def _internal(exc: Exception, show_traceback: bool) -> NoReturn:
+    """The last line of defence: one line, never a bare traceback."""
+    if show_traceback:
+        traceback.print_exc()
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    _fail(f"internal error: {type(exc).__name__}: {first} (rerun with --traceback and report "
+          "it)", ExitStatus.RUN_ERROR)
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -286,8 +301,12 @@ def inspect(
         "losses (repeatable). Nothing is imported implicitly.")] = None,
     unsafe: Annotated[bool, typer.Option(
         "--unsafe", "--trust-model",
-        help="Load models whose config runs Python code (Lambda layers). Only for files you "
-        "trust.")] = False,
+        help="Load models whose config runs code or reads other files (Lambda, TFSMLayer, "
+        "file vocabularies, modules outside Keras). Only for files you trust.")] = False,
+    max_model_bytes: Annotated[str | None, typer.Option(
+        metavar="SIZE", show_default=False,
+        help="Refuse a model whose weights need more than SIZE (2GiB ...) [default: the "
+        "memory available].")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout "
                                            "instead of tables.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON "
@@ -381,7 +400,9 @@ def inspect(
             data=data,
             labels=labels,
             load=LoadOptions(unsafe=unsafe, custom_objects=tuple(custom_objects or ()),
-                             weights=weights),
+                             weights=weights,
+                             max_model_bytes=parse_size(max_model_bytes, "--max-model-bytes")
+                             if max_model_bytes is not None else None),
             options=InspectOptions(
                 loss=loss, reduction=reduction.value if reduction else None,
                 from_logits=from_logits,
@@ -389,7 +410,7 @@ def inspect(
                 thresholds=thresholds, verify=verify, gradcheck=gradcheck,
                 per_sample=per_sample, seed=seed, layers=tuple(layer or ()),
                 kinds=_check_kinds(kind or []), values=values,
-                memory_budget=parse_size(memory_budget),
+                memory_budget=parse_size(memory_budget, "--memory-budget"),
             ),
             output_format=OutputFormat.JSON if json_out else OutputFormat.TABLE,
             output=output,
@@ -410,15 +431,8 @@ def inspect(
         if show_traceback:
             traceback.print_exc()
         _fail(exc.one_line(), exc.status)
-    except Exception as exc:  # the last line of defence: one line, never a bare traceback
-        if show_traceback:
-            traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        _fail(
-            f"internal error: {type(exc).__name__}: {first} (rerun with --traceback and report "
-            "it)",
-            ExitStatus.RUN_ERROR,
-        )
+    except Exception as exc:
+        _internal(exc, show_traceback)
     raise SystemExit(int(status))
 
 
@@ -451,14 +465,19 @@ def diff(
         a_name, a_doc = read_report(a)
         b_name, b_doc = read_report(b)
         result = diff_reports(a_doc, b_doc, a_name, b_name)
+        if json_out:
+            sys.stdout.write(render_diff_json(result))
+        else:
+            Console(highlight=False, width=max(100, Console().width)).print(
+                diff_renderable(result))
+    except KeyboardInterrupt:
+        _fail("interrupted", ExitStatus.INTERRUPTED)
     except GradInspectError as exc:
         if show_traceback:
             traceback.print_exc()
         _fail(exc.one_line(), exc.status)
-    if json_out:
-        sys.stdout.write(render_diff_json(result))
-    else:
-        Console(highlight=False, width=max(100, Console().width)).print(diff_renderable(result))
+    except Exception as exc:
+        _internal(exc, show_traceback)
     raise SystemExit(int(ExitStatus.SUCCESS))
 
 

@@ -68,6 +68,9 @@ class LoadOptions:
     """Python files or module names defining the model's custom layers, losses, activations."""
     weights: str | None = None
     """Weights file for an architecture-JSON model."""
+    max_model_bytes: int | None = None
+    """Largest total of weight bytes a model may create while it is built (``None``: the
+    memory the machine has available)."""
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,20 @@ def _codes(findings: Any) -> set[str]:
     return {f.get("code", "?") for f in findings or [] if isinstance(f, Mapping)}
 
 
+def _check_layers(label: str, doc: Mapping[str, Any]) -> None:
+    """A report's shape, as far as the comparison reads it: a malformed file is bad data
+    (exit 4), never a crash."""
+    layers = doc.get("layers")
+    if not isinstance(layers, list) or not all(
+            isinstance(ly, Mapping) and isinstance(ly.get("path"), str) for ly in layers):
+        raise DataError(f"{label}: malformed report (layers must be objects with a path)",
+                        "pass a file written by gradinspect --json or --output")
+    if not isinstance(doc.get("loss", {}), Mapping) or not isinstance(doc.get("warnings", []),
+                                                                       list):
+        raise DataError(f"{label}: malformed report (loss or warnings)",
+                        "pass a file written by gradinspect --json or --output")
+
+
 def diff_reports(a: Mapping[str, Any], b: Mapping[str, Any], a_name: str = "A",
                  b_name: str = "B") -> ReportDiff:
     """Compare two reports (as JSON dicts)."""
@@ -147,6 +161,7 @@ def diff_reports(a: Mapping[str, Any], b: Mapping[str, Any], a_name: str = "A",
         if doc["schema_version"] not in SCHEMAS:
             raise DataError(f"{label}: report schema {doc['schema_version']} is not supported",
                             "compare reports written by this gradinspect version")
+        _check_layers(label, doc)
     a, b = _upgraded(a), _upgraded(b)
     layers_a = {ly["path"]: ly for ly in a["layers"]}
     layers_b = {ly["path"]: ly for ly in b["layers"]}

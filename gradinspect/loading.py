@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import re
 import sys
@@ -25,6 +26,17 @@ from typing import Any
 import numpy as np
 
 from gradinspect.errors import DataError, ModelLoadError
+from gradinspect.safety import (
+    SPARSE_MIN_BYTES,
+    SPARSE_RATIO,
+    available_memory,
+    check_hdf5,
+    check_keras_archive,
+    read_config,
+    require_regular_file,
+    scan_config,
+    weight_budget,
+)
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -52,6 +64,8 @@ class LoadedModel:
     """Model outputs (name, shape, dtype), in order."""
     compile_config: dict[str, Any] | None = None
     """The compile configuration saved with the model (``loss``, ``loss_weights`` ...)."""
+    custom_objects: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """What ``--custom-objects`` defined, by name (custom losses are looked up here)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,7 @@ def _readable(path: Path) -> bool:
 def _check_readable(path: Path, kind: str, error: type[ModelLoadError] | type[DataError]) -> None:
     if not path.exists():
         raise error(f"{kind} file not found: {path}", "check the path and spelling")
+    require_regular_file(path, kind, error)  # a FIFO or device is never opened
     if not path.is_dir() and not _readable(path):
         raise error(f"{kind} file is not readable: {path}", "check its permissions")
 
@@ -169,6 +184,7 @@ def detect_model_format(path: Path) -> str:
     if kind == "zip":
         names = _zip_names(path)
         if "config.json" in names:
+            check_keras_archive(path)
             return "keras"
         if names and all(n.endswith(".npy") for n in names):
             raise ModelLoadError(
@@ -181,6 +197,7 @@ def detect_model_format(path: Path) -> str:
     if kind == "json":
         return "json"
     if kind == "hdf5":
+        check_hdf5(path, str(path), ModelLoadError)
         h5kind = _h5_model_kind(path)
         if h5kind == "model":
             return "h5"
@@ -346,6 +363,7 @@ def import_custom_objects(specs: Sequence[str]) -> dict[str, Any]:
     themselves on import too."""
     from gradinspect.errors import UsageError
 
+    _tf()  # TensorFlow through the quiet door first: the user's module may import keras
     found: dict[str, Any] = {}
     for spec in specs:
         path = Path(spec)
@@ -378,19 +396,38 @@ def import_custom_objects(specs: Sequence[str]) -> dict[str, Any]:
     return found
 
 
+def _scan(p: Path, config: Any, unsafe: bool, custom_objects: Mapping[str, Any] | None) -> None:
+    """The config allow-list (``safety.scan_config``), unless ``unsafe``."""
+    if unsafe:
+        return
+    custom = dict(custom_objects or {})
+    modules = sorted({str(getattr(o, "__module__", "")) for o in custom.values()} - {""})
+    if isinstance(config, dict):
+        # the compile config is never deserialized (models load with compile=False); its loss
+        # names are only looked up among --custom-objects, Keras' registry and Keras' losses
+        config = {k: v for k, v in config.items() if k != "compile_config"}
+    scan_config(config, str(p), allowed_modules=modules, allowed_names=sorted(custom))
+
+
 def load_model(
     path: str | os.PathLike[str],
     *,
     unsafe: bool = False,
     custom_objects: Mapping[str, Any] | None = None,
     weights: str | os.PathLike[str] | None = None,
+    max_model_bytes: int | None = None,
 ) -> LoadedModel:
     """Load a full Keras model (``.keras`` or ``.h5``, Keras 2 or 3), or an architecture JSON
-    with a weights file, without compiling it. Safe mode stays on unless ``unsafe``."""
+    with a weights file, without compiling it. Safe mode and the config allow-list stay on
+    unless ``unsafe``; the weights the model creates may not pass ``max_model_bytes`` (default:
+    the memory the machine has available)."""
     p = Path(path)
     fmt = detect_model_format(p)
+    budget = max_model_bytes if max_model_bytes is not None else available_memory()
     if fmt == "json":
-        return _load_json_model(p, weights, unsafe=unsafe, custom_objects=custom_objects)
+        return _load_json_model(p, weights, unsafe=unsafe, custom_objects=custom_objects,
+                                budget=budget)
+    _scan(p, read_config(p, fmt), unsafe, custom_objects)
     if weights is not None:
         raise ModelLoadError(f"{p}: --weights goes with an architecture JSON file",
                              "drop --weights: this file is a full model")
@@ -403,9 +440,14 @@ def load_model(
                                  f"{str(exc).splitlines()[0] if str(exc) else ''})",
                                  "save or download it again") from exc
         try:
-            with _safe_mode(keras, unsafe):
+            with _safe_mode(keras, unsafe), weight_budget(keras, str(p), budget):
                 model = keras.models.load_model(str(link), compile=False, safe_mode=not unsafe,
                                                 custom_objects=dict(custom_objects or {}))
+        except ModelLoadError:
+            raise
+        except RecursionError as exc:
+            raise ModelLoadError(f"{p}: the model config is nested too deeply",
+                                 "refused: no real model nests this deep") from exc
         except Exception as exc:
             raise _explain_load_failure(p, exc) from exc
     if not hasattr(model, "inputs") or not model.inputs:
@@ -414,7 +456,8 @@ def load_model(
         )
     return LoadedModel(model=model, path=str(p), format=fmt, inputs=_model_inputs(model),
                        outputs=_model_outputs(model),
-                       compile_config=read_compile_config(p, fmt))
+                       compile_config=read_compile_config(p, fmt),
+                       custom_objects=dict(custom_objects or {}))
 
 
 @contextmanager
@@ -473,7 +516,7 @@ def _keras2_json_to_h5(config: dict[str, Any], weights: Path, out: Path) -> None
 
 def _load_json_model(
     p: Path, weights: str | os.PathLike[str] | None, *, unsafe: bool,
-    custom_objects: Mapping[str, Any] | None,
+    custom_objects: Mapping[str, Any] | None, budget: int,
 ) -> LoadedModel:
     import json
 
@@ -482,18 +525,18 @@ def _load_json_model(
                              "pass the weights too: --weights model_weights.h5")
     wp = Path(weights)
     _check_readable(wp, "weights", ModelLoadError)
-    try:
-        config = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{p}: not valid JSON ({exc})", "save it again") from exc
+    if sniff(wp) == "hdf5":
+        check_hdf5(wp, str(wp), ModelLoadError)
+    config = read_config(p, "json")
     if not isinstance(config, dict) or "class_name" not in config:
         raise ModelLoadError(f"{p}: JSON without a Keras model config",
                              "pass the output of model.to_json()")
+    _scan(p, config, unsafe, custom_objects)
     _, keras = _tf()
     keras2 = str(config.get("keras_version", "")).startswith("2.") or "module" not in config
     with tempfile.TemporaryDirectory(prefix="gradinspect-") as tmp:
         try:
-            with _safe_mode(keras, unsafe):
+            with _safe_mode(keras, unsafe), weight_budget(keras, str(p), budget):
                 if keras2:
                     staged = Path(tmp) / "model.h5"
                     _keras2_json_to_h5(config, wp, staged)
@@ -509,10 +552,14 @@ def _load_json_model(
                     model.load_weights(str(link))
         except ModelLoadError:
             raise
+        except RecursionError as exc:
+            raise ModelLoadError(f"{p}: the model config is nested too deeply",
+                                 "refused: no real model nests this deep") from exc
         except Exception as exc:
             raise _explain_load_failure(p, exc) from exc
     return LoadedModel(model=model, path=str(p), format="json", inputs=_model_inputs(model),
-                       outputs=_model_outputs(model), compile_config=None)
+                       outputs=_model_outputs(model), compile_config=None,
+                       custom_objects=dict(custom_objects or {}))
 
 
 def _is_legacy_weights(path: Path) -> bool:
@@ -671,7 +718,8 @@ def _load_npy(path: Path) -> ArrayLike:
         if dtype.hasobject:
             raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
         if not fortran and len(shape) >= 1:
-            expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            # Python ints: a header shape whose product overflows int64 is still caught
+            expected = offset + math.prod(int(d) for d in shape) * dtype.itemsize
             if path.stat().st_size < expected:
                 raise ValueError(f"file is {path.stat().st_size} bytes, the header says "
                                  f"{expected}")
@@ -692,30 +740,79 @@ def _load_npy(path: Path) -> ArrayLike:
                         "save it again") from exc
 
 
-def _load_npz(path: Path) -> dict[str, ArrayLike]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            found = {k: z[k] for k in z.files}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise DataError(
-                f"{path}: holds pickled Python objects; refusing to unpickle untrusted data",
-                "save numeric arrays instead with np.savez",
-            ) from exc
-        raise DataError(f"{path}: damaged .npz file ({exc})", "save it again") from exc
-    except Exception as exc:  # zip and npy parsers raise many kinds on damaged bytes
-        raise DataError(f"{path}: damaged .npz file ({type(exc).__name__}: {exc})",
-                        "save it again") from exc
-    strays = [k for k, v in found.items() if not isinstance(v, np.ndarray)]
-    if strays:
-        raise DataError(f"{path}: .npz members {strays} are not NumPy arrays",
-                        "save the archive with np.savez")
-    return found
+class _LazyNpz(Mapping[str, ArrayLike]):
+    """The arrays of an ``.npz``, decompressed only when used (an archive may hold members
+    nobody asked for), each checked against its declared and compressed sizes first."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        budget = available_memory()
+        try:
+            with zipfile.ZipFile(path) as z:
+                infos = [i for i in z.infolist() if i.filename.endswith(".npy")]
+        except Exception as exc:  # zip parsers raise many kinds on damaged bytes
+            raise DataError(f"{path}: damaged .npz file ({type(exc).__name__}: {exc})",
+                            "save it again") from exc
+        for info in infos:
+            inflated, packed = int(info.file_size), max(int(info.compress_size), 1)
+            if inflated > budget or (inflated >= SPARSE_MIN_BYTES
+                                     and inflated > SPARSE_RATIO * packed):
+                raise DataError(
+                    f"{path}: member {info.filename!r} inflates {packed:,} bytes to "
+                    f"{inflated:,}; refused (a zip bomb, or more than the memory available)",
+                    "save the arrays uncompressed with np.savez, or as .npy files")
+        self._infos = {i.filename[: -len(".npy")]: i for i in infos}
+        self._cache: dict[str, ArrayLike] = {}
+
+    def __getitem__(self, key: str) -> ArrayLike:
+        if key not in self._cache:
+            self._cache[key] = self._read(key)
+        return self._cache[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._infos)
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def _read(self, key: str) -> ArrayLike:
+        info = self._infos[key]
+        fmt = np.lib.format
+        try:
+            with zipfile.ZipFile(self.path) as z, z.open(info) as member:
+                version = fmt.read_magic(member)
+                header = (fmt.read_array_header_1_0 if version == (1, 0)
+                          else fmt.read_array_header_2_0)
+                shape, fortran, dtype = header(member)
+                if dtype.hasobject:
+                    raise DataError(
+                        f"{self.path}: member {key!r} holds pickled Python objects; refusing "
+                        "to unpickle untrusted data", "save numeric arrays instead with np.savez")
+                declared = math.prod(int(d) for d in shape) * dtype.itemsize
+                if declared > int(info.file_size):
+                    raise DataError(f"{self.path}: member {key!r} declares {declared:,} bytes "
+                                    f"but holds {int(info.file_size):,}", "save it again")
+                data = member.read(declared)
+            if len(data) != declared:
+                raise DataError(f"{self.path}: member {key!r} is truncated", "save it again")
+            array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran
+                                                             else "C")
+            return np.array(array)  # writable, owned
+        except DataError:
+            raise
+        except Exception as exc:  # zip, zlib and npy parsers raise many kinds on damage
+            raise DataError(f"{self.path}: damaged .npz member {key!r} "
+                            f"({type(exc).__name__}: {exc})", "save it again") from exc
+
+
+def _load_npz(path: Path) -> Mapping[str, ArrayLike]:
+    return _LazyNpz(path)
 
 
 def _load_hdf5(path: Path, inner: str | None, closers: list[Any]) -> dict[str, ArrayLike]:
     import h5py
 
+    check_hdf5(path, str(path), DataError)  # no external link, storage or virtual dataset
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -763,8 +860,8 @@ def _load_csv(path: Path) -> dict[str, ArrayLike]:
     return {"": array}
 
 
-def read_arrays(spec: str | os.PathLike[str], closers: list[Any]) -> tuple[Path, dict[str,
-                                                                                       ArrayLike]]:
+def read_arrays(spec: str | os.PathLike[str],
+                closers: list[Any]) -> tuple[Path, Mapping[str, ArrayLike]]:
     """Every array a data file holds, by name (``""`` for a single unnamed array)."""
     path, inner = split_dataset_spec(spec)
     _check_readable(path, "data", DataError)
@@ -814,7 +911,7 @@ LABEL_KEYS = ("y", "labels")
 
 
 def _pick_arrays(
-    path: Path, found: dict[str, ArrayLike], inputs: Sequence[InputSpec]
+    path: Path, found: Mapping[str, ArrayLike], inputs: Sequence[InputSpec]
 ) -> tuple[tuple[str, ...], list[ArrayLike]]:
     if "" in found:  # a lone array
         if len(inputs) != 1:
@@ -885,7 +982,7 @@ def _check_array(path: Path, spec: InputSpec, array: ArrayLike) -> str | None:
     return None
 
 
-def _pick_labels(path: Path, found: dict[str, ArrayLike], outputs: Sequence[InputSpec],
+def _pick_labels(path: Path, found: Mapping[str, ArrayLike], outputs: Sequence[InputSpec],
                  from_data_file: bool) -> list[ArrayLike] | None:
     """Labels per model output: the lone array / ``y`` / ``labels`` / ``y_<output>`` keys."""
     if "" in found:

@@ -136,17 +136,30 @@ def _snake(class_name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
 
 
-def _keras_function(keras: Any, name: str) -> Callable[..., Any]:
-    try:
-        fn = keras.losses.get(name)
-    except (ValueError, TypeError):
-        fn = None
-    if fn is None or not callable(fn) or isinstance(fn, type):
+def _keras_function(keras: Any, name: str,
+                    custom: Mapping[str, Any] | None = None) -> Callable[..., Any]:
+    """A loss function by name: one of the user's (``--custom-objects``, by name or by its
+    registered ``package>name``), one registered with Keras, or a built-in Keras loss."""
+    short = name.rpartition(">")[2]
+    fn = (custom or {}).get(name) or (custom or {}).get(short)
+    if fn is None and ">" in name:
+        fn = keras.saving.get_registered_object(name)
+    if fn is None:
+        try:
+            fn = keras.losses.get(name)
+        except (ValueError, TypeError):
+            fn = None
+    if isinstance(fn, type):  # a Loss class: its instance carries the function
+        try:
+            fn = fn()
+        except TypeError:
+            fn = None
+    if fn is None or not callable(fn):
         raise UsageError(
             f"unknown loss {name!r}",
             "use sum, mean, compiled, or a Keras loss name such as mse, mae, huber, "
             "binary_crossentropy, categorical_crossentropy, sparse_categorical_crossentropy, "
-            "kl_divergence",
+            "kl_divergence; for a custom loss, pass --custom-objects FILE that defines it",
         )
     if hasattr(fn, "fn"):  # a Loss object (LossFunctionWrapper): use its function
         fn = fn.fn
@@ -158,26 +171,33 @@ def _accepted(fn: Callable[..., Any], config: Mapping[str, Any]) -> dict[str, An
     return {k: v for k, v in config.items() if k in params and k not in ("y_true", "y_pred")}
 
 
-def _output_loss(keras: Any, spec: Any, weight: float, from_logits: bool | None) -> OutputLoss:
-    """A loss from a name, or from a serialized Keras 2/3 loss object config."""
+def _output_loss(keras: Any, spec: Any, weight: float, from_logits: bool | None,
+                 custom: Mapping[str, Any] | None = None) -> OutputLoss:
+    """A loss from a name, or from a serialized Keras 2/3 loss object or function config."""
     if isinstance(spec, str):
-        fn = _keras_function(keras, spec)
+        fn = _keras_function(keras, spec, custom)
         kwargs: dict[str, Any] = {}
+    elif isinstance(spec, Mapping) and spec.get("class_name") == "function" \
+            and isinstance(spec.get("config"), str):
+        fn = _keras_function(keras, spec["config"], custom)  # Keras 3: a function by name
+        kwargs = {}
     elif isinstance(spec, Mapping) and "class_name" in spec:
-        config = dict(spec.get("config") or {})
-        candidates = [config.get("fn"), config.get("name"), _snake(str(spec["class_name"]))]
+        raw = spec.get("config")
+        config = dict(raw) if isinstance(raw, Mapping) else {}
+        candidates = [config.get("fn"), config.get("name"), str(spec["class_name"]),
+                      _snake(str(spec["class_name"]))]
         found: Callable[..., Any] | None = None
         for candidate in candidates:
             if isinstance(candidate, str):
                 try:
-                    found = _keras_function(keras, candidate)
+                    found = _keras_function(keras, candidate, custom)
                     break
                 except UsageError:
                     continue
         if found is None:
             raise UsageError(
                 f"the compiled loss {spec['class_name']!r} is not a built-in Keras loss",
-                "pass --loss with a built-in name instead of compiled",
+                "pass --custom-objects FILE that defines it, or --loss with a built-in name",
             )
         fn = found
         kwargs = _accepted(fn, config)
@@ -223,8 +243,10 @@ def resolve_loss(
     compile_config: Mapping[str, Any] | None,
     output_names: Sequence[str],
     has_labels: bool,
+    custom_objects: Mapping[str, Any] | None = None,
 ) -> Loss:
-    """The loss to differentiate, from the request, the model's compile config and the labels."""
+    """The loss to differentiate, from the request, the model's compile config and the labels.
+    ``custom_objects``: the user's (``--custom-objects``), where custom losses are looked up."""
     name = request.name
     if name is None:
         name = "compiled" if has_labels and compile_config and compile_config.get("loss") \
@@ -248,11 +270,11 @@ def resolve_loss(
         weights_cfg = compile_config.get("loss_weights")
         weights = _per_output(weights_cfg, output_names, "loss_weights") if weights_cfg \
             else [1.0] * len(output_names)
-        per = tuple(_output_loss(keras, s, w, request.from_logits)
+        per = tuple(_output_loss(keras, s, w, request.from_logits, custom_objects)
                     for s, w in zip(specs, weights, strict=True))
         source = "compiled"
     else:
-        one = _output_loss(keras, name, 1.0, request.from_logits)
+        one = _output_loss(keras, name, 1.0, request.from_logits, custom_objects)
         per = tuple(one for _ in output_names)
         source = "flag"
     label = "+".join(dict.fromkeys(p.name for p in per))

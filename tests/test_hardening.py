@@ -293,13 +293,33 @@ def test_ctrl_c_exits_130_and_leaves_no_output(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fuzz_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    import h5py
+
     tmp = tmp_path_factory.mktemp("fuzzsrc")
-    np.savez(tmp / "d.npz", x=np.load(SAMPLES / "seed_a_x.npy"))
+    x = np.load(SAMPLES / "seed_a_x.npy")
+    np.savez(tmp / "d.npz", x=x)
+    with h5py.File(tmp / "d.h5", "w") as f:
+        f["x"] = x
+    # link and storage structures for the flips to land in: a soft link, an external link,
+    # external raw storage (refused as they are; mutated, they must still end cleanly)
+    with h5py.File(tmp / "links.h5", "w") as f:
+        f["x"] = x
+        f["alias"] = h5py.SoftLink("/x")
+        f["elsewhere"] = h5py.ExternalLink("other.h5", "/x")
+        f.create_dataset("raw", shape=(2, 3), dtype="f4", external=[("raw.bin", 0, 24)])
+    model_links = tmp / "model_links.h5"
+    model_links.write_bytes((SAMPLES / "seed_a.h5").read_bytes())
+    with h5py.File(model_links, "a") as f:
+        f["model_weights/alias"] = h5py.SoftLink("/model_weights")
+        f["model_weights/elsewhere"] = h5py.ExternalLink("other.h5", "/")
     return {
         "model.h5": (SAMPLES / "seed_a.h5").read_bytes(),
         "model.keras": (SAMPLES / "seed_a.keras").read_bytes(),
+        "model_links.h5": model_links.read_bytes(),
         "data.npy": (SAMPLES / "seed_a_x.npy").read_bytes(),
         "data.npz": (tmp / "d.npz").read_bytes(),
+        "data.h5": (tmp / "d.h5").read_bytes(),
+        "data_links.h5": (tmp / "links.h5").read_bytes(),
     }
 
 

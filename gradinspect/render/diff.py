@@ -10,6 +10,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from gradinspect.plaintext import plain
 from gradinspect.render.table import fmt
 
 if TYPE_CHECKING:
@@ -30,9 +31,9 @@ def _cell(c: FigureChange) -> Text:
 def diff_renderable(d: ReportDiff) -> RenderableType:
     head = Text()
     head.append("A ", style="bold")
-    head.append(f"{d.a}\n")
+    head.append(f"{plain(d.a)}\n")
     head.append("B ", style="bold")
-    head.append(f"{d.b}\n")
+    head.append(f"{plain(d.b)}\n")
     head.append(f"loss {fmt(d.loss.a)} → {fmt(d.loss.b)}")
     if d.loss_changed:
         head.append("  (different loss or reduction: figures are not comparable one to one)",
@@ -46,23 +47,24 @@ def diff_renderable(d: ReportDiff) -> RenderableType:
     for layer in d.layers:
         if layer.status != "both":
             mark = "only in B" if layer.status == "added" else "only in A"
-            table.add_row(Text(layer.path, style="dim"), *["-"] * len(SHOWN),
+            table.add_row(Text(plain(layer.path), style="dim"), *["-"] * len(SHOWN),
                           Text(mark, style="yellow"))
             continue
         by_name = {c.name: c for c in layer.figures}
         changes = Text()
         for code in layer.findings_added:
-            changes.append(f"+{code} ", style="red")
+            changes.append(f"+{plain(code)} ", style="red")
         for code in layer.findings_removed:
-            changes.append(f"-{code} ", style="green")
-        table.add_row(layer.path, *[_cell(by_name[n]) for n, _ in SHOWN], changes or "")
+            changes.append(f"-{plain(code)} ", style="green")
+        table.add_row(Text(plain(layer.path)), *[_cell(by_name[n]) for n, _ in SHOWN],
+                      changes or "")
     parts: list[RenderableType] = [head, table]
     if d.findings_added or d.findings_removed:
         model = Text("model: ")
         for code in d.findings_added:
-            model.append(f"+{code} ", style="red")
+            model.append(f"+{plain(code)} ", style="red")
         for code in d.findings_removed:
-            model.append(f"-{code} ", style="green")
+            model.append(f"-{plain(code)} ", style="green")
         parts.append(model)
     return Group(*parts)
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradinspect.errors import UsageError
+from gradinspect.plaintext import plain
 from gradinspect.report import LayerReport, Report, Severity
 
 MARK = {Severity.INFO: "·", Severity.WARNING: "!", Severity.ERROR: "✗"}
@@ -56,7 +57,7 @@ def flow_renderable(report: Report, width: int = 40) -> RenderableType:
     for layer, (path, w, x) in zip(report.layers, rows, strict=True):
         worst = _worst(layer)
         mark = Text(MARK[worst], style=STYLE[worst]) if worst else Text(" ")
-        table.add_row(mark, Text(path, style="bold"), Text("∂W", style="dim"),
+        table.add_row(mark, Text(plain(path), style="bold"), Text("∂W", style="dim"),
                       Text.assemble(bar(w, "green"), f" {w:+.2f}" if w is not None else ""))
         if layer.grads.input is None:
             table.add_row("", "", Text("∂x", style="dim"), Text("(no float input)", style="dim"))

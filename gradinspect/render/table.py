@@ -12,6 +12,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from gradinspect.plaintext import plain
 from gradinspect.report import Finding, GradStats, LayerReport, Report, Severity, Shape
 
 SEVERITY_STYLE = {Severity.INFO: "cyan", Severity.WARNING: "yellow", Severity.ERROR: "bold red"}
@@ -48,17 +49,17 @@ def _header(report: Report) -> Text:
     model = report.model
     data = report.data
     loss = report.loss
-    arrays = ", ".join(
-        f"{a.name} {fmt_shape(a.shape)} {a.dtype}" for a in data.arrays
-    )
+    arrays = plain(", ".join(f"{a.name} {fmt_shape(a.shape)} {a.dtype}" for a in data.arrays))
     reduction = "summed" if loss.reduction == "sum" else "averaged"
     text = Text()
     text.append(f"{report.tool.name} {report.tool.version}", style="bold")
-    text.append(f"  model {model.path or model.name} ({model.format}, '{model.name}')\n")
-    text.append(f"data {data.path or '<in memory>'}: {arrays}\n")
+    text.append(plain(f"  model {model.path or model.name} ({model.format}, '{model.name}')")
+                + "\n")
+    text.append(plain(f"data {data.path or '<in memory>'}: ") + arrays + "\n")
     for note in data.notes:
-        text.append(f"note: {note}\n", style="yellow")
-    text.append(f"loss {loss.name} = {fmt(loss.value)}, {reduction} over {data.samples} samples; ")
+        text.append(f"note: {plain(note)}\n", style="yellow")
+    text.append(f"loss {plain(loss.name)} = {fmt(loss.value)}, {reduction} over "
+                f"{data.samples} samples; ")
     text.append("training mode" if report.training else "inference mode")
     coverage = report.coverage
     if coverage is not None:
@@ -72,7 +73,7 @@ def _header(report: Report) -> Text:
             for reason, paths in reasons.items():
                 shown = ", ".join(paths[:6]) + (f" +{len(paths) - 6} more" if len(paths) > 6
                                                  else "")
-                text.append(f"\nskipped ({reason}): {shown}", style="yellow")
+                text.append(f"\nskipped ({plain(reason)}): {plain(shown)}", style="yellow")
     return text
 
 
@@ -118,9 +119,9 @@ def summary_table(report: Report) -> Table:
     for i, layer in enumerate(report.layers):
         table.add_row(
             str(i),
-            Text(_layer_label(layer)),
-            KIND_LABEL.get(layer.kind, layer.kind),
-            _act_label(layer),
+            Text(plain(_layer_label(layer))),
+            Text(plain(KIND_LABEL.get(layer.kind, layer.kind))),
+            Text(plain(_act_label(layer))),
             _main_shape(layer),
             fmt(layer.weight_grad_norm, 3),
             fmt(layer.grads.input.norm, 3) if layer.grads.input is not None else "-",
@@ -160,8 +161,8 @@ def detail_table(report: Report) -> Table:
             if g is None:
                 continue
             table.add_row(
-                Text(layer.path) if first else "",
-                label,
+                Text(plain(layer.path)) if first else "",
+                Text(plain(label)),
                 fmt_shape(g.shape),
                 fmt(g.norm),
                 fmt(g.max_abs),
@@ -190,7 +191,7 @@ def checks_table(report: Report) -> Table | None:
         table.add_column("GSNR", justify="right")
         table.add_column("outliers", overflow="fold")
     for layer in report.layers:
-        row: list[Text | str] = [Text(layer.path)]
+        row: list[Text | str] = [Text(plain(layer.path))]
         if checks.verify:
             v = layer.verify
             row.append(Text(fmt(v.worst_rel_error), style="" if v.ok else "bold red")
@@ -220,7 +221,7 @@ def _check_notes(report: Report) -> Text | None:
         notes.append(f"gradcheck: {report.checks.gradcheck}")
     if report.checks.per_sample:
         notes.append(f"per-sample: {report.checks.per_sample}")
-    return Text("\n".join(notes), style="dim") if notes else None
+    return Text("\n".join(plain(n) for n in notes), style="dim") if notes else None
 
 
 def findings_table(report: Report) -> Table | None:
@@ -235,11 +236,11 @@ def findings_table(report: Report) -> Table | None:
     table.add_column(no_wrap=True, max_width=34, overflow="fold")
     table.add_column(ratio=1)
     for where, f in items:
-        text = Text(f.message)
-        text.append(f"\n→ {f.hint}", style="dim")
+        text = Text(plain(f.message))
+        text.append(f"\n→ {plain(f.hint)}", style="dim")
         table.add_row(
             Text(f.severity.value, style=SEVERITY_STYLE[f.severity]),
-            Text.assemble((where, "bold"), "\n", (f.code, "")),
+            Text.assemble((plain(where), "bold"), "\n", (plain(f.code), "")),
             text,
         )
     return table
@@ -260,7 +261,7 @@ def values_renderable(report: Report) -> RenderableType | None:
                 continue
             a = np.asarray(array)
             note = f", first {v.input_samples} samples" if label == "∂L/∂x" else ""
-            parts.append(Text(f"{layer.path} {label} ({fmt_shape(a.shape)}{note})",
+            parts.append(Text(plain(f"{layer.path} {label} ({fmt_shape(a.shape)}{note})"),
                               style="bold"))
             parts.append(Text(np.array2string(a, precision=4, threshold=200, edgeitems=3,
                                               max_line_width=98)))

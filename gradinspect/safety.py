@@ -1,0 +1,306 @@
+"""Untrusted input stops here, before Keras or h5py reads a byte it should not.
+
+Every model and data file is treated as written by an attacker:
+
+- **Only regular files** are opened: a FIFO, socket or device would block or stream forever.
+- **HDF5** (models, weights, data, labels): no external links, no soft links that lead through
+  one, no external raw storage, no virtual datasets — each would make the tool read another
+  file — and no dataset whose stored bytes are implausibly few for its declared size (chunks
+  never written: gigabytes of fill values from a file of kilobytes).
+- **Model configs** are read as JSON and checked against an allow-list before Keras builds
+  anything: every ``Lambda`` (whatever it wraps), ``TFSMLayer``, lookup and vectorization layers
+  whose vocabulary is a file, and any object from a module outside Keras and the modules the
+  user imported with ``--custom-objects``, are refused unless ``--unsafe``; so is a config
+  nested deeper than ``MAX_DEPTH``.
+- **Budgets**: the weights a model allocates while it is built are counted as they are
+  created, and the build stops before the total passes ``max_model_bytes``.
+
+No TensorFlow here; h5py is imported where HDF5 is read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gradinspect.errors import DataError, ModelLoadError
+
+MAX_DEPTH = 200
+"""Deepest nesting of a model config (a Functional model 20 levels deep is about 120)."""
+MAX_HDF5_OBJECTS = 200_000
+"""Links walked in one HDF5 file before it is refused as a maze."""
+SPARSE_MIN_BYTES = 64 << 20
+"""Datasets declaring at least this many bytes must store at least 1/``SPARSE_RATIO`` of them."""
+SPARSE_RATIO = 1024
+"""Declared / stored bytes beyond which a dataset is implausible (gzip's best is ~1000:1)."""
+
+ErrorType = type[ModelLoadError] | type[DataError]
+
+
+def require_regular_file(path: Path, kind: str, error: ErrorType) -> None:
+    """Refuse a FIFO, socket or device without opening it (directories are the caller's)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise error(f"{kind} file cannot be read: {path} ({exc.strerror})",
+                    "check the path and its permissions") from exc
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        return
+    what = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+    raise error(f"{path}: is {what}, not a regular file; refused (reading it could block "
+                "forever)", f"pass the {kind} file itself")
+
+
+# ---------------------------------------------------------------- HDF5
+
+
+def check_hdf5(source: Any, label: str, error: ErrorType) -> None:
+    """Walk every link of an HDF5 file (a path or an open binary file object) and refuse what
+    would read outside it or inflate from nothing; raise ``error`` naming the object."""
+    import h5py
+
+    try:
+        with h5py.File(source, "r") as f:
+            _walk_hdf5(f, label, error)
+    except (ModelLoadError, DataError):
+        raise
+    except Exception as exc:  # h5py raises OSError, RuntimeError, KeyError ... on damage
+        raise error(f"{label}: damaged HDF5 file ({str(exc).splitlines()[0] if str(exc) else ''})",
+                    "save or download it again") from exc
+
+
+def _walk_hdf5(f: Any, label: str, error: ErrorType) -> None:
+    import h5py
+
+    hint = "refused: it would make gradinspect read another file; save the data into this file"
+    seen: set[Any] = set()
+    stack: list[tuple[Any, str]] = [(f, "/")]
+    count = 0
+    while stack:
+        group, where = stack.pop()
+        for name in group:
+            count += 1
+            if count > MAX_HDF5_OBJECTS:
+                raise error(f"{label}: more than {MAX_HDF5_OBJECTS} HDF5 objects", "refused")
+            path = f"{where.rstrip('/')}/{name}"
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise error(f"{label}: {path} is an external link to {link.filename!r}", hint)
+            if isinstance(link, h5py.SoftLink):
+                _check_soft_link(f, path, link.path, label, error, hint)
+                continue  # its target is walked where it is hard-linked
+            obj = group.get(name)
+            key = h5py.h5o.get_info(obj.id).addr if hasattr(h5py.h5o, "get_info") else path
+            if key in seen:
+                continue
+            seen.add(key)
+            if isinstance(obj, h5py.Dataset):
+                _check_dataset(obj, path, label, error, hint)
+            elif isinstance(obj, h5py.Group):
+                stack.append((obj, path))
+
+
+def _check_soft_link(f: Any, path: str, target: str, label: str, error: ErrorType,
+                     hint: str) -> None:
+    """A soft link stays in the file, but its target path may pass through an external link."""
+    import h5py
+
+    node: Any = f
+    parts = [p for p in target.split("/") if p]
+    if not target.startswith("/"):
+        raise error(f"{label}: {path} is a relative soft link ({target!r})", "refused")
+    for depth, part in enumerate(parts):
+        if depth > 64 or not isinstance(node, h5py.Group) or part not in node:
+            return  # dangling: reading it fails inside the file, nothing outside is touched
+        link = node.get(part, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise error(f"{label}: {path} is a soft link through an external link to "
+                        f"{link.filename!r}", hint)
+        if isinstance(link, h5py.SoftLink):
+            return  # a chain of soft links: each is checked where it stands
+        node = node.get(part)
+
+
+def _check_dataset(ds: Any, path: str, label: str, error: ErrorType, hint: str) -> None:
+    plist = ds.id.get_create_plist()
+    if getattr(ds, "is_virtual", False):
+        raise error(f"{label}: {path} is a virtual dataset (its data lives in other files)",
+                    hint)
+    if plist.get_external_count() > 0:
+        raise error(f"{label}: {path} keeps its data in external raw files", hint)
+    declared = math.prod(int(d) for d in (ds.shape or ())) * int(ds.dtype.itemsize)
+    if declared >= SPARSE_MIN_BYTES:
+        stored = int(ds.id.get_storage_size())
+        if stored * SPARSE_RATIO < declared:
+            raise error(f"{label}: {path} declares {declared:,} bytes but stores {stored:,}: "
+                        "an implausible ratio (chunks never written); refused",
+                        "write the data into the file in full")
+
+
+def check_keras_archive(path: Path, error: ErrorType = ModelLoadError) -> None:
+    """The HDF5 weights inside a ``.keras`` zip, under the same rules."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.filename.endswith(".h5"):
+                    with z.open(info) as member:
+                        check_hdf5(member, f"{path} ({info.filename})", error)
+    except (ModelLoadError, DataError):
+        raise
+    except Exception as exc:  # zip and zlib raise many kinds on damaged bytes
+        raise error(f"{path}: damaged zip archive ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''})",
+                    "save or download it again") from exc
+
+
+# ---------------------------------------------------------------- model configs
+
+
+def read_config(path: Path, fmt: str) -> Any:
+    """The model config as plain JSON data, read without Keras (``None`` if there is none)."""
+    try:
+        if fmt == "keras":
+            with zipfile.ZipFile(path) as z:
+                raw: Any = z.read("config.json")
+        elif fmt == "h5":
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                raw = f.attrs.get("model_config")
+        else:
+            raw = path.read_bytes()
+        if raw is None:
+            return None
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except RecursionError as exc:
+        raise ModelLoadError(f"{path}: the model config is nested too deeply to read",
+                             "refused: no real model nests this deep") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: the model config is not valid JSON ({exc})",
+                             "save or download it again") from exc
+    except Exception as exc:  # zip, zlib and HDF5 parsers raise many kinds on damaged bytes
+        raise ModelLoadError(f"{path}: damaged model file ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})",
+                             "save or download it again") from exc
+
+
+LOOKUP_CLASSES = ("StringLookup", "IntegerLookup", "TextVectorization")
+CODE_CLASSES = ("Lambda", "TFSMLayer")
+ALLOWED_MODULES = ("keras",)
+
+
+def scan_config(config: Any, label: str, allowed_modules: Sequence[str] = (),
+                allowed_names: Sequence[str] = ()) -> None:
+    """Refuse a config that would run code or read files when Keras builds it: every Lambda
+    and TFSMLayer, lookup layers with a file vocabulary, objects from modules outside Keras and
+    ``allowed_modules`` (unless named in ``allowed_names``: the objects the user passed with
+    --custom-objects), and nesting deeper than ``MAX_DEPTH``."""
+    allowed = (*ALLOWED_MODULES, *allowed_modules)
+    hint = ("if and only if you trust where the file came from, pass --unsafe "
+            "(and --custom-objects for your own modules)")
+    stack: list[tuple[Any, int, str]] = [(config, 0, "")]
+    while stack:
+        node, depth, where = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ModelLoadError(f"{label}: the model config is nested more than {MAX_DEPTH} "
+                                 "levels deep", "refused: no real model nests this deep")
+        if isinstance(node, list):
+            stack.extend((v, depth + 1, where) for v in node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        cls = node.get("class_name")
+        inner = node.get("config")
+        name = inner.get("name") if isinstance(inner, dict) else None
+        here = f"layer {name!r} ({cls})" if isinstance(name, str) else f"{cls!r}"
+        if cls in CODE_CLASSES:
+            raise ModelLoadError(
+                f"{label}: {here} runs code stored in or named by the file when the model is "
+                "loaded or called; refused", hint)
+        if cls in LOOKUP_CLASSES and isinstance(inner, dict) and isinstance(
+                inner.get("vocabulary"), str):
+            raise ModelLoadError(
+                f"{label}: {here} reads its vocabulary from the file "
+                f"{inner['vocabulary']!r}; refused (no outside file is read)", hint)
+        module = node.get("module")
+        registered = str(node.get("registered_name") or "").rpartition(">")[2]
+        if module == "builtins" and cls == "function":
+            # how Keras writes a registered function: by name, looked up in the registry
+            registered = str(inner).rpartition(">")[2] if isinstance(inner, str) else ""
+            if registered not in allowed_names:
+                raise ModelLoadError(
+                    f"{label}: the config names the function {str(inner)!r}, which is not a "
+                    "Keras function nor one passed with --custom-objects; refused", hint)
+        elif isinstance(module, str) and cls is not None and not any(
+                module == m or module.startswith(m + ".") for m in allowed) \
+                and cls not in allowed_names and registered not in allowed_names:
+            raise ModelLoadError(
+                f"{label}: {here} comes from the module {module!r}, which is neither Keras nor "
+                "a module passed with --custom-objects; refused", hint)
+        stack.extend((v, depth + 1, here) for v in node.values())
+
+
+# ---------------------------------------------------------------- budgets
+
+
+def human_bytes(n: int) -> str:
+    """``64 MiB``, ``1.5 GiB``: a size for a message."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def available_memory() -> int:
+    """Bytes the machine can still give (MemAvailable), or 8 GiB when it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 8 << 30
+
+
+@contextmanager
+def weight_budget(keras: Any, label: str, limit: int) -> Iterator[None]:
+    """Count the bytes of every weight the model creates while it is built (Keras builds the
+    layers from the config before reading a single stored weight) and stop the build before
+    the total passes ``limit``."""
+    import numpy as np
+
+    layer_class = keras.layers.Layer
+    original = layer_class.add_weight
+    total = [0]
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        shape = kwargs.get("shape", args[0] if args else None)
+        dtype = kwargs.get("dtype") or getattr(self, "variable_dtype", None) or "float32"
+        try:
+            itemsize = np.dtype(str(getattr(dtype, "name", dtype))).itemsize
+        except TypeError:
+            itemsize = 4
+        dims = [int(d) for d in (shape or ()) if d is not None]
+        total[0] += math.prod(dims) * itemsize
+        if total[0] > limit:
+            raise ModelLoadError(
+                f"{label}: the model's weights need more than {human_bytes(limit)} "
+                f"(layer {getattr(self, 'name', '?')!r} asks for a {tuple(dims)} weight); "
+                "refused before allocating it",
+                "pass --max-model-bytes SIZE if the machine really has the memory")
+        return original(self, *args, **kwargs)
+
+    layer_class.add_weight = counted
+    try:
+        yield
+    finally:
+        layer_class.add_weight = original
