@@ -210,14 +210,15 @@ def run_inspection(
     from gradinspect.probe import batch_interactions, seeded
 
     tf_modules()
+    label_notes: list[str] = []
     loss = resolve_loss(
         LossRequest(options.loss, options.reduction, options.from_logits),
         loaded.compile_config,
         [o.name for o in loaded.outputs],
         has_labels=data.labels is not None,
         custom_objects=loaded.custom_objects,
+        semantics=_loss_semantics(loaded, options, label_notes),
     )
-    label_notes: list[str] = []
     label_prep = prepare_labels(loss, loaded, data, label_notes)
     if data.labels is not None and not loss.needs_labels:
         label_notes.append(f"labels are not used by the loss {loss.name!r}; pass --loss NAME "
@@ -567,6 +568,12 @@ def _build_report(run: _Run) -> Report:
                 verify=verify,
                 gradcheck=_gradcheck_stats(run, i),
                 logits_mismatch=_logits_mismatch(run.loss, site),
+                single_unit_softmax=bool(site.is_output and site.measured is not None
+                                         and site.measured.kind == "softmax"
+                                         and site.units == 1),
+                loss_activation=_loss_activation_mismatch(run.loss, site),
+                kernel_zero=bool(main) and all(weight_list[k].norm == 0.0 for k in main)
+                and all(not is_offset(site.variables[k].name) for k in main),
             )
         )
         partial.append((site, acc, LayerWeights(variables=_by_name(site, weight_list)),
@@ -630,6 +637,7 @@ def _build_report(run: _Run) -> Report:
             source=_loss_source(run),
             from_logits=_from_logits(run.loss),
             labels=run.data.label_source if run.loss.needs_labels else None,
+            semantics=getattr(run.loss, "semantics", None),
         ),
         training=run.options.training,
         layers=layers,
@@ -646,6 +654,20 @@ def _build_report(run: _Run) -> Report:
 
 LabelPrep = Callable[[Sequence[Any], int], list[np.ndarray]]
 """Turns one batch of stored labels (and its first row's index) into what the loss takes."""
+
+
+def _loss_semantics(loaded: LoadedModel, options: InspectOptions, notes: list[str]) -> str:
+    """``--loss-semantics``, else the rules of the Keras version that saved the file; when
+    the file does not say, ``keras3``, with a note."""
+    if options.loss_semantics is not None:
+        return options.loss_semantics
+    version = loaded.keras_version
+    if version is None:
+        notes.append("the model file does not record the Keras version that saved it: "
+                     "crossentropy losses follow Keras 3 rules (--loss-semantics keras2 for a "
+                     "Keras 2 file)")
+        return "keras3"
+    return "keras2" if version.startswith("2.") else "keras3"
 
 
 def _loss_source(run: _Run) -> str:
@@ -677,6 +699,24 @@ def _logits_mismatch(loss: Any, site: Any) -> tuple[str, bool] | None:
         return spec.name, True
     if not from_logits and measured.kind == "linear":
         return spec.name, False
+    return None
+
+
+def _loss_activation_mismatch(loss: Any, site: Any) -> tuple[str, str] | None:
+    """(activation, loss) for a sigmoid output under categorical crossentropy, or a softmax
+    over several units under binary crossentropy (probabilities taken as such)."""
+    per_output = getattr(loss, "per_output", ())
+    measured = site.measured
+    if site.output_index is None or site.output_index >= len(per_output) or measured is None:
+        return None
+    spec = per_output[site.output_index]
+    if spec.from_logits:
+        return None
+    if spec.name == "categorical_crossentropy" and measured.name == "sigmoid":
+        return "sigmoid", spec.name
+    if spec.name == "binary_crossentropy" and measured.kind == "softmax" \
+            and (site.units or 0) > 1:
+        return "softmax", spec.name
     return None
 
 
@@ -821,6 +861,7 @@ def inspect(
     kinds: Sequence[str] = (),
     values: bool = False,
     memory_budget: int | None = None,
+    loss_semantics: str | None = None,
 ) -> Report:
     """Inspect a live Keras model on in-memory data.
 
@@ -853,6 +894,7 @@ def inspect(
         layers=tuple(layers),
         kinds=tuple(kinds),
         values=values,
+        loss_semantics=loss_semantics,
         **({"memory_budget": memory_budget} if memory_budget is not None else {}),
     )
     return run_inspection(loaded, data, options)

@@ -58,6 +58,13 @@ class FailOn(StrEnum):
     ERROR = "error"
 
 
+class LossSemantics(StrEnum):
+    """Which Keras' crossentropy rules the loss follows."""
+
+    KERAS2 = "keras2"
+    KERAS3 = "keras3"
+
+
 class Reduction(StrEnum):
     """How per-sample loss terms are combined."""
 
@@ -322,6 +329,10 @@ def inspect(
         "Keras loss: mse, mae, huber, binary_crossentropy, categorical_crossentropy, "
         "sparse_categorical_crossentropy, kl_divergence ... [default: compiled with labels "
         "when the model has one, else sum]")] = None,
+    loss_semantics: Annotated[LossSemantics | None, typer.Option(
+        show_default=False, help="Crossentropy rules: keras2 (clipped, renormalised "
+        "probabilities, as Keras 2.x trained) or keras3 (the logits a softmax/sigmoid output "
+        "keeps) [default: those of the Keras version that saved the file].")] = None,
     reduction: Annotated[Reduction | None, typer.Option(
         show_default=False, help="For Keras losses: sum or mean of the per-sample terms "
         "[default: mean, as Keras].")] = None,
@@ -406,6 +417,7 @@ def inspect(
             options=InspectOptions(
                 loss=loss, reduction=reduction.value if reduction else None,
                 from_logits=from_logits,
+                loss_semantics=loss_semantics.value if loss_semantics else None,
                 batch_size=batch_size, samples=samples, training=training,
                 thresholds=thresholds, verify=verify, gradcheck=gradcheck,
                 per_sample=per_sample, seed=seed, layers=tuple(layer or ()),

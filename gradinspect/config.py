@@ -84,6 +84,9 @@ class InspectOptions:
     """``sum`` or ``mean`` over samples for Keras losses (default ``mean``, like Keras)."""
     from_logits: bool | None = None
     """Override ``from_logits`` of crossentropy losses."""
+    loss_semantics: str | None = None
+    """``keras2`` or ``keras3`` crossentropy rules; ``None`` = those of the Keras version that
+    saved the model file (``keras2`` for 2.x, ``keras3`` otherwise)."""
     batch_size: int | None = None
     """Samples per forward/backward step; ``None`` = as many as fit ``memory_budget`` (all
     samples in one step when they fit)."""

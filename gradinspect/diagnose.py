@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gradinspect.config import Thresholds
 from gradinspect.report import (
@@ -38,6 +38,11 @@ CODES: dict[str, str] = {
     "signal_collapse": "the backward signal shrinks by orders of magnitude at one layer",
     "logits_mismatch": "a crossentropy loss expects logits but the output is a probability, "
     "or the reverse",
+    "constant_output": "an output that cannot vary with the input (a softmax over one unit)",
+    "loss_activation_mismatch": "a sigmoid output under categorical crossentropy, or a "
+    "softmax over several units under binary crossentropy",
+    "zero_kernel": "a layer's kernel is exactly zero: the layers before it get no gradient "
+    "until its first update",
     "gradient_mismatch": "--verify: the tape disagrees with the closed-form Dense formulas",
     "gradcheck_mismatch": "--gradcheck: the tape disagrees with float64 finite differences",
 }
@@ -67,6 +72,12 @@ class LayerFigures:
     gradcheck: GradcheckStats | None = None
     logits_mismatch: tuple[str, bool] | None = None
     """(loss name, its from_logits) when they contradict this output layer's activation."""
+    single_unit_softmax: bool = False
+    """A model output that is a softmax over one unit: always 1, whatever the input."""
+    loss_activation: tuple[str, str] | None = None
+    """(activation, loss) of an output whose crossentropy does not fit its activation."""
+    kernel_zero: bool = False
+    """Every weight of the layer but the offsets is exactly zero."""
 
 
 @dataclass(frozen=True)
@@ -335,6 +346,42 @@ def _checks(layer: LayerFigures) -> list[Finding]:
     return found
 
 
+def _structure(layer: LayerFigures) -> list[Finding]:
+    """Causes visible in the model's structure: an output that cannot vary, a crossentropy
+    that does not fit its activation, a kernel of zeros."""
+    found = []
+    if layer.single_unit_softmax:
+        found.append(Finding(
+            "constant_output", Severity.ERROR,
+            "this output is a softmax over one unit: it is 1 for every input, so no loss of it "
+            "can train the model (every gradient behind it is zero, or rounding noise)",
+            "use one sigmoid unit for a binary output (with binary_crossentropy), or a softmax "
+            "over one unit per class",
+            {"activation": "softmax", "units": 1}))
+    if layer.loss_activation is not None:
+        act, loss = layer.loss_activation
+        fix = ("categorical_crossentropy takes a softmax over the classes (one label per "
+               "sample); independent sigmoid outputs take binary_crossentropy"
+               if loss == "categorical_crossentropy" else
+               "binary_crossentropy takes independent sigmoid outputs; a softmax over the "
+               "classes takes categorical_crossentropy")
+        found.append(Finding(
+            "loss_activation_mismatch", Severity.WARNING,
+            f"a {act} output under {loss}: Keras 2 and Keras 3 compute this loss differently "
+            "(clipped probabilities vs the cached logits), and neither is the loss you meant",
+            f"match them: {fix}",
+            {"activation": act, "loss": loss}))
+    if layer.kernel_zero:
+        found.append(Finding(
+            "zero_kernel", Severity.INFO,
+            "the kernel is exactly zero: the layers before this one get zero gradient until "
+            "its first update (after which the model trains normally)",
+            "expected right after a zero initialisation; otherwise check the initializer and "
+            "how the weights were loaded",
+            {"weight_norm": layer.weight_norm}))
+    return found
+
+
 def diagnose_layer(
     layer: LayerFigures, largest: float, run: RunFigures, t: Thresholds
 ) -> tuple[Finding, ...]:
@@ -342,10 +389,35 @@ def diagnose_layer(
     found = _nonfinite(layer)
     if not found:
         found += _magnitude(layer, largest, run, t)
+    found += _structure(layer)
     found += _activity(layer, run, t)
     found += _logits(layer)
     found += _checks(layer)
     return tuple(sorted(found, key=lambda f: -f.severity.rank))
+
+
+def _explained_zero_gradients(layers: Sequence[LayerFigures],
+                              per_layer: Sequence[tuple[Finding, ...]]
+                              ) -> tuple[tuple[Finding, ...], ...]:
+    """Zero gradients that a structural cause explains — a constant output anywhere, or a zero
+    kernel later in the forward order — are consequences, not errors: ``info``, naming it."""
+    constant = next((ly.path for ly in layers if ly.single_unit_softmax), None)
+    out = []
+    for k, found in enumerate(per_layer):
+        later_zero = next((ly.path for ly in layers[k + 1:] if ly.kernel_zero), None)
+        cause = (f"constant_output@{constant}" if constant is not None
+                 else f"zero_kernel@{later_zero}" if later_zero is not None else None)
+        if cause is None:
+            out.append(found)
+            continue
+        code, where = cause.split("@", 1)
+        fixed = [replace(f, severity=Severity.INFO,
+                         message=f"{f.message} — follows from {code} at {where}",
+                         hint=f"fix {code} at {where} first",
+                         figures={**f.figures, "caused_by": cause})
+                 if f.code == "zero_gradient" else f for f in found]
+        out.append(tuple(sorted(fixed, key=lambda f: -f.severity.rank)))
+    return tuple(out)
 
 
 def diagnose(
@@ -354,7 +426,8 @@ def diagnose(
     """Per-layer findings (aligned with ``layers``) and model-level findings."""
     finite = [ly.weight_grad.norm for ly in layers if math.isfinite(ly.weight_grad.norm)]
     largest = max(finite, default=0.0)
-    per_layer = tuple(diagnose_layer(ly, largest, run, t) for ly in layers)
+    per_layer = _explained_zero_gradients(
+        layers, tuple(diagnose_layer(ly, largest, run, t) for ly in layers))
     model: list[Finding] = []
     if run.data_nonfinite:
         model.append(
@@ -368,7 +441,8 @@ def diagnose(
             )
         )
     all_zero = bool(layers) and all(
-        any(f.code == "zero_gradient" for f in found) for found in per_layer
+        any(f.code == "zero_gradient" and f.severity is Severity.ERROR for f in found)
+        for found in per_layer
     )
     if run.constant_loss:
         model.append(

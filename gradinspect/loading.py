@@ -66,6 +66,8 @@ class LoadedModel:
     """The compile configuration saved with the model (``loss``, ``loss_weights`` ...)."""
     custom_objects: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """What ``--custom-objects`` defined, by name (custom losses are looked up here)."""
+    keras_version: str | None = None
+    """The Keras version that saved the file (``None`` when the file does not say)."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,29 @@ def _model_outputs(model: Any) -> tuple[InputSpec, ...]:
     return tuple(specs)
 
 
+def read_keras_version(path: Path, fmt: str) -> str | None:
+    """The Keras version recorded in a model file: the HDF5 ``keras_version`` attribute, the
+    ``.keras`` archive's metadata.json, or the architecture JSON's ``keras_version``."""
+    import json
+
+    try:
+        if fmt == "keras":
+            with zipfile.ZipFile(path) as z:
+                found = json.loads(z.read("metadata.json")).get("keras_version")
+        elif fmt == "h5":
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                found = f.attrs.get("keras_version")
+        else:
+            found = json.loads(path.read_text(encoding="utf-8")).get("keras_version")
+    except Exception:  # no metadata, or damaged: the caller says the version is unknown
+        return None
+    if isinstance(found, bytes):
+        found = found.decode("utf-8", "replace")
+    return str(found) if isinstance(found, str) and found else None
+
+
 def read_compile_config(path: Path, fmt: str) -> dict[str, Any] | None:
     """The training/compile configuration stored in a model file, or ``None``."""
     import json
@@ -321,6 +346,56 @@ def _fix_keras2_node_indices(config: dict[str, Any]) -> bool:
     return changed
 
 
+_INPUT_KEYS = ("batch_input_shape", "input_shape", "input_dim")
+
+
+def _keras2_sequential_inputs(config: Any) -> bool:
+    """Give every Keras 2 Sequential whose first layer carries its input shape
+    (``batch_input_shape``, ``input_shape`` or ``input_dim``, as Keras 2 saved models without an
+    InputLayer) an explicit InputLayer with that shape; True if any changed.
+
+    Keras 3 reads such a first layer as taking an extra axis, ``(None, None, 128)`` instead of
+    ``(None, 128)``, or rejects ``input_dim``; tf-keras builds the input Keras 2 built.
+    Sequential models nested anywhere in the config are repaired too."""
+    changed = False
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        stack.extend(node.values())
+        inner = node.get("config")
+        layers = inner.get("layers") if isinstance(inner, dict) else None
+        if node.get("class_name") != "Sequential" or not isinstance(layers, list) or not layers:
+            continue
+        first = layers[0]
+        first_config = first.get("config") if isinstance(first, dict) else None
+        if not isinstance(first_config, dict) or first.get("class_name") == "InputLayer":
+            continue
+        shape: list[Any] | None = None
+        if isinstance(first_config.get("batch_input_shape"), list):
+            shape = list(first_config["batch_input_shape"])
+        elif isinstance(first_config.get("input_shape"), list):
+            shape = [None, *first_config["input_shape"]]
+        elif isinstance(first_config.get("input_dim"), int):
+            shape = [None, first_config["input_dim"]]
+        if shape is None:
+            continue
+        for key in _INPUT_KEYS:
+            first_config.pop(key, None)
+        dtype = first_config.get("dtype")
+        layers.insert(0, {"class_name": "InputLayer", "config": {
+            "batch_input_shape": shape,
+            "dtype": dtype if isinstance(dtype, str) else "float32",
+            "sparse": False, "ragged": False,
+            "name": f"{first_config.get('name', 'layer')}_input"}})
+        changed = True
+    return changed
+
+
 def _keras2_fixed_config(path: Path) -> str | None:
     """The model config of a Keras 2 .h5 rewritten for Keras 3, or None when none is needed."""
     import json
@@ -334,7 +409,9 @@ def _keras2_fixed_config(path: Path) -> str | None:
     if not version.startswith("2.") or raw is None:
         return None
     config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    return json.dumps(config) if _fix_keras2_node_indices(config) else None
+    changed = _keras2_sequential_inputs(config)  # before the node indices: it adds inputs
+    changed = _fix_keras2_node_indices(config) or changed
+    return json.dumps(config) if changed else None
 
 
 def _staged_model_file(p: Path, fmt: str, tmp: Path) -> Path:
@@ -457,7 +534,8 @@ def load_model(
     return LoadedModel(model=model, path=str(p), format=fmt, inputs=_model_inputs(model),
                        outputs=_model_outputs(model),
                        compile_config=read_compile_config(p, fmt),
-                       custom_objects=dict(custom_objects or {}))
+                       custom_objects=dict(custom_objects or {}),
+                       keras_version=read_keras_version(p, fmt))
 
 
 @contextmanager
@@ -499,6 +577,7 @@ def _keras2_json_to_h5(config: dict[str, Any], weights: Path, out: Path) -> None
     if config.get("class_name") in _KERAS2_CLASS_NAMES:
         config["class_name"] = _KERAS2_CLASS_NAMES[config["class_name"]]
     _legacy_layer_entries(config)
+    _keras2_sequential_inputs(config)
     _fix_keras2_node_indices(config)
     with h5py.File(weights, "r") as src, h5py.File(out, "w") as dst:
         if "layer_names" not in src.attrs:
@@ -559,7 +638,8 @@ def _load_json_model(
             raise _explain_load_failure(p, exc) from exc
     return LoadedModel(model=model, path=str(p), format="json", inputs=_model_inputs(model),
                        outputs=_model_outputs(model), compile_config=None,
-                       custom_objects=dict(custom_objects or {}))
+                       custom_objects=dict(custom_objects or {}),
+                       keras_version=read_keras_version(p, "json"))
 
 
 def _is_legacy_weights(path: Path) -> bool:
@@ -587,7 +667,8 @@ def live_model(model: Any) -> LoadedModel:
         except Exception:  # a model compiled with objects that do not serialize
             compile_config = None
     return LoadedModel(model=model, path=None, format="live", inputs=_model_inputs(model),
-                       outputs=_model_outputs(model), compile_config=compile_config)
+                       outputs=_model_outputs(model), compile_config=compile_config,
+                       keras_version=str(_tf()[1].__version__))
 
 
 def _tf() -> tuple[Any, Any]:

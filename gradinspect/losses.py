@@ -102,6 +102,43 @@ class OutputLoss:
         return bool(param.default) if param is not None else None
 
 
+SEMANTICS = ("keras2", "keras3")
+"""How crossentropy losses treat a probability output: ``keras2`` clips the probabilities to
+[eps, 1 - eps] (and renormalises them for categorical crossentropy), as Keras 2.x computed the
+loss its files were trained with; ``keras3`` takes the logits a softmax/sigmoid activation keeps
+on its output, as Keras 3 does (whatever the activation: a sigmoid under categorical
+crossentropy too)."""
+KERAS2_EPSILON = 1e-7
+KERAS2_RULES = ("binary_crossentropy", "categorical_crossentropy",
+                "sparse_categorical_crossentropy")
+
+
+def keras2_crossentropy(tf: Any, name: str, y: Any, p: Any, label_smoothing: float = 0.0,
+                        axis: int = -1) -> Any:
+    """Keras 2's crossentropy of probabilities ``p`` (never from cached logits), per sample:
+    clipped to [eps, 1 - eps]; categorical renormalised first; binary with eps inside the
+    logs and averaged over the last axis; sparse as a softmax crossentropy of log(p)."""
+    eps = tf.constant(KERAS2_EPSILON, p.dtype)
+    one = tf.constant(1.0, p.dtype)
+    if name == "sparse_categorical_crossentropy":
+        logits = tf.math.log(tf.clip_by_value(p, eps, one - eps))
+        ids = tf.cast(tf.reshape(y, tf.shape(p)[:-1]), tf.int64)
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ids, logits=logits)
+    y = tf.cast(y, p.dtype)
+    if name == "categorical_crossentropy":
+        if label_smoothing:
+            classes = tf.cast(tf.shape(y)[-1], p.dtype)
+            y = y * (one - label_smoothing) + label_smoothing / classes
+        p = p / tf.reduce_sum(p, axis=axis, keepdims=True)
+        p = tf.clip_by_value(p, eps, one - eps)
+        return -tf.reduce_sum(y * tf.math.log(p), axis=axis)
+    if label_smoothing:
+        y = y * (one - label_smoothing) + 0.5 * label_smoothing
+    p = tf.clip_by_value(p, eps, one - eps)
+    bce = y * tf.math.log(p + eps) + (one - y) * tf.math.log(one - p + eps)
+    return -tf.reduce_mean(bce, axis=axis)
+
+
 @dataclass(frozen=True)
 class KerasLoss:
     """Keras losses with labels: ``sum_k weight_k * loss_k(y_k, output_k)`` per sample."""
@@ -112,12 +149,21 @@ class KerasLoss:
     source: str
     """``flag`` (``--loss``) or ``compiled`` (from the model file)."""
     needs_labels: bool = True
+    semantics: str = "keras3"
+    """``keras2`` or ``keras3``: see ``SEMANTICS``."""
 
     def terms(self, tf: Any, outputs: list[Any], labels: Any) -> Any:
         total = None
         for output, y, spec in zip(outputs, labels, self.per_output, strict=True):
-            values = spec.fn(tf.cast(y, output.dtype) if not _sparse(spec.name) else y, output,
-                             **spec.kwargs)
+            if self.semantics == "keras2" and spec.name in KERAS2_RULES \
+                    and not spec.from_logits:
+                values = keras2_crossentropy(
+                    tf, spec.name, y, output,
+                    float(spec.kwargs.get("label_smoothing", 0.0) or 0.0),
+                    int(spec.kwargs.get("axis", -1)))
+            else:
+                values = spec.fn(tf.cast(y, output.dtype) if not _sparse(spec.name) else y,
+                                 output, **spec.kwargs)
             if len(values.shape) > 1:
                 values = tf.reduce_mean(tf.reshape(values, (tf.shape(values)[0], -1)), axis=1)
             values = values * tf.cast(spec.weight, values.dtype)
@@ -244,6 +290,7 @@ def resolve_loss(
     output_names: Sequence[str],
     has_labels: bool,
     custom_objects: Mapping[str, Any] | None = None,
+    semantics: str = "keras3",
 ) -> Loss:
     """The loss to differentiate, from the request, the model's compile config and the labels.
     ``custom_objects``: the user's (``--custom-objects``), where custom losses are looked up."""
@@ -278,7 +325,8 @@ def resolve_loss(
         per = tuple(one for _ in output_names)
         source = "flag"
     label = "+".join(dict.fromkeys(p.name for p in per))
-    return KerasLoss(name=label, reduction=reduction, per_output=per, source=source)
+    return KerasLoss(name=label, reduction=reduction, per_output=per, source=source,
+                     semantics=semantics)
 
 
 def get_loss(name: str) -> Loss:

@@ -235,6 +235,10 @@ def _replace_call(layer: Any, hooked: Any) -> Any:
     return undo
 
 
+KERAS_TENSOR_ATTRS = ("_keras_mask", "_keras_logits")
+"""Attributes Keras sets on a layer's output that later layers and losses read."""
+
+
 def _float_tensor(tf: Any, t: Any) -> bool:
     return isinstance(t, tf.Tensor) and t.dtype.is_floating
 
@@ -274,9 +278,12 @@ def _install(tf: Any, index: int, site: Site, recorder: _Recorder) -> Any:
         for t in flat:
             if _float_tensor(tf, t):
                 new = recorder.tap(t, record, "out0" if not record.out else "out")
-                mask = getattr(t, "_keras_mask", None)
-                if mask is not None:
-                    new._keras_mask = mask
+                # what Keras hangs on the tensor travels with it: the mask, and the logits a
+                # softmax/sigmoid keeps (Keras 3 losses compute from them)
+                for attr in KERAS_TENSOR_ATTRS:
+                    value = getattr(t, attr, None)
+                    if value is not None:
+                        setattr(new, attr, value)
                 record.out.append(new)
                 tapped.append(new)
             else:

@@ -395,6 +395,10 @@ class LossInfo:
     """For crossentropy losses: whether the loss takes logits; ``None`` otherwise."""
     labels: str | None = None
     """Where the labels came from (file path), or ``None`` for losses without labels."""
+    semantics: str | None = None
+    """Crossentropy rules: ``keras2`` (clipped, renormalised probabilities, as Keras 2.x
+    trained its files) or ``keras3`` (the logits a softmax/sigmoid output keeps); ``None`` for
+    losses without labels."""
 
 
 @dataclass(frozen=True)

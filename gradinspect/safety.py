@@ -194,7 +194,14 @@ def read_config(path: Path, fmt: str) -> Any:
 
 LOOKUP_CLASSES = ("StringLookup", "IntegerLookup", "TextVectorization")
 CODE_CLASSES = ("Lambda", "TFSMLayer")
-ALLOWED_MODULES = ("keras",)
+ALLOWED_MODULES = tuple(
+    f"keras{src}.{name}" for src in ("", ".src")
+    for name in ("layers", "activations", "initializers", "regularizers", "constraints",
+                 "losses", "metrics", "optimizers", "dtype_policies", "models"))
+"""Where the objects of a model config may come from (and their submodules): Keras' layers,
+activations, initializers, regularizers, constraints, losses, metrics, optimizers, dtype
+policies and models — not its utilities (``keras.src.utils.file_utils.get_file`` as an
+activation would fetch a file) — plus ``keras`` itself for ``DTypePolicy``/``Sequential``."""
 
 
 def scan_config(config: Any, label: str, allowed_modules: Sequence[str] = (),
@@ -239,12 +246,13 @@ def scan_config(config: Any, label: str, allowed_modules: Sequence[str] = (),
                 raise ModelLoadError(
                     f"{label}: the config names the function {str(inner)!r}, which is not a "
                     "Keras function nor one passed with --custom-objects; refused", hint)
-        elif isinstance(module, str) and cls is not None and not any(
+        elif isinstance(module, str) and cls is not None and module != "keras" and not any(
                 module == m or module.startswith(m + ".") for m in allowed) \
                 and cls not in allowed_names and registered not in allowed_names:
             raise ModelLoadError(
-                f"{label}: {here} comes from the module {module!r}, which is neither Keras nor "
-                "a module passed with --custom-objects; refused", hint)
+                f"{label}: {here} comes from the module {module!r}, which is neither a Keras "
+                "layer, activation, initializer, loss ... module nor one passed with "
+                "--custom-objects; refused", hint)
         stack.extend((v, depth + 1, here) for v in node.values())
 
 

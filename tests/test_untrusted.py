@@ -100,6 +100,9 @@ CONFIG_ATTACKS = {
     "foreign_module": (lambda c: _layers(c)[1]["config"].update(activation={
         "module": "os", "class_name": "function", "config": "system",
         "registered_name": "function"}), "'os'"),
+    "keras_utility_as_activation": (lambda c: _layers(c)[1]["config"].update(activation={
+        "module": "keras.src.utils.file_utils", "class_name": "function",
+        "config": "get_file", "registered_name": "function"}), "file_utils"),
     "builtin_function": (lambda c: _layers(c)[1]["config"].update(activation={
         "module": "builtins", "class_name": "function", "config": "eval",
         "registered_name": "function"}), "'eval'"),
