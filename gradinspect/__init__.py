@@ -1,4 +1,4 @@
-"""gradinspect: per-layer gradients of Keras Dense layers, with verdicts.
+"""gradinspect: per-layer gradients of every Keras layer with trainable weights, with verdicts.
 
 Importing this package is cheap: TensorFlow loads only when an inspection runs.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Finding",
