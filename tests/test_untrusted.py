@@ -110,14 +110,20 @@ CONFIG_ATTACKS = {
 
 
 @pytest.mark.parametrize("attack", sorted(CONFIG_ATTACKS))
-def test_config_allow_list_refuses_before_keras_builds(base: dict[str, Path],
-                                                       attack: str) -> None:
+def test_config_allow_list_refuses_before_keras_builds(base: dict[str, Path], attack: str,
+                                                       tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # where a fetch would land (~/.keras)
+    monkeypatch.setenv("KERAS_HOME", str(home / ".keras"))
     edit, needle = CONFIG_ATTACKS[attack]
     hostile = rewrite_keras_config(base["model"], base["dir"] / f"{attack}.keras", edit)
     before = sha(hostile)
     result = invoke(hostile, base["x"])
     one_plain_line(result, ExitStatus.MODEL_ERROR, needle, "--unsafe")
     assert sha(hostile) == before
+    assert list(home.iterdir()) == [], "nothing may be written in HOME"
 
 
 def test_deeply_nested_config_is_one_line(base: dict[str, Path]) -> None:
@@ -255,6 +261,31 @@ def test_fifos_are_refused_without_blocking(base: dict[str, Path], tmp_path: Pat
                                 capture_output=True, text=True, timeout=120, check=False)
         assert result.returncode == status, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+PEAK_RSS = """
+import resource, subprocess, sys
+p = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+sys.stderr.write(p.stderr)
+"""
+
+
+def test_bombs_are_refused_with_bounded_memory(base: dict[str, Path], tmp_path: Path) -> None:
+    """Refused before anything inflates: the peak RSS of the whole command stays that of
+    loading TensorFlow and the model (the npz member is 80 MB, the HDF5 dataset 8 GiB)."""
+    bomb = tmp_path / "bomb.npz"
+    np.savez_compressed(bomb, x=np.ones((5, 3), np.float32),
+                        unused=np.zeros(20_000_000, np.float32))
+    sparse = _h5_with(tmp_path / "sparse.h5", _sparse(base["secret"]))
+    for data, needle in ((bomb, "inflates"), (sparse, "implausible")):
+        out = subprocess.run([sys.executable, "-c", PEAK_RSS, sys.executable, "-m",
+                              "gradinspect", str(base["model"]), str(data)],
+                             capture_output=True, text=True, timeout=300, check=False)
+        code, peak = (int(v) for v in out.stdout.split())
+        assert code == ExitStatus.DATA_ERROR, out.stderr
+        assert needle in out.stderr
+        assert peak < 1536 << 20, f"peak RSS {peak / 2**20:.0f} MiB"
 
 
 def test_npz_bomb_and_overflowing_npy_header(base: dict[str, Path], tmp_path: Path) -> None:
