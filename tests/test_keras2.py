@@ -112,8 +112,12 @@ def test_loss_semantics_follow_the_keras_that_trained_the_file(tfk: Any, tmp_pat
         assert report.loss.name == loss
         value, grads = want[rule]
         assert report.loss.value == pytest.approx(float(value), rel=1e-5, abs=1e-7), rule
-        if rule == "keras2":  # the loss the Keras 2 training reported, by tf-keras itself
-            assert report.loss.value == pytest.approx(trained_loss, rel=1e-4, abs=1e-6)
+        # tf-keras itself (2.21, which saved the file): on the ordinary pairs both rules give
+        # its loss; on the mismatched pairs current tf-keras takes the cached logits, as Keras 3
+        # does — the keras2 rule is how Keras 2.x computed them, written out above
+        if (rule == "keras3" and case in ("sigmoid_cce", "softmax_bce")) or \
+                case in ("softmax_cce", "sigmoid_bce"):
+            assert report.loss.value == pytest.approx(trained_loss, rel=1e-4, abs=1e-6), rule
         norms = {v.path: float(np.linalg.norm(g)) for v, g in zip(variables, grads,
                                                                   strict=True)}
         got = {w.path: ly.grads.variables[n].norm for ly in report.layers
