@@ -65,7 +65,7 @@ def _header(report: Report) -> Text:
     if coverage is not None:
         text.append(f"\ninspected {coverage.inspected_params:,} of "
                     f"{coverage.trainable_params:,} trainable parameters in "
-                    f"{coverage.entries} layers")
+                    f"{coverage.entries} layer{'' if coverage.entries == 1 else 's'}")
         if coverage.skipped:
             reasons: dict[str, list[str]] = {}
             for s in coverage.skipped:
