@@ -510,8 +510,7 @@ def _gradcheck_stats(run: _Run, i: int) -> GradcheckStats | None:
 
 
 def _coverage(run: _Run, reported: Sequence[Any]) -> Coverage:
-    skipped = [SkippedInfo(s.path, s.class_name, s.params, s.reason)
-               for s in (*run.walk.unowned, *run.skipped)]
+    skipped = [*run.walk.unowned, *run.skipped]
     skipped += [SkippedInfo(s.path, s.class_name, s.params,
                             "not called in the forward pass (not connected to the outputs)")
                 for s, acc in zip(run.sites, run.accs, strict=True) if acc.calls == 0]
@@ -542,8 +541,8 @@ def _build_report(run: _Run) -> Report:
             input=(_with_batch(acc.input_grad.result(), data.samples)
                    if acc.input_grad is not None else None),
         )
-        main = [k for k, v in enumerate(site.variables) if not is_offset(v.name)] or \
-            list(range(len(site.variables)))
+        kernel_like = [k for k, v in enumerate(site.variables) if not is_offset(v.name)]
+        main = kernel_like or list(range(len(site.variables)))
         weight_grad = combined([grad_list[k] for k in main])
         weight_norm = math.sqrt(sum(weight_list[k].norm ** 2 for k in main))
         verify = (acc.verify.result(acc.grads[0], acc.grads[1] if site.use_bias else None,
@@ -572,8 +571,8 @@ def _build_report(run: _Run) -> Report:
                                          and site.measured.kind == "softmax"
                                          and site.units == 1),
                 loss_activation=_loss_activation_mismatch(run.loss, site),
-                kernel_zero=bool(main) and all(weight_list[k].norm == 0.0 for k in main)
-                and all(not is_offset(site.variables[k].name) for k in main),
+                kernel_zero=bool(kernel_like)
+                and all(weight_list[k].norm == 0.0 for k in kernel_like),
             )
         )
         partial.append((site, acc, LayerWeights(variables=_by_name(site, weight_list)),

@@ -657,6 +657,7 @@ class Probe:
         var_grads = tape.gradient(total, self._tf_vars,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
         calls = {i: recorder.calls.get(i, []) for i in range(len(self.sites))}
+        has_xs = [bool(calls[i]) and all(c.x is not None for c in calls[i]) for i in calls]
         self.order = list(recorder.first_call)
         checked = [t for t in [*inputs, *(labels or [])] if t.dtype.is_floating]
         if counting:
@@ -664,7 +665,7 @@ class Probe:
             fixed = [tf.add_n([zero] + [tf.reduce_sum(tf.cast(~tf.math.is_finite(t),
                                                               tf.float64)) for t in checked])]
             for i in range(len(self.sites)):
-                if calls[i] and all(c.x is not None for c in calls[i]):
+                if has_xs[i]:
                     for c in calls[i]:
                         fixed += [tf.cast(v, tf.float64) for v in (c.gx or [zero] * 3)]
             return {"counts": tf.stack(fixed)}
@@ -678,7 +679,7 @@ class Probe:
         full: dict[int, Any] = {}
         for i, site in enumerate(self.sites):
             cs = calls[i]
-            has_x = bool(cs) and all(c.x is not None for c in cs)
+            has_x = has_xs[i]
             for j, c in enumerate(cs):
                 if has_x:
                     pack.add(("x_shape", i, j), _shape(tf, c.x))

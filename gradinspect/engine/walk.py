@@ -19,6 +19,7 @@ import numpy as np
 
 from gradinspect.engine.adapters import ADAPTERS, Adapter
 from gradinspect.engine.adapters.base import DenseView, channel_axis, children
+from gradinspect.report import SkippedInfo
 
 
 @dataclass(frozen=True)
@@ -145,22 +146,12 @@ class Site:
 
 
 @dataclass(frozen=True)
-class Skipped:
-    """Trainable parameters that are not inspected, and why."""
-
-    path: str
-    class_name: str
-    params: int
-    reason: str
-
-
-@dataclass(frozen=True)
 class Walk:
     """Every entry of a model, and the trainable parameters no entry owns."""
 
     sites: tuple[Site, ...]
     trainable_params: int
-    unowned: tuple[Skipped, ...] = ()
+    unowned: tuple[SkippedInfo, ...] = ()
 
 
 # ---------------------------------------------------------------- activations
@@ -372,7 +363,7 @@ def walk_model(model: Any) -> Walk:
     visit(model, "")
     trainable = list(getattr(model, "trainable_variables", None) or [])
     unowned = tuple(
-        Skipped(path=str(getattr(v, "path", getattr(v, "name", "?"))), class_name="?",
+        SkippedInfo(path=str(getattr(v, "path", getattr(v, "name", "?"))), class_name="?",
                 params=int(np.prod(v.shape, dtype=np.int64)),
                 reason="not owned by any layer the walker reached")
         for v in trainable if id(v) not in seen_vars
@@ -382,11 +373,11 @@ def walk_model(model: Any) -> Walk:
 
 
 def select(sites: Sequence[Site], kinds: Sequence[str], patterns: Sequence[str]
-           ) -> tuple[list[Site], list[Skipped]]:
+           ) -> tuple[list[Site], list[SkippedInfo]]:
     """``--kind`` and ``--layer``: the entries that match every given filter, and the rest as
     skipped (with the filter that left them out)."""
     chosen: list[Site] = []
-    skipped: list[Skipped] = []
+    skipped: list[SkippedInfo] = []
     for site in sites:
         reason = None
         if kinds and site.kind not in kinds:
@@ -397,7 +388,7 @@ def select(sites: Sequence[Site], kinds: Sequence[str], patterns: Sequence[str]
         if reason is None:
             chosen.append(site)
         else:
-            skipped.append(Skipped(site.path, site.class_name, site.params, reason))
+            skipped.append(SkippedInfo(site.path, site.class_name, site.params, reason))
     return chosen, skipped
 
 
