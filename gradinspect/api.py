@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 
 from gradinspect import __version__
-from gradinspect.checks import VerifyAccumulator, closed_form_delta, per_sample_stats
+from gradinspect.checks import (
+    VerifyAccumulator,
+    closed_form_delta,
+    logits_delta,
+    per_sample_stats,
+)
 from gradinspect.config import InspectOptions, LoadOptions, Thresholds
 from gradinspect.diagnose import LayerFigures, RunFigures, diagnose
 from gradinspect.errors import DataError
@@ -34,9 +39,11 @@ from gradinspect.loading import (
 from gradinspect.report import (
     ActivationStats,
     ArrayInfo,
+    ArrayStats,
     ChecksInfo,
     Coverage,
     DataInfo,
+    ForwardStats,
     GradcheckStats,
     GradValues,
     LayerGrads,
@@ -81,6 +88,17 @@ class _LayerAccumulators:
     weights: tuple[np.ndarray, ...] = ()
     input_values: list[np.ndarray] | None = None
     input_value_rows: int = 0
+    x_sumsq: float = 0.0
+    x_entries: int = 0
+    out_sumsq: float = 0.0
+    out_entries: int = 0
+    confident_wrong: int | None = None
+    moving_moment: np.ndarray | None = None
+    moving_rows: int = 0
+    kept_logits: Any = None
+    """``--verify`` on an output whose crossentropy Keras computes from the logits its
+    softmax/sigmoid keeps: that output's loss spec (dL/dz is then checked against the
+    crossentropy-of-logits closed form, the path the tape differentiates)."""
 
     def __post_init__(self) -> None:
         if self.site.measured is not None:
@@ -110,6 +128,8 @@ class _Run:
     verify_note: str | None = None
     label_prep: LabelPrep | None = None
     notes: list[str] = field(default_factory=list)
+    input_stats: list[np.ndarray | None] = field(default_factory=list)
+    """Per model input: [min, max, sum, sum of squares, entries] over the batches so far."""
 
 
 def _batches(arrays: Sequence[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
@@ -241,6 +261,7 @@ def run_inspection(
                         if options.verify and _closed_form(s) else None),
                 per_sample=[] if options.per_sample and _per_sample_form(s) else None,
                 input_values=[] if options.values else None,
+                kept_logits=_kept_logits(loss, s) if options.verify else None,
             )
             for s in sites
         ],
@@ -253,6 +274,17 @@ def run_inspection(
             + ("; not available for " + ", ".join(others) + " (use --gradcheck)" if others
                else "")
         )
+        for acc in run.accs:
+            spec = acc.kept_logits
+            if spec is None or acc.verify is None:
+                continue
+            if spec.name in LOGITS_CLOSED_FORMS and int(spec.kwargs.get("axis", -1)) == -1:
+                run.verify_note += (f"; {acc.site.path}: dL/dz checked against the "
+                                    f"{spec.name} of its kept logits (what Keras differentiates)")
+            else:
+                acc.verify = None
+                run.verify_note += (f"; not available for {acc.site.path} ({spec.name} "
+                                    "computed from its kept logits)")
     if options.per_sample:
         interacting = batch_interactions(loaded.model, options.training)
         if interacting:
@@ -285,10 +317,11 @@ def run_inspection(
                                  confidence=t.softmax_confidence,
                                  fresh=_fresh(data.arrays, raw, batch))
             run.loss_value += capture.loss
+            _merge_input_stats(run, capture.input_stats, batch)
             run.nonfinite += capture.nonfinite
             run.entries += capture.entries
             for acc, cap in zip(run.accs, capture.layers, strict=True):
-                _accumulate(acc, cap)
+                _accumulate(acc, cap, labels, run.scale)
                 _keep_values(acc, cap, options.values_samples)
             done += capture.samples
             if progress is not None:
@@ -419,7 +452,8 @@ def _values(acc: _LayerAccumulators) -> GradValues | None:
     )
 
 
-def _accumulate(acc: _LayerAccumulators, cap: Any) -> None:
+def _accumulate(acc: _LayerAccumulators, cap: Any, labels: Sequence[np.ndarray] | None = None,
+                scale: float = 1.0) -> None:
     site = acc.site
     acc.weights = cap.weights
     acc.calls = len(cap.calls)
@@ -431,16 +465,38 @@ def _accumulate(acc: _LayerAccumulators, cap: Any) -> None:
             acc.input_grad = acc.input_grad or TensorAccumulator()
             acc.input_grad.merge_summary(call.input_grad, call.x_shape)
         acc.output_grad_sumsq += call.output_grad_sumsq
+        if call.x_sumsq is not None and call.x_shape is not None:
+            acc.x_sumsq += call.x_sumsq
+            acc.x_entries += math.prod(call.x_shape)
+        if call.out_sumsq is not None:
+            acc.out_sumsq += call.out_sumsq
+            acc.out_entries += math.prod(call.out_shape)
         full = call.full
         if acc.verify is not None and full is not None and full.z is not None \
                 and full.g_z is not None and full.x is not None and full.g_x is not None:
             view = site.dense_view
-            delta = closed_form_delta(site.profile.kind, site.profile.name, full.z, full.g_out,
-                                      full.derivative64, full.kink, full.g_z)
+            spec = acc.kept_logits
+            if spec is not None and labels is not None and site.output_index is not None:
+                z = np.asarray(full.z)
+                values_per_sample = math.prod(z.shape[1:-1])  # a sequence output: mean over T
+                delta = logits_delta(
+                    spec.name, z, labels[site.output_index],
+                    spec.weight * scale / values_per_sample,
+                    float(spec.kwargs.get("label_smoothing", 0.0) or 0.0))
+            else:
+                delta = closed_form_delta(site.profile.kind, site.profile.name, full.z,
+                                          full.g_out, full.derivative64, full.kink, full.g_z)
             bias = cap.bias
             acc.verify.update_call(cap.kernel.reshape(view.n_in, view.n_out),
                                    view.full_bias(bias) if bias is not None else None,
                                    full.x, full.z, delta, full.g_z, full.g_x)
+    if cap.confident_wrong is not None:
+        acc.confident_wrong = (acc.confident_wrong or 0) + cap.confident_wrong
+    if cap.moving_moment is not None:
+        acc.moving_moment = (cap.moving_moment if acc.moving_moment is None
+                             else acc.moving_moment + cap.moving_moment)
+        acc.moving_rows += sum(math.prod(c.x_shape) for c in cap.calls
+                               if c.x_shape is not None) // max(cap.moving_moment.size, 1)
     if acc.activity is not None:
         if cap.low_per_unit is not None:
             acc.activity.update_counts(cap.low_per_unit, cap.activity_rows)
@@ -452,6 +508,55 @@ def _accumulate(acc: _LayerAccumulators, cap: Any) -> None:
             acc.per_sample.append(cap.per_sample_sq)
         else:
             acc.per_sample = None
+
+
+def _merge_input_stats(run: _Run, stats: Sequence[np.ndarray | None],
+                       batch: Sequence[np.ndarray]) -> None:
+    """Fold one batch's [min, max, sum, sum of squares] per input into the run's."""
+    if not run.input_stats:
+        run.input_stats = [None] * len(stats)
+    for k, (part, a) in enumerate(zip(stats, batch, strict=True)):
+        if part is None:
+            continue
+        new = np.array([*part, float(np.size(a))])
+        old = run.input_stats[k]
+        run.input_stats[k] = new if old is None else np.array([
+            min(old[0], new[0]), max(old[1], new[1]), old[2] + new[2], old[3] + new[3],
+            old[4] + new[4]])
+
+
+def _array_stats(run: _Run, k: int) -> ArrayStats | None:
+    s = run.input_stats[k] if k < len(run.input_stats) else None
+    if s is None or not s[4]:
+        return None
+    mean = s[2] / s[4]
+    spread = s[3] / s[4] - mean * mean if np.all(np.isfinite(s)) else math.nan
+    return ArrayStats(min=float(s[0]), max=float(s[1]), mean=float(mean),
+                      std=math.sqrt(max(spread, 0.0)) if math.isfinite(spread) else math.nan)
+
+
+def _moving_initial(layer: Any) -> bool:
+    """A BatchNormalization's moving statistics are still at their initial values."""
+    mean = np.asarray(layer.moving_mean)
+    variance = np.asarray(layer.moving_variance)
+    return bool(np.all(mean == 0.0) and np.all(variance == 1.0))
+
+
+def _rms(sumsq: float, entries: int) -> float | None:
+    return math.sqrt(sumsq / entries) if entries else None
+
+
+def _forward_stats(acc: _LayerAccumulators) -> ForwardStats:
+    moving = None
+    if acc.moving_moment is not None and acc.moving_rows:
+        layer = acc.site.layer
+        variance = np.asarray(layer.moving_variance, dtype=np.float64).reshape(-1)
+        epsilon = float(getattr(layer, "epsilon", 1e-3))
+        m2 = acc.moving_moment / acc.moving_rows / (variance + epsilon)
+        moving = math.sqrt(float(np.median(m2))) if np.all(np.isfinite(m2)) else math.nan
+    return ForwardStats(input_rms=_rms(acc.x_sumsq, acc.x_entries),
+                        output_rms=_rms(acc.out_sumsq, acc.out_entries),
+                        moving_stats_rms=moving)
 
 
 def _activity_stats(acc: _LayerAccumulators, t: Thresholds) -> ActivationStats | None:
@@ -473,6 +578,9 @@ def _activity_stats(acc: _LayerAccumulators, t: Thresholds) -> ActivationStats |
         units_always_low_fraction=(always / site.units)
         if always is not None and site.units else None,
         softmax_confident_fraction=act.confident_fraction() if kind == "softmax" else None,
+        softmax_confident_wrong_fraction=(acc.confident_wrong / act.rows
+                                          if kind == "softmax" and act.rows
+                                          and acc.confident_wrong is not None else None),
     )
 
 
@@ -523,6 +631,8 @@ def _coverage(run: _Run, reported: Sequence[Any]) -> Coverage:
 
 
 def _build_report(run: _Run) -> Report:
+    from gradinspect.engine.walk import layer_classes
+
     t = run.options.thresholds
     data = run.data
     constant, constant_loss = _constant_softmax_outputs(run)
@@ -549,6 +659,7 @@ def _build_report(run: _Run) -> Report:
                                     t.verify_tolerance)
                   if acc.verify is not None and acc.verify.kernel_sum is not None else None)
         output_grad_norm = math.sqrt(acc.output_grad_sumsq)
+        forward = _forward_stats(acc)
         figures.append(
             LayerFigures(
                 path=site.path,
@@ -573,6 +684,9 @@ def _build_report(run: _Run) -> Report:
                 loss_activation=_loss_activation_mismatch(run.loss, site),
                 kernel_zero=bool(kernel_like)
                 and all(weight_list[k].norm == 0.0 for k in kernel_like),
+                forward=forward,
+                moving_initial=_moving_initial(site.layer) if acc.moving_rows else False,
+                is_output=site.is_output,
             )
         )
         partial.append((site, acc, LayerWeights(variables=_by_name(site, weight_list)),
@@ -585,6 +699,9 @@ def _build_report(run: _Run) -> Report:
         data_nonfinite=run.nonfinite,
         data_entries=run.entries,
         constant_loss=constant_loss,
+        arrays=tuple((n, _array_stats(run, k)) for k, n in enumerate(data.names)),
+        activations=frozenset(s.measured.name for s in run.sites if s.measured is not None),
+        layer_classes=frozenset(layer_classes(run.loaded.model)),
     )
     per_layer, model_findings = diagnose(figures, figures_run, t)
     layers = tuple(
@@ -607,6 +724,7 @@ def _build_report(run: _Run) -> Report:
             grad_to_weight=fig.grad_to_weight,
             backward_gain=fig.backward_gain,
             activity=fig.activity,
+            forward=fig.forward,
             verify=fig.verify,
             gradcheck=fig.gradcheck,
             per_sample=_per_sample(run, acc, fig.grads),
@@ -623,8 +741,9 @@ def _build_report(run: _Run) -> Report:
         data=DataInfo(
             path=data.path,
             arrays=tuple(
-                ArrayInfo(name=n, shape=tuple(a.shape), dtype=d)
-                for n, a, d in zip(data.names, data.arrays, data.stored_dtypes, strict=True)
+                ArrayInfo(name=n, shape=tuple(a.shape), dtype=d, stats=_array_stats(run, k))
+                for k, (n, a, d) in enumerate(zip(data.names, data.arrays, data.stored_dtypes,
+                                                  strict=True))
             ),
             samples=data.samples,
             notes=(*data.notes, *run.notes),
@@ -699,6 +818,33 @@ def _logits_mismatch(loss: Any, site: Any) -> tuple[str, bool] | None:
     if not from_logits and measured.kind == "linear":
         return spec.name, False
     return None
+
+
+KEPT_LOGITS = ("softmax", "sigmoid")
+"""Activations whose output keeps its logits for a crossentropy (Keras 2.13+ and 3)."""
+LOGITS_CLOSED_FORMS = ("categorical_crossentropy", "sparse_categorical_crossentropy",
+                       "binary_crossentropy")
+
+
+def _kept_logits(loss: Any, site: Any) -> Any:
+    """The output loss spec when this output's crossentropy is computed from the logits its
+    softmax/sigmoid keeps rather than from the probabilities: Keras 3 does that for every
+    crossentropy (``from_logits`` or not), the ``keras2`` rule only for ``from_logits=True``
+    (see ``losses.SEMANTICS``). ``None`` otherwise."""
+    from gradinspect.losses import CROSSENTROPY, KERAS2_RULES
+
+    per_output = getattr(loss, "per_output", ())
+    profile = site.profile
+    if (site.output_index is None or site.output_index >= len(per_output) or profile is None
+            or profile.name not in KEPT_LOGITS or site.follower is not None):
+        return None
+    spec = per_output[site.output_index]
+    if spec.name not in CROSSENTROPY:
+        return None
+    if getattr(loss, "semantics", "keras3") == "keras2" and spec.name in KERAS2_RULES \
+            and not spec.from_logits:
+        return None
+    return spec
 
 
 def _loss_activation_mismatch(loss: Any, site: Any) -> tuple[str, str] | None:
@@ -788,6 +934,9 @@ def _label_step(where: str, y: Any, out: Any, loss_name: str) -> tuple[
             return np.eye(int(classes), dtype=np.float32)[ids]
         return one_hot, (f"labels for output '{out.name}': integer class ids one-hot encoded "
                          f"({classes} classes) for categorical_crossentropy")
+    if y_shape != out_shape and out_shape and out_shape[-1] == 1 and y_shape == out_shape[:-1]:
+        # (N,) labels for an (N, 1) output: Keras trains with them (it expands the last axis)
+        return (lambda b, start: np.asarray(b, dtype=np.float32)[..., None]), None
     if y_shape != out_shape:
         hint = "labels need the output's shape"
         if loss_name == "categorical_crossentropy" and y_shape in ((), (1,)):

@@ -65,6 +65,34 @@ def closed_form_delta(
     return delta
 
 
+def logits_delta(loss_name: str, z: npt.ArrayLike, y: npt.ArrayLike, factor: float,
+                 label_smoothing: float = 0.0) -> F64:
+    """dL/dz where a crossentropy is computed from the logits ``z`` a softmax/sigmoid output
+    keeps (Keras 3), in float64: ``factor * (softmax(z) - y)`` for categorical losses (``y``
+    one-hot or class ids), ``factor * (sigmoid(z) - y) / K`` for binary crossentropy (the mean
+    over the last axis of K entries). ``factor`` is the output's loss weight times the
+    reduction's scale divided by the loss values per sample. Rows are ``z``'s last axis."""
+    zz = _rows(z)
+    k = zz.shape[1]
+    if loss_name == "sparse_categorical_crossentropy":
+        ids = np.asarray(y).reshape(-1).astype(np.int64)
+        target = np.zeros_like(zz)
+        target[np.arange(zz.shape[0]), ids] = 1.0
+    else:
+        target = _rows(y)
+    if loss_name == "binary_crossentropy":
+        if label_smoothing:
+            target = target * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        p = 0.5 * (1.0 + np.tanh(0.5 * zz))  # sigmoid without overflow
+        return np.asarray(factor * (p - target) / k, dtype=np.float64)
+    if label_smoothing:
+        target = target * (1.0 - label_smoothing) + label_smoothing / k
+    shifted = zz - zz.max(axis=1, keepdims=True)
+    s = np.exp(shifted)
+    s /= s.sum(axis=1, keepdims=True)
+    return np.asarray(factor * (s - target), dtype=np.float64)
+
+
 @dataclass
 class _ErrorAcc:
     max_abs: float = 0.0
@@ -188,6 +216,10 @@ def per_sample_stats(sq_norms: npt.ArrayLike, mean_grad_sq_norm: float, top: int
     median = float(np.median(norms))
     mad = float(np.median(np.abs(norms - median))) * 1.4826
     ranked = np.argsort(-norms, kind="stable")  # largest first; one sort for both lists
+    if mad == 0:
+        # Most samples share one norm (often exactly zero: confident and right), so the MAD is
+        # 0; the mean absolute deviation still sees the few samples that carry the gradient.
+        mad = float(np.mean(np.abs(norms - median))) * 1.2533
     cut = median + outlier_mad * mad
     outliers = ranked[norms[ranked] > cut] if mad > 0 else ranked[:0]
     mean_sq = float(sq.mean())

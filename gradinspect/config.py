@@ -29,6 +29,21 @@ class Thresholds:
     """A softmax row is saturated when its largest probability is at least this."""
     softmax_saturated: float = 0.5
     """Warn when at least this fraction of samples has a saturated softmax."""
+    softmax_wrong: float = 0.05
+    """An output softmax with labels: warn when at least this fraction of samples is
+    confident (``softmax_confidence``) on a class that is not their label's."""
+    saturated_info: float = 0.01
+    """Below this fraction of saturated entries (and with no saturated unit), no finding."""
+    unscaled_input: float = 10.0
+    """A float input whose root mean square (sqrt(mean^2 + std^2)) is above this is far from
+    standardised (0..255 pixels: ~140), unless the model scales it before its first entry."""
+    activation_collapse: float = 1e-3
+    """The forward signal collapses at an entry whose input RMS is below this fraction of the
+    largest output RMS of the entries before it."""
+    batchnorm_mismatch: float = 10.0
+    """BatchNormalization in inference: its moving statistics do not describe the data when
+    the RMS of (x - moving_mean) / sqrt(moving_variance) is above this or below its inverse
+    (1 when they do)."""
     vanishing_abs: float = 1e-7
     """Vanishing when mean |dL/dW| per sample is below this (DeepDiagnosis' 1e-7)."""
     vanishing_rel: float = 1e-4

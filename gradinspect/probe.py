@@ -91,6 +91,10 @@ class CallSummary:
     output_grad_sumsq: float
     """||dL/doutput||^2, for the backward gain."""
     full: CallCapture | None = None
+    x_sumsq: float | None = None
+    """Forward signal: sum of the squared input entries (``None`` without a float input)."""
+    out_sumsq: float | None = None
+    """Forward signal: sum of the squared entries of the first float output."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,12 @@ class LayerCapture:
     """Softmax: rows whose top probability reaches the confidence threshold."""
     per_sample_sq: np.ndarray | None = None
     """``per_sample``: ||dl_i/dW||^2 + ||dl_i/db||^2 per sample (gradients of per-sample terms)."""
+    confident_wrong: int | None = None
+    """Softmax output with labels: confident rows whose top class is not the label's."""
+    moving_moment: np.ndarray | None = None
+    """BatchNormalization in inference: per channel, the sum over the batch (every call and
+    position) of (x - moving_mean)^2; divided by those rows and moving_variance + epsilon, it
+    says how well the moving statistics describe this data (1 when they do)."""
 
     def weight(self, name: str) -> np.ndarray | None:
         """The value of the variable with this short name, or ``None``."""
@@ -142,6 +152,9 @@ class BatchCapture:
     """NaN/Inf entries in this batch's inputs and labels."""
     entries: int = 0
     """All entries of this batch's inputs and labels."""
+    input_stats: tuple[np.ndarray | None, ...] = ()
+    """Per model input: ``[min, max, sum, sum of squares]`` of a float input (``None`` for
+    integer inputs)."""
 
 
 # ---------------------------------------------------------------- hooks
@@ -150,6 +163,8 @@ class BatchCapture:
 @dataclass
 class _CallRecord:
     x: Any = None
+    x_source: Any = None
+    """The input as the layer received it (before the tap): often another entry's output."""
     z: Any = None
     out: list[Any] = field(default_factory=list)
     gx: list[Any] | None = None
@@ -202,7 +217,8 @@ class _Recorder:
                 self._receive(record, role, dy)
                 return dy
 
-            return tf.identity(v), grad
+            # custom_gradient wraps what it returns in an identity op of its own
+            return v, grad
 
         return identity(t)
 
@@ -217,7 +233,7 @@ class _Recorder:
         else:
             if self.full and role == "out0":
                 record.gout_full = dy
-            record.gout_sq.append(_sumsq(tf, dy))
+            record.gout_sq.append(_half_sumsq(tf, dy))
 
 
 def _replace_call(layer: Any, hooked: Any) -> Any:
@@ -259,6 +275,7 @@ def _install(tf: Any, index: int, site: Site, recorder: _Recorder) -> Any:
             recorder.tape.watch(inputs)  # the backward pass reaches this input, no further
             x = recorder.tap(inputs, record, "x")
             record.x = x
+            record.x_source = inputs
         if not hook_activation:
             out = original_call(x, *args, **kwargs)
         else:
@@ -398,9 +415,10 @@ def _widened(tf: Any, g: Any) -> Any:
     return tf.cast(g, tf.float32) if g.dtype in (tf.float16, tf.bfloat16) else g
 
 
-def _sumsq(tf: Any, g: Any) -> Any:
-    """sum(g^2) in one kernel (l2_loss is sum(g^2) / 2; doubling is exact): no squared copy."""
-    return 2.0 * tf.nn.l2_loss(_widened(tf, g))
+def _half_sumsq(tf: Any, g: Any) -> Any:
+    """sum(g^2) / 2 in one kernel (``l2_loss``), without a squared copy. The host doubles it
+    (exact): an eager step pays for every op, and this runs a few times per entry."""
+    return tf.nn.l2_loss(_widened(tf, g))
 
 
 def _reductions(tf: Any, g: Any) -> list[Any]:
@@ -409,7 +427,7 @@ def _reductions(tf: Any, g: Any) -> list[Any]:
     three; NaN/Inf are counted by ``_counts`` only when the host sees something not finite."""
     wide = _widened(tf, g)
     absval = tf.abs(wide)
-    return [_sumsq(tf, wide), tf.reduce_sum(absval), tf.reduce_max(absval)]
+    return [_half_sumsq(tf, wide), tf.reduce_sum(absval), tf.reduce_max(absval)]
 
 
 def _counts(tf: Any, g: Any) -> list[Any]:
@@ -472,10 +490,15 @@ class _EagerSum:
     value: Any = None
 
     def assign_add(self, addend: Any) -> None:
-        self.value = addend if self.value is None else self.value + addend
+        """Add a gradient in its own dtype: widened to float64 on the host, once, by ``numpy``
+        (an eager step pays per op; it runs for a single batch, so there is no sum to keep)."""
+        self.value = addend if self.value is None else (
+            np.asarray(self.value, dtype=np.float64) + np.asarray(addend, dtype=np.float64))
 
-    def numpy(self) -> np.ndarray:  # a writable copy, as tf.Variable.numpy() gives
-        return np.zeros(self.shape) if self.value is None else np.array(self.value)
+    def numpy(self) -> np.ndarray:  # a writable float64 copy, as tf.Variable.numpy() gives
+        if self.value is None:
+            return np.zeros(self.shape)
+        return np.array(self.value, dtype=np.float64)
 
 
 class Probe:
@@ -530,6 +553,24 @@ class Probe:
         # differentiating the activation again: one read of z instead of a second tape.
         self._bounded = [s.measured is not None and s.measured.kind not in ("softmax", "linear")
                          and s.measured.tails_only() for s in self.sites]
+        # BatchNormalization in inference normalises with its moving statistics: the step
+        # measures how well they describe the data it sees
+        self._moving = [_moving_statistics(s.layer) if not training else None
+                        for s in self.sites]
+
+    def _label_ids(self, site: Site, labels: Any, units: int) -> Any:
+        """The class id of each row of an output's labels (one-hot or sparse), or ``None``
+        when the site is not an output with labels."""
+        tf = self.tf
+        k = site.output_index
+        if labels is None or k is None or k >= len(labels):
+            return None
+        y = labels[k]
+        if y.dtype.is_integer:
+            return tf.reshape(tf.cast(y, tf.int64), (-1,))
+        if units < 2 or y.shape[-1] != units:
+            return None
+        return tf.argmax(tf.reshape(y, (-1, units)), axis=1, output_type=tf.int64)
 
     def __enter__(self) -> Probe:
         self._weights = None
@@ -613,12 +654,11 @@ class Probe:
         assert self._sums is not None
         for sums, gs in zip(self._sums, grads, strict=True):
             for total, g in zip(sums, gs, strict=True):
-                if isinstance(g, tf.IndexedSlices):  # Embedding: only the rows looked up
-                    if isinstance(total, _EagerSum):
-                        total.assign_add(tf.cast(tf.convert_to_tensor(g), tf.float64))
-                    else:
-                        total.scatter_add(tf.IndexedSlices(tf.cast(g.values, tf.float64),
-                                                           g.indices, g.dense_shape))
+                if isinstance(total, _EagerSum):
+                    total.assign_add(tf.convert_to_tensor(g))  # dense, float64 on the host
+                elif isinstance(g, tf.IndexedSlices):  # Embedding: only the rows looked up
+                    total.scatter_add(tf.IndexedSlices(tf.cast(g.values, tf.float64),
+                                                       g.indices, g.dense_shape))
                 else:
                     total.assign_add(tf.cast(g, tf.float64))
 
@@ -674,7 +714,19 @@ class Probe:
         pack.add(("loss",), total)
         for k, t in enumerate(checked):
             pack.add(("input_sum", k), tf.reduce_sum(t))
+        # forward signal: an entry's input is often the previous entry's output (Conv -> BN)
+        # or a model input, whose sum of squares is taken once
+        out_sq: dict[int, Any] = {}
+        for k, t in enumerate(inputs):
+            if t.dtype.is_floating:
+                wide = _widened(tf, t)
+                out_sq[id(t)] = _half_sumsq(tf, wide)
+                pack.add(("input_stats", k), tf.stack([
+                    tf.reduce_min(wide), tf.reduce_max(wide), tf.reduce_sum(wide),
+                    tf.cast(out_sq[id(t)], wide.dtype)]))
         measured = self._measured(calls)
+        out_sq.update({id(c.out[0]): _half_sumsq(tf, c.out[0]) for i in range(len(self.sites))
+                       for c in calls[i] if c.out})
         per_sample: dict[int, Any] = {}
         full: dict[int, Any] = {}
         for i, site in enumerate(self.sites):
@@ -683,34 +735,56 @@ class Probe:
             for j, c in enumerate(cs):
                 if has_x:
                     pack.add(("x_shape", i, j), _shape(tf, c.x))
+                    shared = out_sq.get(id(c.x_source))
+                    pack.add(("x_sq", i, j), shared if shared is not None
+                             else _half_sumsq(tf, c.x))
                     g_x = c.gx or [tf.zeros((), c.x.dtype)] * 3  # the loss never reached it
                     for n, value in enumerate(g_x):
                         pack.add(("gx", i, j, n), value)
                 if c.out:
                     pack.add(("out_shape", i, j), _shape(tf, c.out[0]))
+                    pack.add(("out_sq", i, j), out_sq[id(c.out[0])])
                 pack.add(("gout", i, j), tf.add_n(c.gout_sq) if c.gout_sq
                          else tf.zeros((), tf.float32))
             profile = site.measured
             units = site.units or 1
             if measured[i] and profile is not None and profile.kind == "softmax":
                 probs = [tf.reshape(_widened(tf, p), (-1, units)) for p in measured[i]]
-                pack.add(("confident", i), tf.add_n([tf.reduce_sum(tf.cast(
-                    tf.reduce_max(p, axis=1) >= tf.cast(confidence, p.dtype), tf.int32))
-                    for p in probs]))
+                confident_rows = [tf.reduce_max(p, axis=1) >= tf.cast(confidence, p.dtype)
+                                  for p in probs]
+                pack.add(("confident", i), tf.add_n([tf.reduce_sum(tf.cast(c, tf.int32))
+                                                     for c in confident_rows]))
                 pack.add(("rows", i), tf.add_n([tf.shape(p)[0] for p in probs]))
+                ids = self._label_ids(site, labels, units)
+                if ids is not None and len(probs) == 1:
+                    wrong = tf.logical_and(confident_rows[0], tf.argmax(
+                        probs[0], axis=1, output_type=tf.int64) != ids)
+                    pack.add(("confident_wrong", i), tf.reduce_sum(tf.cast(wrong, tf.int32)))
             elif measured[i] and self._bounded[i]:
-                zs = [tf.reshape(z, (-1, units)) for z in measured[i]]
-                lows = [tf.cast(tf.logical_or(z <= tf.cast(tail_a[i], z.dtype),
-                                              z >= tf.cast(tail_b[i], z.dtype)), tf.int32)
-                        for z in zs]
-                pack.add(("low_per_unit", i), tf.add_n([tf.reduce_sum(m, axis=0) for m in lows]))
-                pack.add(("rows", i), tf.add_n([tf.shape(m)[0] for m in lows]))
+                lows = [self._outside(z, tail_a[i], tail_b[i]) for z in measured[i]]
+                pack.add(("low_per_unit", i), tf.add_n(
+                    [tf.reduce_sum(tf.cast(m, tf.int32), axis=_leading_axes(m)) for m in lows]))
+                pack.add(("rows", i), _row_count(tf, lows))
             elif measured[i]:
-                derivatives = [tf.abs(tf.reshape(_widened(tf, d), (-1, units)))
-                               for d in measured[i]]
-                lows = [tf.cast(d < tf.cast(low[i], d.dtype), tf.int32) for d in derivatives]
-                pack.add(("low_per_unit", i), tf.add_n([tf.reduce_sum(m, axis=0) for m in lows]))
-                pack.add(("rows", i), tf.add_n([tf.shape(m)[0] for m in lows]))
+                lows = [tf.abs(_widened(tf, d)) < tf.cast(low[i], _widened(tf, d).dtype)
+                        for d in measured[i]]
+                pack.add(("low_per_unit", i), tf.add_n(
+                    [tf.reduce_sum(tf.cast(m, tf.int32), axis=_leading_axes(m)) for m in lows]))
+                pack.add(("rows", i), _row_count(tf, lows))
+            moving = self._moving[i]
+            if moving is not None and has_x:
+                mean, _, axis = moving
+                mean = _tf_variable(tf, mean)
+                # two kernels per call (a fused squared difference, one reduction): an eager
+                # step pays per op, and a MobileNet has 52 of these layers
+                moments = []
+                for c in cs:
+                    x = _axis_last(tf, _widened(tf, c.x), axis)
+                    m = mean if mean.dtype == x.dtype else tf.cast(mean, x.dtype)
+                    moments.append(tf.reduce_sum(tf.math.squared_difference(x, m),
+                                                 axis=list(range(len(x.shape) - 1))))
+                pack.add(("moving_moment", i), tf.add_n(moments) if len(moments) > 1
+                         else moments[0])
             has_z = bool(cs) and i in recorder.want_z and all(c.z is not None for c in cs)
             deltas = [c.gz if c.gz is not None else tf.zeros_like(c.z) for c in cs] if has_z \
                 else []
@@ -734,6 +808,20 @@ class Probe:
                 }
         figures, self._layout = pack.packed()
         return {"figures": figures, "per_sample": per_sample, "full": full}
+
+    def _outside(self, z: Any, a: Any, b: Any) -> Any:
+        """``z <= a or z >= b``: the low set of an activation whose derivative is low on two
+        tails. In an eager step the bounds are known, so an open tail (relu: b = +inf) costs
+        no comparison."""
+        tf = self.tf
+        if tf.executing_eagerly():
+            lo, hi = float(a), float(b)
+            if math.isinf(hi):
+                return z <= lo
+            if math.isinf(lo):
+                return z >= hi
+            return tf.logical_or(z <= lo, z >= hi)
+        return tf.logical_or(z <= tf.cast(a, z.dtype), z >= tf.cast(b, z.dtype))
 
     def _compile(self, tensors: list[Any], labels: list[Any] | None, params: Any,
                  counting: bool = False) -> Any:
@@ -833,20 +921,25 @@ class Probe:
                 input_grad = x_shape = None
                 if ("gx", i, j, 0) in layout:
                     x_shape = tuple(int(v) for v in get("x_shape", i, j))
-                    sumsq, sum_abs, max_abs = (float(get("gx", i, j, n)[0]) for n in range(3))
+                    half, sum_abs, max_abs = (float(get("gx", i, j, n)[0]) for n in range(3))
+                    sumsq = 2.0 * half
                     nan = inf = 0.0
                     if counts is not None:
                         max_abs, nan, inf = (float(v) for v in counts[1 + 3 * k: 4 + 3 * k])
                     input_grad = np.array([float(np.prod(x_shape)), sumsq, sum_abs,
                                            max(max_abs, 0.0), nan, inf])
                     k += 1
+                x_sq = 2.0 * float(get("x_sq", i, j)[0]) if ("x_sq", i, j) in layout else None
+                out_sq = (2.0 * float(get("out_sq", i, j)[0]) if ("out_sq", i, j) in layout
+                          else None)
                 calls.append(CallSummary(
                     x_shape=x_shape,
                     out_shape=(tuple(int(v) for v in get("out_shape", i, j))
                                if ("out_shape", i, j) in layout else ()),
                     input_grad=input_grad,
-                    output_grad_sumsq=float(get("gout", i, j)[0]),
+                    output_grad_sumsq=2.0 * float(get("gout", i, j)[0]),
                     full=self._full_capture(site, result["full"][i], j) if self.full else None,
+                    x_sumsq=x_sq, out_sumsq=out_sq,
                 ))
                 j += 1
             low_per_unit = (get("low_per_unit", i).astype(np.int64)
@@ -861,6 +954,10 @@ class Probe:
                 confident=int(get("confident", i)[0]) if ("confident", i) in layout else 0,
                 per_sample_sq=(result["per_sample"][i].numpy()
                                if i in result["per_sample"] else None),
+                confident_wrong=(int(get("confident_wrong", i)[0])
+                                 if ("confident_wrong", i) in layout else None),
+                moving_moment=(get("moving_moment", i).copy()
+                               if ("moving_moment", i) in layout else None),
             ))
         if not self.order:
             self.order = [i for i in range(len(self.sites)) if layers[i].calls]
@@ -870,6 +967,8 @@ class Probe:
             layers=tuple(layers),
             nonfinite=int(counts[0]) if counts is not None else 0,
             entries=sum(int(np.prod(a.shape)) for a in [*inputs, *(labels or [])]),
+            input_stats=tuple(get("input_stats", k) * _DOUBLE_LAST if ("input_stats", k) in layout
+                              else None for k in range(len(inputs))),
         )
 
     def _full_capture(self, site: Site, f: dict[str, Any], j: int) -> CallCapture:
@@ -891,6 +990,47 @@ class Probe:
             g_z=present(f["g_z"][j]) if z is not None else None, g_x=present(f["g_x"][j]),
             derivative64=derivative64, kink=kink,
         )
+
+
+_DOUBLE_LAST = np.array([1.0, 1.0, 1.0, 2.0])
+"""``input_stats`` carries half the sum of squares (``_half_sumsq``)."""
+
+
+def _leading_axes(t: Any) -> list[int]:
+    """Every axis but the last (units): per-unit sums without a reshape."""
+    return list(range(len(t.shape) - 1))
+
+
+def _row_count(tf: Any, tensors: Sequence[Any]) -> Any:
+    """Rows (entries per unit) of the tensors: from their shapes, with no op in an eager
+    step."""
+    if tf.executing_eagerly() and all(t.shape.is_fully_defined() for t in tensors):
+        return np.int64(sum(math.prod(t.shape.as_list()[:-1]) for t in tensors))
+    return tf.add_n([tf.reduce_prod(tf.shape(t)[:-1]) for t in tensors])
+
+
+def _moving_statistics(layer: Any) -> tuple[Any, Any, int] | None:
+    """A BatchNormalization's (moving_mean, moving_variance, axis) when it keeps one
+    statistic per channel of one axis; else ``None``."""
+    mean = getattr(layer, "moving_mean", None)
+    variance = getattr(layer, "moving_variance", None)
+    axis = getattr(layer, "axis", -1)
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            return None
+        axis = axis[0]
+    if mean is None or variance is None or len(mean.shape) != 1 or not isinstance(axis, int):
+        return None
+    return mean, variance, axis
+
+
+def _axis_last(tf: Any, t: Any, axis: int) -> Any:
+    """``t`` with ``axis`` moved last."""
+    rank = len(t.shape)
+    axis %= rank
+    if axis == rank - 1:
+        return t
+    return tf.transpose(t, [*(a for a in range(rank) if a != axis), axis])
 
 
 def _units_last(tf: Any, t: Any, axis: int) -> Any:

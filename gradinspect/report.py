@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
@@ -50,6 +50,18 @@ class Finding:
     """One line: what to try."""
     figures: Mapping[str, Figure] = field(default_factory=dict)
     """The measurements behind the verdict (threshold used, fractions, norms ...)."""
+    layer: str | None = None
+    """Path of the entry the finding is about; ``None`` for a model-level finding."""
+    root: bool = True
+    """No other finding explains this one: a cause to fix first."""
+    caused_by: tuple[str, ...] = ()
+    """The findings this one follows from, as ``code@layer`` (``code`` alone for a
+    model-level finding): fixing those is expected to fix this one."""
+
+    @property
+    def id(self) -> str:
+        """``code@layer``, or ``code`` for a model-level finding: how ``caused_by`` names it."""
+        return f"{self.code}@{self.layer}" if self.layer is not None else self.code
 
 
 @dataclass(frozen=True)
@@ -160,6 +172,25 @@ class ActivationStats:
     """``units_always_low`` divided by the number of units."""
     softmax_confident_fraction: float | None
     """For softmax: fraction of samples whose largest probability is at least the threshold."""
+    softmax_confident_wrong_fraction: float | None = None
+    """For a softmax output with labels: fraction of samples that are confident (as above) on
+    a class that is not their label's; ``None`` without labels."""
+
+
+@dataclass(frozen=True)
+class ForwardStats:
+    """The forward signal through an entry on this data."""
+
+    input_rms: float | None
+    """Root mean square of the entry's input entries (``None`` when it is not a float tensor,
+    e.g. Embedding ids)."""
+    output_rms: float | None
+    """Root mean square of the entry's (first float) output."""
+    moving_stats_rms: float | None = None
+    """BatchNormalization in inference mode: the RMS of (x - moving_mean) / sqrt(moving_variance
+    + epsilon) over the batch (median over channels): 1 when the moving statistics describe the
+    data, far from 1 when they do not (e.g. never trained). ``None`` for other entries and in
+    training mode."""
 
 
 @dataclass(frozen=True)
@@ -301,6 +332,8 @@ class LayerReport:
     """||dL/dinput|| / ||dL/doutput||: how much the backward signal grows (>1) or shrinks (<1)."""
     activity: ActivationStats | None
     """Saturation / dead-unit measurements; ``None`` when not measurable."""
+    forward: ForwardStats | None = None
+    """The forward signal: input and output RMS."""
     verify: VerifyStats | None = None
     """``--verify`` results; ``None`` when not requested."""
     gradcheck: GradcheckStats | None = None
@@ -351,6 +384,22 @@ class ArrayInfo:
     """Shape as used (after ``--samples``)."""
     dtype: str
     """dtype as stored in the file."""
+    stats: ArrayStats | None = None
+    """Value statistics over every sample (``None`` for integer inputs)."""
+
+
+@dataclass(frozen=True)
+class ArrayStats:
+    """Summary of the values of one float input array."""
+
+    min: float
+    """Smallest entry."""
+    max: float
+    """Largest entry."""
+    mean: float
+    """Mean of the entries."""
+    std: float
+    """Standard deviation of the entries."""
 
 
 @dataclass(frozen=True)
@@ -512,6 +561,24 @@ class Report:
         console = Console(record=True, width=110, file=io.StringIO())
         console.print(report_renderable(self))
         return console.export_html(inline_styles=True)
+
+
+def reach_of(findings: Sequence[Finding]) -> dict[str, set[str]]:
+    """Per finding id, the ids of the findings that follow from it (through ``caused_by``,
+    directly or not)."""
+    children: dict[str, list[str]] = {}
+    for f in findings:
+        for cause in f.caused_by:
+            children.setdefault(cause, []).append(f.id)
+
+    def walk(fid: str, seen: set[str]) -> set[str]:
+        for child in children.get(fid, []):
+            if child not in seen:
+                seen.add(child)
+                walk(child, seen)
+        return seen
+
+    return {f.id: walk(f.id, set()) for f in findings}
 
 
 _RENAMED = {"class_name": "class"}

@@ -81,12 +81,20 @@ def test_dead_relu_from_large_negative_bias(tfk: Any) -> None:
     scale_weights(model.get_layer("dead"), bias=-100.0)
     report = gradinspect.inspect(model, X)
     f = find(report, "dead_units", "dead")
-    assert f.severity is Severity.WARNING
+    # the root cause, as bad as the worst finding it explains (zero gradients: errors)
+    assert f.root
+    assert f.caused_by == ()
+    assert f.severity is Severity.ERROR
     assert f.figures["units"] == 16
     assert f.figures["entries_fraction"] == 1.0
-    z = find(report, "zero_gradient", "dead")
-    assert z.severity is Severity.ERROR
+    for layer in report.layers[:2]:  # the dead layer and the tanh layer before it
+        z = find(report, "zero_gradient", layer.path)
+        assert z.severity is Severity.ERROR
+        assert z.caused_by == ("dead_units@dead",)
+        assert not z.root
     collapse = find(report, "signal_collapse", "model")
+    assert collapse.layer == "dead"
+    assert collapse.caused_by == ("dead_units@dead",)
     assert collapse.figures["layer"] == "dead"
     assert collapse.figures["backward_gain"] == 0.0
 
@@ -253,6 +261,11 @@ PLANTED_ELSEWHERE = {
     "loss_activation_mismatch": "test_keras2.py::test_loss_activation_mismatch_is_named",
     "zero_kernel":
         "test_keras2.py::test_a_zero_output_kernel_explains_the_zero_gradients_below_it",
+    "unscaled_input":
+        "test_diagnosis.py::test_unscaled_pixels_are_named_and_explain_the_saturation",
+    "vanishing_activations":
+        "test_diagnosis.py::test_vanishing_activations_where_the_signal_collapses",
+    "untrained_batchnorm": "test_diagnosis.py::test_untrained_batchnorm_is_the_root_on_mobilenet",
 }
 
 

@@ -5,7 +5,9 @@ at 100 columns; colour is only decoration. Text from files (names, paths) is nev
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -13,7 +15,15 @@ from rich.table import Table
 from rich.text import Text
 
 from gradinspect.plaintext import plain
-from gradinspect.report import Finding, GradStats, LayerReport, Report, Severity, Shape
+from gradinspect.report import (
+    Finding,
+    GradStats,
+    LayerReport,
+    Report,
+    Severity,
+    Shape,
+    reach_of,
+)
 
 SEVERITY_STYLE = {Severity.INFO: "cyan", Severity.WARNING: "yellow", Severity.ERROR: "bold red"}
 STATUS_LABEL = {Severity.INFO: "info", Severity.WARNING: "warn", Severity.ERROR: "ERROR"}
@@ -224,26 +234,117 @@ def _check_notes(report: Report) -> Text | None:
     return Text("\n".join(plain(n) for n in notes), style="dim") if notes else None
 
 
-def findings_table(report: Report) -> Table | None:
-    """Findings, most severe first: severity, where and code, then message and hint."""
-    items: list[tuple[str, Finding]] = [("model", f) for f in report.warnings]
-    items += [(layer.path, f) for layer in report.layers for f in layer.warnings]
-    if not items:
-        return None
-    items.sort(key=lambda item: -item[1].severity.rank)
+@dataclass(frozen=True)
+class _Row:
+    """One printed finding, or a group of three or more of one code (shown by its most
+    severe member): a chain of root causes on consecutive entries, or consequences of the
+    same causes."""
+
+    first: Finding
+    layers: tuple[str, ...]
+    explains: int
+
+
+def _rows(findings: Sequence[Finding], positions: Mapping[str, int],
+          explains: Callable[[Sequence[Finding]], int]) -> list[_Row]:
+    """Findings in printing order (most severe first, then forward order). Three or more of
+    one code print as one row with the layer range: root causes when they sit on consecutive
+    entries (a chain), consequences when they follow from the same causes."""
+    def pos(f: Finding) -> int:
+        return positions.get(f.layer, -1) if f.layer is not None else -1
+
+    runs: list[list[Finding]] = []
+    for f in sorted(findings, key=lambda f: (f.code, f.root, f.caused_by, pos(f))):
+        last = runs[-1][-1] if runs else None
+        if (last is not None and f.layer is not None and last.layer is not None
+                and last.code == f.code and last.root == f.root
+                and (pos(f) == pos(last) + 1 if f.root else last.caused_by == f.caused_by)):
+            runs[-1].append(f)
+        else:
+            runs.append([f])
+    rows: list[_Row] = []
+    for run in runs:
+        if len(run) < 3:  # two print as two rows: a range would hide the second's figures
+            rows += [_Row(f, (f.layer,) if f.layer is not None else (), explains([f]))
+                     for f in run]
+            continue
+        worst = max(run, key=lambda f: f.severity.rank)  # the first of the most severe
+        rows.append(_Row(worst, tuple(dict.fromkeys(f.layer or "" for f in run)),
+                         explains(run)))
+    rows.sort(key=lambda r: (-r.first.severity.rank, pos(r.first)))
+    return rows
+
+
+def _where(row: _Row) -> Text:
+    if not row.layers:
+        place = "model"
+    elif len(row.layers) == 1:
+        place = row.layers[0]
+    else:
+        place = f"{row.layers[0]} … {row.layers[-1]}"
+    text = Text.assemble((plain(place), "bold"), "\n", (plain(row.first.code), ""))
+    if len(row.layers) > 1:
+        text.append(f"\n({len(row.layers)} layers)", style="dim")
+    return text
+
+
+def _findings_grid(rows: Sequence[_Row], diagnosis: bool) -> Table:
     table = Table.grid(padding=(0, 1))
     table.add_column(no_wrap=True)
     table.add_column(no_wrap=True, max_width=34, overflow="fold")
     table.add_column(ratio=1)
-    for where, f in items:
+    for row in rows:
+        f = row.first
         text = Text(plain(f.message))
-        text.append(f"\n→ {plain(f.hint)}", style="dim")
-        table.add_row(
-            Text(f.severity.value, style=SEVERITY_STYLE[f.severity]),
-            Text.assemble((plain(where), "bold"), "\n", (plain(f.code), "")),
-            text,
-        )
+        if len(row.layers) > 1:
+            which = "consecutive layers" if f.root else "layers"
+            text.append(plain(f" (figures of {f.layer}, the worst of {len(row.layers)} "
+                              f"{which} with this finding)"), style="dim")
+        if diagnosis and row.explains:
+            n = row.explains
+            text.append(f"\nexplains {n} other finding{'s' if n != 1 else ''}", style="bold")
+        if f.caused_by:
+            causes = ", ".join(c.replace("@", " at ", 1) for c in f.caused_by[:3])
+            more = f" and {len(f.caused_by) - 3} more" if len(f.caused_by) > 3 else ""
+            text.append("\n← " + plain(f"follows from {causes}{more}"), style="dim")
+        else:
+            text.append(f"\n→ {plain(f.hint)}", style="dim")
+        table.add_row(Text(f.severity.value, style=SEVERITY_STYLE[f.severity]), _where(row),
+                      text)
     return table
+
+
+def findings_renderable(report: Report) -> RenderableType | None:
+    """The diagnosis first — the root causes that are warnings or errors or explain other
+    findings, each with its hint and how many findings follow from it — then the rest
+    (consequences, with what they follow from, and information). The same finding on
+    consecutive entries prints once, with the layer range."""
+    found = report.findings()
+    if not found:
+        return None
+    positions = {layer.path: k for k, layer in enumerate(report.layers)}
+    reach = reach_of(found)
+    per_id = Counter(f.id for f in found)
+
+    def explains(group: Sequence[Finding]) -> int:
+        """Findings that follow from any of ``group`` (each counted once)."""
+        ids = {f.id for f in group}
+        return sum(per_id[e] for e in set().union(*(reach[i] for i in ids)) - ids)
+
+    rows = _rows(found, positions, explains)
+    def leads(r: _Row) -> bool:
+        return r.first.root and (r.first.severity is not Severity.INFO or r.explains > 0)
+
+    roots = [r for r in rows if leads(r)]
+    rest = [r for r in rows if not leads(r)]
+    parts: list[RenderableType] = []
+    if roots:
+        parts.append(Text("diagnosis: fix these first", style="bold"))
+        parts.append(_findings_grid(roots, diagnosis=True))
+    if rest:
+        parts.append(Text("other findings" if roots else "findings", style="bold"))
+        parts.append(_findings_grid(rest, diagnosis=False))
+    return Group(*parts)
 
 
 def values_renderable(report: Report) -> RenderableType | None:
@@ -293,9 +394,8 @@ def report_renderable(report: Report, details: bool | None = None) -> Renderable
     values = values_renderable(report)
     if values is not None:
         parts.append(values)
-    findings = findings_table(report)
+    findings = findings_renderable(report)
     if findings is not None:
-        parts.append(Text("findings", style="bold"))
         parts.append(findings)
     else:
         parts.append(Text("no findings", style="green"))

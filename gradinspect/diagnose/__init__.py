@@ -1,8 +1,9 @@
 """Numbers -> findings: what is wrong, where, and what to try.
 
 Input is the per-layer figures (already computed by ``stats``); output is ``Finding`` records
-with stable codes. Nothing here touches arrays or TensorFlow. The codes are listed in
-``CODES`` and documented in the README; a code is never renamed.
+with stable codes, linked cause -> consequence by ``roots``. Nothing here touches arrays or
+TensorFlow. The codes are listed in ``CODES`` and documented in the README; a code is never
+renamed.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from gradinspect.config import Thresholds
+from gradinspect.diagnose.roots import link
 from gradinspect.report import (
     ActivationStats,
+    ArrayStats,
     Finding,
+    ForwardStats,
     GradcheckStats,
     GradStats,
     LayerGrads,
@@ -34,7 +38,8 @@ CODES: dict[str, str] = {
     "exploding_gradient": "a layer's gradient is huge, absolutely or next to its weights",
     "saturated_units": "squashing units (sigmoid, tanh ...) sit where their derivative is ~0",
     "dead_units": "rectifier units (relu ...) have zero derivative on every sample",
-    "softmax_saturated": "softmax outputs are so confident that their gradient collapses",
+    "softmax_saturated": "softmax outputs are so confident that their gradient collapses "
+    "(an output with labels: confident and wrong)",
     "signal_collapse": "the backward signal shrinks by orders of magnitude at one layer",
     "logits_mismatch": "a crossentropy loss expects logits but the output is a probability, "
     "or the reverse",
@@ -43,6 +48,12 @@ CODES: dict[str, str] = {
     "softmax over several units under binary crossentropy",
     "zero_kernel": "a layer's kernel is exactly zero: the layers before it get no gradient "
     "until its first update",
+    "unscaled_input": "an input array is far from standardised (e.g. 0..255 pixels) and the "
+    "model does not scale it",
+    "vanishing_activations": "the forward signal (an entry's input RMS) collapses by orders of "
+    "magnitude relative to the layers before it",
+    "untrained_batchnorm": "in inference mode, a BatchNormalization's moving statistics do not "
+    "describe the data (never trained, or after one training call)",
     "gradient_mismatch": "--verify: the tape disagrees with the closed-form Dense formulas",
     "gradcheck_mismatch": "--gradcheck: the tape disagrees with float64 finite differences",
 }
@@ -78,6 +89,13 @@ class LayerFigures:
     """(activation, loss) of an output whose crossentropy does not fit its activation."""
     kernel_zero: bool = False
     """Every weight of the layer but the offsets is exactly zero."""
+    forward: ForwardStats | None = None
+    """Input and output RMS (and, for BatchNormalization in inference, the fit of its moving
+    statistics)."""
+    moving_initial: bool = False
+    """BatchNormalization whose moving statistics are still at their initial values."""
+    is_output: bool = False
+    """The entry produces a model output."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,12 @@ class RunFigures:
     data_entries: int
     constant_loss: bool = False
     """Every model output is a softmax fed to ``sum``/``mean``: the loss is a constant."""
+    arrays: tuple[tuple[str, ArrayStats | None], ...] = ()
+    """Each model input's name and value statistics."""
+    activations: frozenset[str] = frozenset()
+    """Activation names used by the inspected entries (to keep hints to what is missing)."""
+    layer_classes: frozenset[str] = frozenset()
+    """Class names of every layer in the model."""
 
 
 def _fmt(x: float) -> str:
@@ -150,9 +174,32 @@ def _nonfinite(layer: LayerFigures) -> list[Finding]:
     return found
 
 
+def _pct(fraction: float) -> str:
+    """A fraction as a percentage that never rounds a non-zero value to ``0%`` or a value
+    below one to ``100%``."""
+    if fraction <= 0.0:
+        return "0%"
+    if fraction < 0.01:
+        return f"{100 * fraction:.2g}%"
+    if fraction < 0.995 or fraction >= 1.0:
+        return f"{min(fraction, 1.0):.0%}"
+    return f"{100 * fraction:.4g}%"
+
+
+def _meaningful(layer: LayerFigures) -> bool:
+    """Unit verdicts need finite pre-activations: NaN/Inf weights or outputs make every
+    derivative meaningless (a NaN is not a dead unit)."""
+    out = layer.forward.output_rms if layer.forward is not None else None
+    return not layer.weights_nonfinite and (out is None or math.isfinite(out))
+
+
+def _units_part(units: int, total: int | None, what: str) -> str:
+    return f"; {units}/{total} units {what}" if units else ""
+
+
 def _activity(layer: LayerFigures, run: RunFigures, t: Thresholds) -> list[Finding]:
     act = layer.activity
-    if act is None:
+    if act is None or not _meaningful(layer):
         return []
     few = run.samples < t.min_samples
     where = "" if act.source == "layer" else f" (after the layer, at {act.source})"
@@ -165,43 +212,25 @@ def _activity(layer: LayerFigures, run: RunFigures, t: Thresholds) -> list[Findi
         "samples": run.samples,
     }
     if act.kind == "softmax" and act.softmax_confident_fraction is not None:
-        frac = act.softmax_confident_fraction
-        if frac <= 0.0:
-            return []
-        severity = Severity.WARNING if frac >= t.softmax_saturated and not few else Severity.INFO
-        return [
-            Finding(
-                "softmax_saturated",
-                severity,
-                f"{frac:.0%} of samples have a top softmax probability >= "
-                f"{t.softmax_confidence}{where}",
-                "the gradient through softmax collapses; check logit scale, label smoothing, "
-                "or use from_logits losses",
-                {
-                    "activation": act.name,
-                    "source": act.source,
-                    "confident_fraction": frac,
-                    "confidence": t.softmax_confidence,
-                    "samples": run.samples,
-                },
-            )
-        ]
+        return _softmax(layer, act, run, t, where)
     entries = act.low_grad_fraction or 0.0
     units = act.units_always_low or 0
     units_frac = act.units_always_low_fraction or 0.0
     if act.kind == "saturating":
-        if entries <= 0.0 and units == 0:
+        if entries < t.saturated_info and units == 0:
             return []
         bad = entries >= t.saturated_entries or units_frac >= t.saturated_units
         severity = Severity.WARNING if bad and not few else Severity.INFO
+        bn = "" if "BatchNormalization" in run.layer_classes else \
+            ", or add BatchNormalization before the activation"
         return [
             Finding(
                 "saturated_units",
                 severity,
-                f"{entries:.0%} of {act.name} entries saturated; {units}/{layer.units} units "
-                f"saturated on (nearly) every sample{where}",
-                "scale the inputs (standardise), use a smaller initialisation, or add "
-                "BatchNormalization before the activation",
+                f"{_pct(entries)} of {act.name} entries saturated"
+                f"{_units_part(units, layer.units, 'saturated on (nearly) every sample')}"
+                f"{where}",
+                f"scale the inputs (standardise), use a smaller initialisation{bn}",
                 figures,
             )
         ]
@@ -210,18 +239,68 @@ def _activity(layer: LayerFigures, run: RunFigures, t: Thresholds) -> list[Findi
             return []
         bad = units_frac >= t.dead_units or entries >= t.dead_entries
         severity = Severity.WARNING if bad and not few else Severity.INFO
+        lead = (f"{units}/{layer.units} {act.name} units dead on every sample; "
+                f"{_pct(entries)} of entries have zero derivative" if units else
+                f"{_pct(entries)} of {act.name} entries have zero derivative (no unit dead on "
+                "every sample)")
+        leaky = "" if run.activations & {"leaky_relu", "elu", "selu", "gelu", "silu"} else \
+            "; try LeakyReLU/ELU or He initialisation"
         return [
             Finding(
                 "dead_units",
                 severity,
-                f"{units}/{layer.units} {act.name} units dead on every sample; "
-                f"{entries:.0%} of entries have zero derivative{where}",
-                "check for large negative biases or a too-high learning rate; try LeakyReLU/ELU "
-                "or He initialisation",
+                lead + where,
+                "check for large negative biases or a too-high learning rate" + leaky,
                 figures,
             )
         ]
     return []
+
+
+def _softmax(layer: LayerFigures, act: ActivationStats, run: RunFigures, t: Thresholds,
+             where: str) -> list[Finding]:
+    """Inside the model a saturated softmax blocks the gradient (warning). At an output, being
+    confident is what training aims at: with labels, only confident *and wrong* samples are a
+    problem; without labels it is information."""
+    frac = act.softmax_confident_fraction or 0.0
+    wrong = act.softmax_confident_wrong_fraction
+    figures: dict[str, float | int | str | bool | None] = {
+        "activation": act.name, "source": act.source, "confident_fraction": frac,
+        "confident_wrong_fraction": wrong, "confidence": t.softmax_confidence,
+        "samples": run.samples}
+    few = run.samples < t.min_samples
+    if layer.is_output and wrong is not None:
+        if wrong > 0.0:
+            severity = (Severity.WARNING if wrong >= t.softmax_wrong and not few
+                        else Severity.INFO)
+            return [Finding(
+                "softmax_saturated", severity,
+                f"{_pct(wrong)} of samples are confidently wrong: top probability >= "
+                f"{t.softmax_confidence} on a class other than their label{where}",
+                "these samples dominate the loss and the gradient: check their labels, then "
+                "the logit scale (label smoothing, a lower learning rate)",
+                figures)]
+        if frac < t.softmax_saturated:
+            return []
+        return [Finding(
+            "softmax_saturated", Severity.INFO,
+            f"{_pct(frac)} of samples are confidently right (top probability >= "
+            f"{t.softmax_confidence}): they add almost nothing to the gradient{where}",
+            "expected for a trained model; the remaining samples carry the update",
+            figures)]
+    if frac <= 0.0 or (layer.is_output and frac < t.softmax_saturated):
+        return []
+    severity = (Severity.WARNING if frac >= t.softmax_saturated and not few
+                and not layer.is_output else Severity.INFO)
+    return [Finding(
+        "softmax_saturated", severity,
+        f"{_pct(frac)} of samples have a top softmax probability >= "
+        f"{t.softmax_confidence}{where}",
+        ("pass labels to tell confident-and-right from confident-and-wrong"
+         if layer.is_output else
+         "the gradient through softmax collapses; check the logit scale (a temperature, "
+         "smaller weights) in front of it"),
+        figures)]
 
 
 def _magnitude(
@@ -265,8 +344,7 @@ def _magnitude(
                 Severity.WARNING,
                 f"||dL/dW|| = {_fmt(g.norm)} (mean |g| per sample {_fmt(per_sample_mean)}), "
                 f"{_fmt(rel)} of the largest layer's",
-                "use relu-family activations, He/Glorot initialisation, residual connections "
-                "or BatchNormalization",
+                _vanishing_hint(run),
                 {"norm": g.norm, "mean_abs_per_sample": per_sample_mean, "relative": rel},
             )
         )
@@ -288,6 +366,24 @@ def _magnitude(
             )
         )
     return found
+
+
+SATURATING = frozenset({"sigmoid", "tanh", "hard_sigmoid", "softsign", "hard_tanh"})
+
+
+def _vanishing_hint(run: RunFigures) -> str:
+    """What to try, leaving out what the model already does."""
+    tries = []
+    if run.activations & SATURATING:
+        tries.append("relu-family activations instead of "
+                     + "/".join(sorted(run.activations & SATURATING)))
+    tries.append("a larger initialisation scale (He for relu, Glorot for tanh)")
+    if not run.layer_classes & {"Add", "Concatenate"}:
+        tries.append("residual connections")
+    if not run.layer_classes & {"BatchNormalization", "LayerNormalization",
+                                "GroupNormalization"}:
+        tries.append("BatchNormalization")
+    return "try " + ", ".join(tries[:-1]) + (" or " if len(tries) > 1 else "") + tries[-1]
 
 
 def _logits(layer: LayerFigures) -> list[Finding]:
@@ -385,36 +481,120 @@ def _structure(layer: LayerFigures) -> list[Finding]:
 def diagnose_layer(
     layer: LayerFigures, largest: float, run: RunFigures, t: Thresholds
 ) -> tuple[Finding, ...]:
-    """All findings about one layer, most severe first."""
+    """All findings about one layer, most severe first (not yet linked to their causes)."""
     found = _nonfinite(layer)
     if not found:
         found += _magnitude(layer, largest, run, t)
     found += _structure(layer)
     found += _activity(layer, run, t)
+    found += _batchnorm(layer, run, t)
     found += _logits(layer)
     found += _checks(layer)
+    found = [replace(f, layer=layer.path) for f in found]
     return tuple(sorted(found, key=lambda f: -f.severity.rank))
+
+
+def _batchnorm(layer: LayerFigures, run: RunFigures, t: Thresholds) -> list[Finding]:
+    """BatchNormalization in inference whose moving statistics do not describe the data: it
+    scales the signal by their misfit instead of normalising it."""
+    fit = layer.forward.moving_stats_rms if layer.forward is not None else None
+    if fit is None or not math.isfinite(fit) or 1 / t.batchnorm_mismatch <= fit \
+            <= t.batchnorm_mismatch:
+        return []
+    state = ("are still at their initial values (mean 0, variance 1): it was never trained"
+             if layer.moving_initial else "were not computed on data like this")
+    return [Finding(
+        "untrained_batchnorm", Severity.WARNING,
+        f"in inference mode this layer normalises with its moving statistics, which {state}; "
+        f"(x - moving_mean) / sqrt(moving_variance) has RMS {_fmt(fit)} on this data "
+        f"(1 when they fit), so it {'shrinks' if fit < 1 else 'inflates'} the signal by that "
+        "factor",
+        "load the trained weights (or train first); to inspect an untrained model, run with "
+        "--training (BatchNormalization then uses the batch's statistics)",
+        {"moving_stats_rms": fit, "initial_values": layer.moving_initial})]
+
+
+def _vanishing_activations(layers: Sequence[LayerFigures], t: Thresholds) -> list[Finding]:
+    """The first entry whose input RMS is below ``activation_collapse`` times the largest
+    output RMS of the entries before it: one finding where the collapse is first seen, with
+    how far it goes."""
+    reference, where = 0.0, ""
+    for k, layer in enumerate(layers):
+        fwd = layer.forward
+        if fwd is None:
+            continue
+        x = fwd.input_rms
+        if x is not None and math.isfinite(x) and reference > 0 \
+                and x < t.activation_collapse * reference:
+            later = [ly.forward.input_rms for ly in layers[k:] if ly.forward is not None
+                     and ly.forward.input_rms is not None and math.isfinite(ly.forward.input_rms)]
+            lowest = min(later, default=x)
+            return [Finding(
+                "vanishing_activations", Severity.WARNING,
+                f"the forward signal collapses: this entry's input RMS is {_fmt(x)}, "
+                f"{_fmt(x / reference)} of the {_fmt(reference)} output by {where}"
+                + (f"; it falls to {_fmt(lowest)} further on" if lowest < x else ""),
+                "the layers after this one get inputs near zero, so their weight gradients "
+                "(input x delta) vanish: look at the layers in between (normalization "
+                "statistics, dead units, tiny weights)",
+                {"input_rms": x, "reference_rms": reference, "reference_layer": where,
+                 "lowest_rms": lowest},
+                layer=layer.path)]
+        y = fwd.output_rms
+        if y is not None and math.isfinite(y) and y > reference:
+            reference, where = y, layer.path
+    return []
+
+
+def _unscaled_input(layers: Sequence[LayerFigures], run: RunFigures,
+                    t: Thresholds) -> list[Finding]:
+    """Float inputs far from standardised that reach the first entry as they are (a model
+    with Rescaling/Normalization in front scales them itself: its first entry's input RMS
+    says so)."""
+    first = next((ly.forward.input_rms for ly in layers if ly.forward is not None
+                  and ly.forward.input_rms is not None), None)
+    if first is not None and math.isfinite(first) and first <= t.unscaled_input:
+        return []
+    found = []
+    for name, stats in run.arrays:
+        if stats is None or not all(map(math.isfinite, (stats.min, stats.max, stats.mean,
+                                                          stats.std))):
+            continue
+        rms = math.hypot(stats.mean, stats.std)
+        if rms <= t.unscaled_input:
+            continue
+        pixels = stats.min >= 0 and 1 < stats.max <= 255 and float(stats.max).is_integer()
+        hint = ("these look like 0..255 pixel values: divide by 255 (or put "
+                "keras.layers.Rescaling(1/255) first in the model)" if pixels else
+                "standardise per feature, (x - mean) / std with the training set's statistics, "
+                "or put an adapted keras.layers.Normalization first in the model")
+        found.append(Finding(
+            "unscaled_input", Severity.WARNING,
+            f"input '{name}' is far from standardised: values {_fmt(stats.min)}..."
+            f"{_fmt(stats.max)}, mean {_fmt(stats.mean)}, std {_fmt(stats.std)} "
+            "(a standardised input has mean 0 and std 1), and the model does not scale it",
+            hint,
+            {"input": name, "min": stats.min, "max": stats.max, "mean": stats.mean,
+             "std": stats.std, "rms": rms}))
+    return found
 
 
 def _explained_zero_gradients(layers: Sequence[LayerFigures],
                               per_layer: Sequence[tuple[Finding, ...]]
                               ) -> tuple[tuple[Finding, ...], ...]:
     """Zero gradients that a structural cause explains — a constant output anywhere, or a zero
-    kernel later in the forward order — are consequences, not errors: ``info``, naming it."""
+    kernel later in the forward order — are mathematically expected: ``info``."""
     constant = next((ly.path for ly in layers if ly.single_unit_softmax), None)
     out = []
     for k, found in enumerate(per_layer):
         later_zero = next((ly.path for ly in layers[k + 1:] if ly.kernel_zero), None)
-        cause = (f"constant_output@{constant}" if constant is not None
-                 else f"zero_kernel@{later_zero}" if later_zero is not None else None)
+        cause = (f"constant_output at {constant}" if constant is not None
+                 else f"zero_kernel at {later_zero}" if later_zero is not None else None)
         if cause is None:
             out.append(found)
             continue
-        code, where = cause.split("@", 1)
-        fixed = [replace(f, severity=Severity.INFO,
-                         message=f"{f.message} — follows from {code} at {where}",
-                         hint=f"fix {code} at {where} first",
-                         figures={**f.figures, "caused_by": cause})
+        fixed = [replace(f, severity=Severity.INFO, message=f"{f.message} — follows from {cause}",
+                         hint=f"fix {cause} first")
                  if f.code == "zero_gradient" else f for f in found]
         out.append(tuple(sorted(fixed, key=lambda f: -f.severity.rank)))
     return tuple(out)
@@ -423,7 +603,8 @@ def _explained_zero_gradients(layers: Sequence[LayerFigures],
 def diagnose(
     layers: Sequence[LayerFigures], run: RunFigures, t: Thresholds
 ) -> tuple[tuple[tuple[Finding, ...], ...], tuple[Finding, ...]]:
-    """Per-layer findings (aligned with ``layers``) and model-level findings."""
+    """Per-layer findings (aligned with ``layers``, which are in forward order) and
+    model-level findings, each linked to the findings it follows from."""
     finite = [ly.weight_grad.norm for ly in layers if math.isfinite(ly.weight_grad.norm)]
     largest = max(finite, default=0.0)
     per_layer = _explained_zero_gradients(
@@ -435,11 +616,12 @@ def diagnose(
                 "nonfinite_input",
                 Severity.ERROR,
                 f"the data holds {run.data_nonfinite} NaN/Inf values "
-                f"({run.data_nonfinite / max(run.data_entries, 1):.2%} of entries)",
+                f"({_pct(run.data_nonfinite / max(run.data_entries, 1))} of entries)",
                 "clean or impute the data: NaN inputs make every gradient NaN",
                 {"nonfinite": run.data_nonfinite, "entries": run.data_entries},
             )
         )
+    model += _unscaled_input(layers, run, t)
     all_zero = bool(layers) and all(
         any(f.code == "zero_gradient" and f.severity is Severity.ERROR for f in found)
         for found in per_layer
@@ -470,7 +652,16 @@ def diagnose(
         )
     if not run.constant_loss:
         model += _collapse([ly for ly in layers if not ly.constant_output], t)
-    return per_layer, tuple(model)
+    extra = _vanishing_activations(layers, t)
+    positions = {ly.path: k for k, ly in enumerate(layers)}
+    flat = [*model, *(f for found in per_layer for f in found), *extra]
+    linked = iter(link(flat, positions))
+    model_out = tuple(next(linked) for _ in model)
+    per_layer_out = [[next(linked) for _ in found] for found in per_layer]
+    for f in linked:  # findings made across layers, filed under their entry
+        per_layer_out[positions[f.layer or ""]].append(f)
+    return (tuple(tuple(sorted(found, key=lambda f: -f.severity.rank))
+                  for found in per_layer_out), model_out)
 
 
 def _collapse(layers: Sequence[LayerFigures], t: Thresholds) -> list[Finding]:
@@ -481,13 +672,15 @@ def _collapse(layers: Sequence[LayerFigures], t: Thresholds) -> list[Finding]:
             return [
                 Finding(
                     "signal_collapse",
-                    Severity.WARNING,
+                    # a zero kernel passes nothing back until its first update: expected
+                    Severity.INFO if layer.kernel_zero else Severity.WARNING,
                     (f"the backward signal shrinks {1 / gain:.3g}x through {layer.path} "
                      if gain > 0 else f"the backward signal stops at {layer.path} ")
                     + f"(||dL/dinput|| / ||dL/doutput|| = {_fmt(gain)})",
                     "layers before this one barely learn: look at this layer's activation "
                     "(saturation, dead units) and its weight scale",
                     {"layer": layer.path, "backward_gain": gain},
+                    layer=layer.path,
                 )
             ]
     return []
