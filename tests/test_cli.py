@@ -324,3 +324,15 @@ def test_thresholds_from_pyproject_and_flag(tmp_path: Path, samples_dir: Path,
     bad = invoke(*args)
     assert bad.exit_code == ExitStatus.USAGE
     assert "bogus" in bad.stderr
+
+
+def test_every_subpackage_is_packaged() -> None:
+    """pyproject.toml lists the packages explicitly: a new subpackage missing from the list
+    works in the editable checkout and is absent from the wheel a user installs."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for p in (ROOT / "gradinspect").rglob("__init__.py")}
+    assert found == listed
