@@ -403,7 +403,8 @@ def inspect(
     dL/dW, dL/db (every variable) and dL/dinput, with verdicts (saturation, dead units,
     vanishing/exploding/NaN gradients).
 
-    Compare two reports with: gradinspect diff A.json B.json"""
+    Compare two reports with: gradinspect diff A.json B.json; follow a run recorded by the
+    callback with: gradinspect timeline grads.jsonl"""
     try:
         thresholds = _parse_thresholds(threshold or [], project_thresholds(Path.cwd()))
         config = CliConfig(
@@ -493,12 +494,73 @@ def diff(
     raise SystemExit(int(ExitStatus.SUCCESS))
 
 
+timeline_app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@timeline_app.command(epilog="Exit codes: 0 ok; 2 bad usage (--plot without matplotlib); 4 the "
+                      "file cannot be read or no entry matches; 6 the plot cannot be written.")
+def timeline(
+    file: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="The JSON lines written "
+                                         "by GradInspectCallback.", show_default=False)],
+    layer: Annotated[list[str] | None, typer.Option(
+        "--layer", metavar="PATTERN", help="Only entries whose path matches this glob "
+        "(repeatable).", show_default=False)] = None,
+    kind: Annotated[list[str] | None, typer.Option(
+        "--kind", metavar="KIND", help="Only entries of this kind (repeatable).",
+        show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the series per entry as "
+                                           "JSON.")] = False,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", metavar="FILE.png", help="Also draw ||dL/dW|| per entry over the steps "
+        "(log axis) into a PNG (needs gradinspect[plot]).", show_default=False)] = None,
+    show_traceback: Annotated[bool, typer.Option("--traceback", help="Show the Python "
+                                                 "traceback of an error.")] = False,
+) -> None:
+    """How each entry's gradients evolved over a run recorded by the callback: per entry, in
+    forward order, the trend of ||dL/dW|| (first, last, change in log10), of ||dL/dinput|| and
+    of the gain, and the step at which each finding first appeared."""
+    from gradinspect.render.timeline import (
+        render_timeline_json,
+        timeline_renderable,
+        write_timeline_plot,
+    )
+    from gradinspect.timeline import build_timeline, read_records
+
+    try:
+        result = build_timeline(read_records(file), str(file), tuple(layer or ()),
+                                _check_kinds(kind or []))
+        if plot is not None:
+            write_timeline_plot(result, plot)
+        if json_out:
+            sys.stdout.write(render_timeline_json(result))
+        else:
+            Console(highlight=False, width=max(100, Console().width)).print(
+                timeline_renderable(result))
+    except KeyboardInterrupt:
+        _fail("interrupted", ExitStatus.INTERRUPTED)
+    except GradInspectError as exc:
+        if show_traceback:
+            traceback.print_exc()
+        _fail(exc.one_line(), exc.status)
+    except Exception as exc:
+        _internal(exc, show_traceback)
+    raise SystemExit(int(ExitStatus.SUCCESS))
+
+
 def main() -> None:
-    """Console-script entry point: ``gradinspect MODEL DATA ...`` or ``gradinspect diff A B``."""
+    """Console-script entry point: ``gradinspect MODEL DATA ...``, ``gradinspect diff A B`` or
+    ``gradinspect timeline FILE.jsonl``."""
     argv = sys.argv[1:]
     try:
         if argv[:1] == ["diff"]:
             diff_app(args=argv[1:], prog_name="gradinspect diff")
+        elif argv[:1] == ["timeline"]:
+            timeline_app(args=argv[1:], prog_name="gradinspect timeline")
         else:
             app(args=_normalise_argv(argv), prog_name="gradinspect")
     except KeyboardInterrupt:
