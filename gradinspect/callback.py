@@ -30,6 +30,11 @@ class GradInspectCallback(_keras.callbacks.Callback):  # type: ignore[misc,name-
 
     ``x``/``y`` is a fixed probe sample (keep it small: it is inspected every time); ``y=None``
     with a compiled model uses the ``sum`` loss, with labels the compiled loss.
+
+    An existing non-empty ``path`` is never truncated silently: ``append=True`` adds to it,
+    ``overwrite=True`` replaces it, and without either the constructor raises
+    ``FileExistsError``. Later fits with the same callback append (steps keep counting).
+    ``epoch`` is Keras's epoch index (0 for the first), in the file and on ``stream`` alike.
     """
 
     def __init__(
@@ -47,10 +52,18 @@ class GradInspectCallback(_keras.callbacks.Callback):  # type: ignore[misc,name-
         verify: bool = False,
         thresholds: Thresholds | None = None,
         stream: IO[str] | None = None,
+        append: bool = False,
+        overwrite: bool = False,
     ) -> None:
         super().__init__()
         if every_n_batches < 1:
             raise ValueError("every_n_batches must be at least 1")
+        if append and overwrite:
+            raise ValueError("append=True and overwrite=True contradict each other")
+        if path is not None and Path(path).exists() and Path(path).stat().st_size > 0 \
+                and not (append or overwrite):
+            raise FileExistsError(f"{path} exists and holds records: pass append=True to add "
+                                  "to it, or overwrite=True to replace it")
         self.x = x
         self.y = y
         self.every_n_batches = every_n_batches
@@ -67,7 +80,7 @@ class GradInspectCallback(_keras.callbacks.Callback):  # type: ignore[misc,name-
         """(epoch, step, report) of every record, newest last."""
         self._seen: set[tuple[str, str]] = set()
         self._file: IO[str] | None = None
-        self._started = False
+        self._started = append  # appending from the first fit on
 
     def on_train_begin(self, logs: Any = None) -> None:
         # a new file for this callback's first fit; later fits append (steps keep counting)
@@ -115,7 +128,7 @@ class GradInspectCallback(_keras.callbacks.Callback):  # type: ignore[misc,name-
             if key in self._seen:
                 continue
             self._seen.add(key)
-            stream.write(f"gradinspect: epoch {self.epoch + 1} step {self.step}: first "
+            stream.write(f"gradinspect: epoch {self.epoch} step {self.step}: first "
                          f"{finding.code} ({finding.severity.value}) at {plain(where)}: "
                          f"{plain(finding.message)}\n")
         stream.flush()

@@ -199,8 +199,9 @@ def diff_reports(a: Mapping[str, Any], b: Mapping[str, Any], a_name: str = "A",
 
 
 def read_report(spec: str) -> tuple[str, dict[str, Any]]:
-    """A report from ``report.json``, or ``grads.jsonl:STEP`` (``:first``/``:last`` too) for one
-    line of the callback's file. Returns (label, report dict)."""
+    """A report from ``report.json``, or ``grads.jsonl:STEP`` (``:first``/``:last`` too, or a
+    record index ``:#0``, ``:#-1``) for one line of the callback's file. Returns (label,
+    report dict)."""
     path, step = Path(spec), None
     if not path.exists() and ":" in spec:
         head, _, tail = spec.rpartition(":")
@@ -235,11 +236,22 @@ def read_report(spec: str) -> tuple[str, dict[str, Any]]:
         raise DataError(f"{path}: no records", "was the callback run?")
     if step in ("first", "last"):
         record = records[0] if step == "first" else records[-1]
+    elif step.startswith("#"):
+        try:
+            index = int(step[1:])
+            record = records[index]
+        except ValueError:
+            raise DataError(f"{spec}: a record index is #N (#0 the first, #-1 the last)"
+                            ) from None
+        except IndexError:
+            raise DataError(f"{spec}: no record #{step[1:]}",
+                            f"{path} holds {len(records)} records (#0 … #{len(records) - 1})"
+                            ) from None
     else:
         try:
             wanted = int(step)
         except ValueError:
-            raise DataError(f"{spec}: STEP must be a number, first or last") from None
+            raise DataError(f"{spec}: STEP must be a number, first, last or #INDEX") from None
         matches = [r for r in records if r.get("step") == wanted]
         if not matches:
             steps = ", ".join(str(r.get("step")) for r in records[:20])

@@ -545,6 +545,24 @@ class Report:
 
         return render_json(self, indent=indent)
 
+    def __str__(self) -> str:
+        """The table format as plain text, 100 columns (``print(report)``)."""
+        from gradinspect.render.table import render_table
+
+        return render_table(self, width=100)
+
+    def summary(self) -> str:
+        """One line: the model, what was inspected, the findings and the first root cause."""
+        found = self.findings()
+        counts = {s: sum(f.severity is s for f in found) for s in Severity}
+        parts = [f"{counts[s]} {s.value}" for s in reversed(Severity) if counts[s]]
+        roots = sorted((f for f in found if f.root and f.severity is not Severity.INFO),
+                       key=lambda f: -f.severity.rank)
+        lead = (f"; fix first: {roots[0].code}" + (f" at {roots[0].layer}" if roots[0].layer
+                                                    else "") if roots else "")
+        return (f"{self.model.name}: {len(self.layers)} entries, loss {self.loss.value:.4g}; "
+                + (", ".join(parts) if parts else "no findings") + lead)
+
     def __rich__(self) -> Any:
         from gradinspect.render.table import report_renderable
 

@@ -266,3 +266,78 @@ def test_diff_reads_schema_1_and_schema_2_reports(tfk: Any) -> None:
         assert weight.a is not None
     with pytest.raises(DataError, match="schema 3 is not supported"):
         diff_reports({**before, "schema_version": 3}, after)
+
+
+def test_diff_reads_record_indices(tfk: Any, tmp_path: Path) -> None:
+    _, keras = tfk
+    model = mlp(keras)
+    lines = [json.dumps({"epoch": 0, "step": s, "batch": 0,
+                         "report": gradinspect.inspect(model, X * (1 + s)).to_dict()})
+             for s in (0, 50, 100)]
+    (tmp_path / "g.jsonl").write_text("\n".join(lines) + "\n")
+    assert read_report(f"{tmp_path}/g.jsonl:#0")[0].endswith(":0")
+    assert read_report(f"{tmp_path}/g.jsonl:#1")[0].endswith(":50")
+    assert read_report(f"{tmp_path}/g.jsonl:#-1")[0].endswith(":100")
+    with pytest.raises(DataError, match=r"no record #3") as caught:
+        read_report(f"{tmp_path}/g.jsonl:#3")
+    assert "3 records" in caught.value.one_line()
+    with pytest.raises(DataError, match="record index is #N"):
+        read_report(f"{tmp_path}/g.jsonl:#x")
+
+
+def test_callback_never_truncates_silently(tfk: Any, tmp_path: Path) -> None:
+    _, keras = tfk
+    model = mlp(keras)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    log = tmp_path / "g.jsonl"
+    log.write_text('{"epoch": 0, "step": 0, "batch": 0, "report": {}}\n')
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        gradinspect.GradInspectCallback(X, Y, path=log)
+    with pytest.raises(ValueError, match="contradict"):
+        gradinspect.GradInspectCallback(X, Y, path=log, append=True, overwrite=True)
+    stream = io.StringIO()
+    appended = gradinspect.GradInspectCallback(X, Y, path=log, every_n_batches=1,
+                                               append=True, stream=stream)
+    model.fit(X, Y, batch_size=32, epochs=1, verbose=0, callbacks=[appended])
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2  # the old record kept, one new
+    assert lines[0] == '{"epoch": 0, "step": 0, "batch": 0, "report": {}}'
+    # the epoch on stderr is the one in the file
+    assert json.loads(lines[1])["epoch"] == 0
+    assert all(" epoch 0 " in line for line in stream.getvalue().splitlines())
+    replaced = gradinspect.GradInspectCallback(X, Y, path=log, every_n_batches=1,
+                                               overwrite=True, stream=io.StringIO())
+    model.fit(X, Y, batch_size=32, epochs=1, verbose=0, callbacks=[replaced])
+    assert len(log.read_text().splitlines()) == 1
+
+
+def test_report_str_and_summary(tfk: Any) -> None:
+    _, keras = tfk
+    report = gradinspect.inspect(mlp(keras, dead_bias=-50.0), X)
+    text = str(report)
+    assert text.startswith("gradinspect ")
+    assert "\x1b[" not in text  # plain text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    line = report.summary()
+    assert "\n" not in line
+    assert "3 entries" in line
+    assert "fix first: dead_units at hidden" in line
+    f = next(f for f in report.findings() if f.code == "dead_units")
+    assert f.layer == "hidden"  # every finding says which entry it belongs to
+
+
+def test_plot_bars_grow_with_the_gradient(tfk: Any) -> None:
+    from gradinspect.render.flow import flow_figure, flow_values
+
+    _, keras = tfk
+    report = gradinspect.inspect(mlp(keras), X)
+    fig = flow_figure(report)
+    ax = fig.axes[0]
+    n = len(report.layers)
+    widths = [p.get_width() for p in ax.patches[:n]]  # the dL/dW bars, forward order
+    logs = [w for _, w, _ in flow_values(report)]
+    assert all(width > 0 for width in widths)
+    order = np.argsort(logs)
+    assert list(np.argsort(widths)) == list(order)  # longer bar, larger gradient
+    lefts = {p.get_x() for p in ax.patches[:n]}
+    assert len(lefts) == 1  # one common floor

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Group, RenderableType
@@ -69,8 +70,7 @@ def flow_renderable(report: Report, width: int = 40) -> RenderableType:
     return Group(title, table)
 
 
-def write_plot(report: Report, path: Path) -> None:
-    """The same chart as a PNG (needs matplotlib: ``pip install 'gradinspect[plot]'``)."""
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -79,15 +79,27 @@ def write_plot(report: Report, path: Path) -> None:
     except ImportError as exc:
         raise UsageError("--plot needs matplotlib, which is not installed",
                          "pip install 'gradinspect[plot]'") from exc
+    return plt
+
+
+def flow_figure(report: Report) -> Any:
+    """The chart as a matplotlib figure: per layer, bars of log10 ||dL/dW|| and
+    log10 ||dL/dinput|| that start at a common floor below the smallest value, so a larger
+    gradient draws a longer bar (as ``--flow`` does in the terminal)."""
+    plt = _pyplot()
     rows = flow_values(report)
     names = [p for p, _, _ in rows]
     y = np.arange(len(names))
     w = np.array([v if v is not None else np.nan for _, v, _ in rows])
     x = np.array([v if v is not None else np.nan for _, _, v in rows])
+    both = np.concatenate([w, x])
+    floor = float(np.floor(np.nanmin(both))) - 0.5 if np.isfinite(both).any() else -1.0
     fig, ax = plt.subplots(figsize=(9, 1.6 + 0.45 * len(names)))
-    ax.barh(y - 0.2, w, height=0.4, label="log10 ‖∂L/∂W‖", color="tab:green")
-    ax.barh(y + 0.2, x, height=0.4, label="log10 ‖∂L/∂input‖", color="tab:blue")
-    right = float(np.nanmax(np.concatenate([w, x, [0.0]])))
+    ax.barh(y - 0.2, w - floor, left=floor, height=0.4, label="log10 ‖∂L/∂W‖",
+            color="tab:green")
+    ax.barh(y + 0.2, x - floor, left=floor, height=0.4, label="log10 ‖∂L/∂input‖",
+            color="tab:blue")
+    right = float(np.nanmax(np.concatenate([both, [floor]])))
     for i, layer in enumerate(report.layers):
         worst = _worst(layer)
         if worst is not None:
@@ -98,12 +110,21 @@ def write_plot(report: Report, path: Path) -> None:
                                "error": "red"}[worst.value])
     ax.set_yticks(y, names)
     ax.invert_yaxis()
-    ax.axvline(0, color="black", linewidth=0.5)
+    if floor < 0 < right:
+        ax.axvline(0, color="black", linewidth=0.5)  # norm 1
+    ax.set_xlim(left=floor)
     ax.set_xlabel("log10 norm")
     ax.set_title(f"gradient flow — {report.model.name}, loss {report.loss.name}")
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.25), ncol=2, fontsize=8,
               frameon=False)
     fig.tight_layout()
+    return fig
+
+
+def write_plot(report: Report, path: Path) -> None:
+    """The same chart as a PNG (needs matplotlib: ``pip install 'gradinspect[plot]'``)."""
+    fig = flow_figure(report)
+    plt = _pyplot()
     try:
         fig.savefig(path, dpi=110)
     except OSError as exc:
