@@ -14,6 +14,7 @@ child); steady-state throughput is measured in-process after a warm-up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -384,6 +385,7 @@ def bench_callback(args: argparse.Namespace, tmp: Path) -> list[Row]:
 
     import gradinspect
     from gradinspect._tf import tf_modules
+    from gradinspect.errors import UsageError
 
     _, keras = tf_modules()
     model = _mlp(keras, (256, 128, 10))
@@ -394,6 +396,11 @@ def bench_callback(args: argparse.Namespace, tmp: Path) -> list[Row]:
     y = rng.integers(0, 10, 64 * batches)
     callback = gradinspect.GradInspectCallback(x[:64], y[:64], every_n_batches=100,
                                                path=tmp / "grads.jsonl", stream=io.StringIO())
+    tensorboard = None
+    with contextlib.suppress(UsageError):  # the tensorboard extra is not installed: no row
+        tensorboard = gradinspect.GradInspectCallback(
+            x[:64], y[:64], every_n_batches=100, path=tmp / "grads_tb.jsonl",
+            log_dir=tmp / "tb", stream=io.StringIO())
 
     def plain() -> None:
         model.fit(x, y, batch_size=64, epochs=1, verbose=0)
@@ -401,16 +408,28 @@ def bench_callback(args: argparse.Namespace, tmp: Path) -> list[Row]:
     def with_callback() -> None:
         model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[callback])
 
+    def with_tensorboard() -> None:
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[tensorboard])
+
     plain()
     with_callback()  # warm-up: traces both
+    if tensorboard is not None:
+        with_tensorboard()
     reps = 3 if args.quick else 9
-    base, ours = [], []
+    base, ours, tb = [], [], []
     for _ in range(reps):  # interleaved, so drift hits both alike
         base.append(median_time(plain, 1))
         ours.append(median_time(with_callback, 1))
+        if tensorboard is not None:
+            tb.append(median_time(with_tensorboard, 1))
     b, o = statistics.median(base), statistics.median(ours)
-    return [Row(f"fit, {batches} batches of 64, callback every 100 batches vs none", o, b, "s",
+    rows = [Row(f"fit, {batches} batches of 64, callback every 100 batches vs none", o, b, "s",
                 "<= 1.10x", o / b <= 1.10)]
+    if tb:
+        t = statistics.median(tb)
+        rows.append(Row(f"fit, {batches} batches of 64, callback + TensorBoard every 100 "
+                        "batches vs none", t, b, "s", "<= 1.15x", t / b <= 1.15))
+    return rows
 
 
 def _real_models(tmp: Path) -> dict[str, tuple[Path, Path]]:

@@ -442,8 +442,8 @@ def _by_name(site: Any, values: Sequence[Any]) -> dict[str, Any]:
     return named
 
 
-def _values(acc: _LayerAccumulators) -> GradValues | None:
-    if acc.input_values is None or acc.grads is None:
+def _values(acc: _LayerAccumulators, gradients: bool = False) -> GradValues | None:
+    if acc.grads is None or (acc.input_values is None and not gradients):
         return None
     return GradValues(
         variables=_by_name(acc.site, acc.grads),
@@ -728,7 +728,7 @@ def _build_report(run: _Run) -> Report:
             verify=fig.verify,
             gradcheck=fig.gradcheck,
             per_sample=_per_sample(run, acc, fig.grads),
-            values=_values(acc),
+            values=_values(acc, run.options.gradients),
             warnings=found,
         )
         for (site, acc, weights, grad_norm), fig, found in zip(partial, figures, per_layer,
@@ -1010,6 +1010,7 @@ def inspect(
     values: bool = False,
     memory_budget: int | None = None,
     loss_semantics: str | None = None,
+    gradients: bool = False,
 ) -> Report:
     """Inspect a live Keras model on in-memory data.
 
@@ -1042,6 +1043,7 @@ def inspect(
         layers=tuple(layers),
         kinds=tuple(kinds),
         values=values,
+        gradients=gradients,
         loss_semantics=loss_semantics,
         **({"memory_budget": memory_budget} if memory_budget is not None else {}),
     )

@@ -35,6 +35,9 @@ class GradInspectCallback(_keras.callbacks.Callback):  # type: ignore[misc,name-
     ``overwrite=True`` replaces it, and without either the constructor raises
     ``FileExistsError``. Later fits with the same callback append (steps keep counting).
     ``epoch`` is Keras's epoch index (0 for the first), in the file and on ``stream`` alike.
+
+    ``log_dir``: also write every record as TensorBoard events there (``gradinspect.tensorboard``;
+    needs ``pip install 'gradinspect[tensorboard]'``), at the same ``step``.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class GradInspectCallback(_keras.callbacks.Callback):  # type: ignore[misc,name-
         stream: IO[str] | None = None,
         append: bool = False,
         overwrite: bool = False,
+        log_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         if every_n_batches < 1:
@@ -74,6 +78,12 @@ class GradInspectCallback(_keras.callbacks.Callback):  # type: ignore[misc,name-
             "per_sample": per_sample, "verify": verify, "thresholds": thresholds,
         }
         self.stream = stream
+        self._tensorboard: Any = None
+        if log_dir is not None:  # fails here, before training, when TensorBoard is missing
+            from gradinspect.tensorboard import TensorBoardWriter
+
+            self._tensorboard = TensorBoardWriter(log_dir)
+            self.options["gradients"] = True  # the histograms' values, from the same pass
         self.step = 0
         self.epoch = 0
         self.reports: list[tuple[int, int, Report]] = []
@@ -104,12 +114,17 @@ class GradInspectCallback(_keras.callbacks.Callback):  # type: ignore[misc,name-
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._tensorboard is not None:
+            self._tensorboard.flush()
 
     def record(self, batch: int = -1) -> Report:
         """Inspect the model now and record the report."""
         from gradinspect.api import inspect
 
         report = inspect(self.model, self.x, self.y, **self.options)
+        if self._tensorboard is not None:
+            self._tensorboard.write(report, self.step)
+            report = report.without_values()  # the histograms' arrays stay out of the records
         self.reports.append((self.epoch, self.step, report))
         if self._file is not None:
             line = {"epoch": self.epoch, "step": self.step, "batch": batch,

@@ -88,6 +88,8 @@ class CliConfig:
     fail_on: FailOn
     details: bool | None
     show_traceback: bool
+    tensorboard: Path | None = None
+    step: int = 0
 
 
 stderr = Console(stderr=True, highlight=False)
@@ -266,6 +268,12 @@ def run(config: CliConfig) -> ExitStatus:
     finally:
         if progress is not None:
             progress.stop()
+    if config.tensorboard is not None:
+        from gradinspect.tensorboard import write_report
+
+        write_report(config.tensorboard, report, config.step)
+        if not config.options.values:  # kept for the histograms only
+            report = report.without_values()
     emit(report, config)
     return exit_status(report, config.fail_on)
 
@@ -388,6 +396,12 @@ def inspect(
         "--plot", metavar="FILE.png", show_default=False,
         help="Write the gradient-flow chart as an image (pip install 'gradinspect[plot]')."
     )] = None,
+    tensorboard: Annotated[Path | None, typer.Option(
+        "--tensorboard", metavar="DIR", show_default=False,
+        help="Also write the report as TensorBoard events into this run directory "
+        "(pip install 'gradinspect[tensorboard]').")] = None,
+    step: Annotated[int, typer.Option(min=0, help="The step of the --tensorboard events.")
+                    ] = 0,
     details: Annotated[bool | None, typer.Option(
         "--details/--no-details", show_default=False,
         help="Show the per-gradient detail table (shape, max, mean, NaN, Inf) [default: for "
@@ -423,6 +437,7 @@ def inspect(
                 thresholds=thresholds, verify=verify, gradcheck=gradcheck,
                 per_sample=per_sample, seed=seed, layers=tuple(layer or ()),
                 kinds=_check_kinds(kind or []), values=values,
+                gradients=tensorboard is not None,
                 memory_budget=parse_size(memory_budget, "--memory-budget"),
             ),
             output_format=OutputFormat.JSON if json_out else OutputFormat.TABLE,
@@ -432,7 +447,13 @@ def inspect(
             fail_on=fail_on,
             details=details,
             show_traceback=show_traceback,
+            tensorboard=tensorboard,
+            step=step,
         )
+        if tensorboard is not None:  # before the pass: a missing extra costs no inspection
+            from gradinspect.tensorboard import require_tensorboard
+
+            require_tensorboard()
         if unsafe:
             stderr.print("[yellow]gradinspect: warning:[/] --unsafe: code stored in the model "
                          "file (Lambda layers) may run; use it only on files you trust",

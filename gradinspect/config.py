@@ -137,3 +137,7 @@ class InspectOptions:
     ``values_samples`` samples) in the report."""
     values_samples: int = 1000
     """How many samples' dL/dinput ``values`` keeps."""
+    gradients: bool = False
+    """Keep each variable's gradient array (``values.variables``, summed over the batches the
+    step already sums) without ``values``' capture of every tensor: for TensorBoard's
+    histograms. ``values.input`` stays ``None``."""

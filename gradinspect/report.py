@@ -551,6 +551,11 @@ class Report:
 
         return render_table(self, width=100)
 
+    def without_values(self) -> Report:
+        """The same report without the gradient arrays (``values``)."""
+        return dataclasses.replace(self, layers=tuple(
+            dataclasses.replace(layer, values=None) for layer in self.layers))
+
     def summary(self) -> str:
         """One line: the model, what was inspected, the findings and the first root cause."""
         found = self.findings()

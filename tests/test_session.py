@@ -341,3 +341,22 @@ def test_plot_bars_grow_with_the_gradient(tfk: Any) -> None:
     assert list(np.argsort(widths)) == list(order)  # longer bar, larger gradient
     lefts = {p.get_x() for p in ax.patches[:n]}
     assert len(lefts) == 1  # one common floor
+
+
+def test_diff_table_is_readable_at_100_columns(tfk: Any) -> None:
+    from gradinspect.render.diff import diff_renderable
+
+    _, keras = tfk
+    a = gradinspect.inspect(mlp(keras), X).to_dict()
+    b = gradinspect.inspect(mlp(keras, dead_bias=-50.0), X * 1e-4).to_dict()
+    result = diff_reports(a, b, "a.json", "b.json")
+    out = io.StringIO()
+    Console(file=out, width=100, color_system=None).print(diff_renderable(result))
+    text = out.getvalue()
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 100
+    rows = [line for line in text.splitlines() if line.startswith(" hidden ")]
+    assert len(rows) == 1  # one line per layer
+    added = [code for ly in result.layers for code in ly.findings_added]
+    assert added
+    for code in added:
+        assert f"+{code}" in text  # in full, not cut
