@@ -691,6 +691,7 @@ def _build_report(run: _Run) -> Report:
         )
         partial.append((site, acc, LayerWeights(variables=_by_name(site, weight_list)),
                         combined(grad_list).norm))
+    array_stats = [_array_stats(run, k) for k in range(len(data.names))]
     figures_run = RunFigures(
         samples=data.samples,
         loss_name=run.loss.name,
@@ -699,7 +700,7 @@ def _build_report(run: _Run) -> Report:
         data_nonfinite=run.nonfinite,
         data_entries=run.entries,
         constant_loss=constant_loss,
-        arrays=tuple((n, _array_stats(run, k)) for k, n in enumerate(data.names)),
+        arrays=tuple(zip(data.names, array_stats, strict=True)),
         activations=frozenset(s.measured.name for s in run.sites if s.measured is not None),
         layer_classes=frozenset(layer_classes(run.loaded.model)),
     )
@@ -741,9 +742,9 @@ def _build_report(run: _Run) -> Report:
         data=DataInfo(
             path=data.path,
             arrays=tuple(
-                ArrayInfo(name=n, shape=tuple(a.shape), dtype=d, stats=_array_stats(run, k))
-                for k, (n, a, d) in enumerate(zip(data.names, data.arrays, data.stored_dtypes,
-                                                  strict=True))
+                ArrayInfo(name=n, shape=tuple(a.shape), dtype=d, stats=stats)
+                for n, a, d, stats in zip(data.names, data.arrays, data.stored_dtypes,
+                                          array_stats, strict=True)
             ),
             samples=data.samples,
             notes=(*data.notes, *run.notes),

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import tomllib
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -94,12 +95,17 @@ class CliConfig:
 
 stderr = Console(stderr=True, highlight=False)
 
-app = typer.Typer(
-    add_completion=False,
-    rich_markup_mode=None,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+def _typer_app() -> typer.Typer:
+    """One configuration for the three commands (inspect, diff, timeline)."""
+    return typer.Typer(
+        add_completion=False,
+        rich_markup_mode=None,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+
+app = _typer_app()
 
 
 def _version_callback(value: bool) -> None:
@@ -288,6 +294,22 @@ def _fail(message: str, status: ExitStatus) -> NoReturn:
     raise SystemExit(int(status))
 
 
+def _exit_with(body: Callable[[], ExitStatus], show_traceback: bool) -> NoReturn:
+    """Run a command's body and exit with its status; every error becomes one line on stderr
+    and its documented exit code (the Python traceback only with ``--traceback``)."""
+    try:
+        status = body()
+    except KeyboardInterrupt:
+        _fail("interrupted", ExitStatus.INTERRUPTED)
+    except GradInspectError as exc:
+        if show_traceback:
+            traceback.print_exc()
+        _fail(exc.one_line(), exc.status)
+    except Exception as exc:
+        _internal(exc, show_traceback)
+    raise SystemExit(int(status))
+
+
 def _internal(exc: Exception, show_traceback: bool) -> NoReturn:
     """The last line of defence: one line, never a bare traceback."""
     if show_traceback:
@@ -419,7 +441,7 @@ def inspect(
 
     Compare two reports with: gradinspect diff A.json B.json; follow a run recorded by the
     callback with: gradinspect timeline grads.jsonl"""
-    try:
+    def body() -> ExitStatus:
         thresholds = _parse_thresholds(threshold or [], project_thresholds(Path.cwd()))
         config = CliConfig(
             model=model,
@@ -458,24 +480,12 @@ def inspect(
             stderr.print("[yellow]gradinspect: warning:[/] --unsafe: code stored in the model "
                          "file (Lambda layers) may run; use it only on files you trust",
                          markup=True, soft_wrap=True)
-        status = run(config)
-    except KeyboardInterrupt:
-        _fail("interrupted", ExitStatus.INTERRUPTED)
-    except GradInspectError as exc:
-        if show_traceback:
-            traceback.print_exc()
-        _fail(exc.one_line(), exc.status)
-    except Exception as exc:
-        _internal(exc, show_traceback)
-    raise SystemExit(int(status))
+        return run(config)
+
+    _exit_with(body, show_traceback)
 
 
-diff_app = typer.Typer(
-    add_completion=False,
-    rich_markup_mode=None,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+diff_app = _typer_app()
 
 
 @diff_app.command(epilog="Exit codes: 0 ok; 2 bad usage; 4 a report cannot be read.")
@@ -495,7 +505,7 @@ def diff(
     from gradinspect.diff import diff_reports, read_report
     from gradinspect.render.diff import diff_renderable, render_diff_json
 
-    try:
+    def body() -> ExitStatus:
         a_name, a_doc = read_report(a)
         b_name, b_doc = read_report(b)
         result = diff_reports(a_doc, b_doc, a_name, b_name)
@@ -504,23 +514,12 @@ def diff(
         else:
             Console(highlight=False, width=max(100, Console().width)).print(
                 diff_renderable(result))
-    except KeyboardInterrupt:
-        _fail("interrupted", ExitStatus.INTERRUPTED)
-    except GradInspectError as exc:
-        if show_traceback:
-            traceback.print_exc()
-        _fail(exc.one_line(), exc.status)
-    except Exception as exc:
-        _internal(exc, show_traceback)
-    raise SystemExit(int(ExitStatus.SUCCESS))
+        return ExitStatus.SUCCESS
+
+    _exit_with(body, show_traceback)
 
 
-timeline_app = typer.Typer(
-    add_completion=False,
-    rich_markup_mode=None,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+timeline_app = _typer_app()
 
 
 @timeline_app.command(epilog="Exit codes: 0 ok; 2 bad usage (--plot without matplotlib); 4 the "
@@ -545,14 +544,15 @@ def timeline(
     """How each entry's gradients evolved over a run recorded by the callback: per entry, in
     forward order, the trend of ||dL/dW|| (first, last, change in log10), of ||dL/dinput|| and
     of the gain, and the step at which each finding first appeared."""
+    from gradinspect.diff import read_records
     from gradinspect.render.timeline import (
         render_timeline_json,
         timeline_renderable,
         write_timeline_plot,
     )
-    from gradinspect.timeline import build_timeline, read_records
+    from gradinspect.timeline import build_timeline
 
-    try:
+    def body() -> ExitStatus:
         result = build_timeline(read_records(file), str(file), tuple(layer or ()),
                                 _check_kinds(kind or []))
         if plot is not None:
@@ -562,15 +562,9 @@ def timeline(
         else:
             Console(highlight=False, width=max(100, Console().width)).print(
                 timeline_renderable(result))
-    except KeyboardInterrupt:
-        _fail("interrupted", ExitStatus.INTERRUPTED)
-    except GradInspectError as exc:
-        if show_traceback:
-            traceback.print_exc()
-        _fail(exc.one_line(), exc.status)
-    except Exception as exc:
-        _internal(exc, show_traceback)
-    raise SystemExit(int(ExitStatus.SUCCESS))
+        return ExitStatus.SUCCESS
+
+    _exit_with(body, show_traceback)
 
 
 def main() -> None:

@@ -198,6 +198,32 @@ def diff_reports(a: Mapping[str, Any], b: Mapping[str, Any], a_name: str = "A",
     )
 
 
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every record of a callback's JSON-lines file; a one-line error for anything else."""
+    if not path.is_file():
+        raise DataError(f"{path}: not found", "pass the JSON-lines file the callback wrote")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc})") from exc
+        if not (isinstance(record, dict) and isinstance(record.get("report"), dict)
+                and isinstance(record.get("step"), int)):
+            raise DataError(f"{path}:{number}: not a callback record (step, report)",
+                            "pass the JSON-lines file GradInspectCallback wrote")
+        records.append(record)
+    if not records:
+        raise DataError(f"{path}: no records", "was the callback run?")
+    return records
+
+
 def read_report(spec: str) -> tuple[str, dict[str, Any]]:
     """A report from ``report.json``, or ``grads.jsonl:STEP`` (``:first``/``:last`` too, or a
     record index ``:#0``, ``:#-1``) for one line of the callback's file. Returns (label,
@@ -209,11 +235,11 @@ def read_report(spec: str) -> tuple[str, dict[str, Any]]:
             path, step = Path(head), tail
     if not path.is_file():
         raise DataError(f"report not found: {spec}", "pass a --json output or FILE.jsonl:STEP")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from exc
     if step is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: cannot read ({exc})") from exc
         try:
             doc = json.loads(text)
         except ValueError as exc:
@@ -225,15 +251,7 @@ def read_report(spec: str) -> tuple[str, dict[str, Any]]:
         if isinstance(doc, dict) and "report" in doc and "step" in doc:
             return f"{path} (step {doc['step']})", doc["report"]
         return str(path), doc
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except ValueError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc})") from exc
-    if not records:
-        raise DataError(f"{path}: no records", "was the callback run?")
+    records = read_records(path)
     if step in ("first", "last"):
         record = records[0] if step == "first" else records[-1]
     elif step.startswith("#"):

@@ -1,19 +1,17 @@
 """``gradinspect timeline FILE.jsonl``: how each entry's gradients evolve over a recorded run.
 
-Reads the callback's JSON lines (one report per record, schema 1 or 2), and returns per entry,
-in forward order, the series of ||dL/dW||, ||dL/dinput|| and the backward gain over the recorded
-steps, with the step at which each finding first appeared. No TensorFlow: records in, records
-out; ``render/timeline.py`` draws them.
+Takes the callback's records (``diff.read_records``: one report per record, schema 1 or 2)
+and returns per entry, in forward order, the series of ||dL/dW||, ||dL/dinput|| and the
+backward gain over the recorded steps, with the step at which each finding first appeared.
+No TensorFlow: records in, records out; ``render/timeline.py`` draws them.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from gradinspect.errors import DataError
@@ -67,32 +65,6 @@ class Timeline:
     """Per entry, in forward order (the last record's order; entries absent from it follow)."""
     findings: tuple[FirstSeen, ...]
     """Model-level findings at the step they first appear."""
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every record of a callback's JSON-lines file; a one-line error for anything else."""
-    if not path.is_file():
-        raise DataError(f"{path}: not found", "pass the JSON-lines file the callback wrote")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from exc
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON ({exc})") from exc
-        if not (isinstance(record, dict) and isinstance(record.get("report"), dict)
-                and isinstance(record.get("step"), int)):
-            raise DataError(f"{path}:{number}: not a callback record (step, report)",
-                            "pass the JSON-lines file GradInspectCallback wrote")
-        records.append(record)
-    if not records:
-        raise DataError(f"{path}: no records", "was the callback run?")
-    return records
 
 
 def _number(value: Any) -> float | None:

@@ -3,7 +3,9 @@ hypothesis options."""
 
 from __future__ import annotations
 
+import builtins
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +54,37 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
     return SAMPLES
+
+
+@pytest.fixture
+def golden(update_golden: bool) -> Callable[[str, str], None]:
+    """``golden(name, text)``: compare ``text`` with ``tests/golden/<name>.txt`` (written when
+    ``--update-golden`` is given, or when the file does not exist yet, which then fails)."""
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / f"{name}.txt"
+        if update_golden or not path.exists():
+            path.write_text(text, encoding="utf-8")
+            if not update_golden:
+                pytest.fail(f"{path} did not exist; written now, review and commit it")
+        assert text == path.read_text(encoding="utf-8")
+
+    return check
+
+
+@pytest.fixture
+def hide_module(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """``hide_module("matplotlib")``: from now on in this test, importing that package (or a
+    submodule) raises ImportError, as when an optional extra is not installed."""
+
+    def hide(prefix: str) -> None:
+        real_import = builtins.__import__
+
+        def fake(name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == prefix or name.startswith(prefix + "."):
+                raise ImportError(f"No module named {prefix!r}")
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", fake)
+
+    return hide

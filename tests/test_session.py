@@ -3,9 +3,9 @@ report diffs, the gradient-flow view and plot, --layer and --values."""
 
 from __future__ import annotations
 
-import builtins
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,8 @@ def test_diff_cli_reads_jsonl_steps_and_fails_cleanly(tfk: Any, tmp_path: Path) 
         diff_reports(json.loads((tmp_path / "bad.json").read_text()), {})
 
 
-def test_flow_view_and_plot(tfk: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flow_view_and_plot(tfk: Any, tmp_path: Path,
+                            hide_module: Callable[[str], None]) -> None:
     _, keras = tfk
     model = mlp(keras, dead_bias=-50.0)
     report = gradinspect.inspect(model, X)
@@ -195,14 +196,7 @@ def test_flow_view_and_plot(tfk: Any, tmp_path: Path, monkeypatch: pytest.Monkey
     assert "·" in out or "!" in out  # the dead units are marked
     write_plot(report, tmp_path / "flow.png")
     assert (tmp_path / "flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    real_import = builtins.__import__
-
-    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.startswith("matplotlib"):
-            raise ImportError("No module named 'matplotlib'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    hide_module("matplotlib")
     with pytest.raises(UsageError, match="needs matplotlib") as caught:
         write_plot(report, tmp_path / "nope.png")
     assert "pip install 'gradinspect[plot]'" in caught.value.one_line()

@@ -3,8 +3,8 @@ lines of the same run."""
 
 from __future__ import annotations
 
-import builtins
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,17 +110,10 @@ def test_cli_tensorboard_and_step(tfk: Any, tmp_path: Path, samples_dir: Path) -
 
 
 def test_missing_tensorboard_names_the_extra(tmp_path: Path, samples_dir: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                            hide_module: Callable[[str], None]) -> None:
     from gradinspect.tensorboard import require_tensorboard
 
-    real_import = builtins.__import__
-
-    def no_tensorboard(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.startswith("tensorboard"):
-            raise ImportError("No module named 'tensorboard'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    hide_module("tensorboard")
     with pytest.raises(UsageError) as caught:
         require_tensorboard()
     assert "pip install 'gradinspect[tensorboard]'" in caught.value.one_line()

@@ -4,6 +4,7 @@ themselves; the table against a golden file; errors as one line with their exit 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,11 @@ from typer.testing import CliRunner
 
 import gradinspect
 from gradinspect import cli
+from gradinspect.diff import read_records
 from gradinspect.errors import ExitStatus
 from gradinspect.render.timeline import sparkline, timeline_renderable
-from gradinspect.timeline import build_timeline, read_records
+from gradinspect.timeline import build_timeline
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
 RNG = np.random.default_rng(21)
 
 
@@ -56,7 +57,8 @@ def test_sparkline_scale_zero_and_missing() -> None:
     assert long[-1] == "█"
 
 
-def test_timeline_table_matches_golden(tmp_path: Path, update_golden: bool) -> None:
+def test_timeline_table_matches_golden(tmp_path: Path,
+                                       golden: Callable[[str, str], None]) -> None:
     from rich.console import Console
 
     path = _synthetic(tmp_path / "run.jsonl")
@@ -66,12 +68,7 @@ def test_timeline_table_matches_golden(tmp_path: Path, update_golden: bool) -> N
     with console.capture() as cap:
         console.print(timeline_renderable(result))
     text = "".join(line.rstrip() + "\n" for line in cap.get().splitlines())
-    golden = GOLDEN / "timeline.txt"
-    if update_golden or not golden.exists():
-        golden.write_text(text, encoding="utf-8")
-        if not update_golden:
-            pytest.fail(f"{golden} did not exist; written now, review and commit it")
-    assert text == golden.read_text(encoding="utf-8")
+    golden("timeline", text)
     assert max(len(line) for line in text.splitlines()) <= 100
     dense = result.entries[0]
     assert dense.path == "dense"

@@ -70,7 +70,8 @@ def flow_renderable(report: Report, width: int = 40) -> RenderableType:
     return Group(title, table)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, or a usage error naming the extra."""
     try:
         import matplotlib
 
@@ -86,7 +87,7 @@ def flow_figure(report: Report) -> Any:
     """The chart as a matplotlib figure: per layer, bars of log10 ||dL/dW|| and
     log10 ||dL/dinput|| that start at a common floor below the smallest value, so a larger
     gradient draws a longer bar (as ``--flow`` does in the terminal)."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = flow_values(report)
     names = [p for p, _, _ in rows]
     y = np.arange(len(names))
@@ -121,10 +122,10 @@ def flow_figure(report: Report) -> Any:
     return fig
 
 
-def write_plot(report: Report, path: Path) -> None:
-    """The same chart as a PNG (needs matplotlib: ``pip install 'gradinspect[plot]'``)."""
-    fig = flow_figure(report)
-    plt = _pyplot()
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure as a PNG and close it; an unwritable path is an
+    ``OutputError``."""
+    plt = pyplot()
     try:
         fig.savefig(path, dpi=110)
     except OSError as exc:
@@ -133,3 +134,8 @@ def write_plot(report: Report, path: Path) -> None:
         raise OutputError(f"{path}: cannot write the plot ({exc})") from exc
     finally:
         plt.close(fig)
+
+
+def write_plot(report: Report, path: Path) -> None:
+    """The same chart as a PNG (needs matplotlib: ``pip install 'gradinspect[plot]'``)."""
+    save_figure(flow_figure(report), path)

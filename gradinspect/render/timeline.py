@@ -13,8 +13,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from gradinspect.errors import UsageError
 from gradinspect.plaintext import plain
+from gradinspect.render.flow import pyplot, save_figure
 from gradinspect.timeline import Timeline, log10_change, timeline_dict
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -127,15 +127,7 @@ def render_timeline_json(timeline: Timeline) -> str:
 def write_timeline_plot(timeline: Timeline, path: Path) -> None:
     """One line per entry: ||dL/dW|| over the steps on a log axis (needs matplotlib:
     ``pip install 'gradinspect[plot]'``)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise UsageError("--plot needs matplotlib, which is not installed",
-                         "pip install 'gradinspect[plot]'") from exc
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig, ax = pyplot().subplots(figsize=(9, 5))
     steps = np.array(timeline.steps, dtype=float)
     for e in timeline.entries:
         y = np.array([v if v is not None and v > 0 else np.nan for v in e.weight_grad_norm])
@@ -151,11 +143,4 @@ def write_timeline_plot(timeline: Timeline, path: Path) -> None:
     if len(timeline.entries) <= 20:
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as exc:
-        from gradinspect.errors import OutputError
-
-        raise OutputError(f"{path}: cannot write the plot ({exc})") from exc
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
