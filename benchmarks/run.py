@@ -494,6 +494,65 @@ def bench_real_models(args: argparse.Namespace, tmp: Path) -> list[Row]:
     return rows
 
 
+def bench_distribute(args: argparse.Namespace, tmp: Path) -> list[Row]:
+    """The pass under MirroredStrategy over 2 logical CPUs (``--distribute mirrored
+    --replicas 2``) against the single-device pass, same batches, whole commands: what the
+    distributed engine costs where it cannot gain (both replicas share this machine's 2
+    cores); and two worker processes on localhost (``--distribute multiworker``) against one
+    process, wall time until both workers are done."""
+    import numpy as np
+
+    reps = 3 if args.quick else 5
+    rows_n = 4096 if args.quick else 16384
+    rng = np.random.default_rng(0)
+    cases = {
+        "mnist_mlp (784-256-128-10)": (SAMPLES / "mnist_mlp.keras",
+                                       rng.uniform(0, 1, (rows_n, 784)), 1024),
+        "cnn_small (conv, depthwise, BN)": (SAMPLES / "cnn_small.keras",
+                                            rng.uniform(0, 1, (rows_n // 4, 16, 16, 3)), 256),
+    }
+    rows = []
+    for name, (model, x, batch) in cases.items():
+        data = tmp / f"{model.stem}_big.npy"
+        np.save(data, x.astype(np.float32))
+        common = [str(model), str(data), "--batch-size", str(batch)]
+        (single_t, single_m), (mirror_t, mirror_m) = measure_commands(
+            [gradinspect_cmd(*common),
+             gradinspect_cmd(*common, "--distribute", "mirrored", "--replicas", "2")], reps)
+        rows.append(Row(f"{name}, {x.shape[0]:,} rows: mirrored (2 logical CPUs) vs one "
+                        "device: wall", mirror_t, single_t, "s", "(report)", True))
+        rows.append(Row(f"{name}: mirrored vs one device: peak RSS", mirror_m / 2**20,
+                        single_m / 2**20, "MiB", "(report)", True))
+        walls = []
+        for _ in range(reps):
+            walls.append(_two_workers(common))
+        rows.append(Row(f"{name}: 2 workers on localhost vs one process: wall",
+                        statistics.median(walls), single_t, "s", "(report)", True))
+    return rows
+
+
+def _two_workers(common: list[str]) -> float:
+    """Wall seconds until both workers of a 2-worker localhost cluster are done."""
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("localhost", 0))
+            ports.append(s.getsockname()[1])
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    start = time.perf_counter()
+    procs = [subprocess.Popen(
+        gradinspect_cmd(*common, "--distribute", "multiworker"), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, env={**os.environ, "TF_CONFIG": json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": i}})}) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"a worker failed ({proc.returncode}): {err[-2000:]!r}")
+    return time.perf_counter() - start
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace, Path], list[Row]]] = {
     "startup": bench_startup,
     "small_e2e": bench_small_e2e,
@@ -503,6 +562,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, Path], list[Row]]] = {
     "per_sample": bench_per_sample,
     "callback": bench_callback,
     "real_models": bench_real_models,
+    "distribute": bench_distribute,
 }
 
 

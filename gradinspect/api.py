@@ -6,6 +6,8 @@ is what ``gradinspect MODEL DATA`` calls. Both return a ``Report``.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import weakref
@@ -24,6 +26,7 @@ from gradinspect.checks import (
 )
 from gradinspect.config import InspectOptions, LoadOptions, Thresholds
 from gradinspect.diagnose import LayerFigures, RunFigures, diagnose
+from gradinspect.distribute import describe, diverged_variables, effective, share
 from gradinspect.errors import DataError
 from gradinspect.loading import (
     H5Rows,
@@ -43,6 +46,7 @@ from gradinspect.report import (
     ChecksInfo,
     Coverage,
     DataInfo,
+    ExecutionInfo,
     ForwardStats,
     GradcheckStats,
     GradValues,
@@ -130,12 +134,19 @@ class _Run:
     notes: list[str] = field(default_factory=list)
     input_stats: list[np.ndarray | None] = field(default_factory=list)
     """Per model input: [min, max, sum, sum of squares, entries] over the batches so far."""
+    execution: ExecutionInfo = field(default_factory=ExecutionInfo)
 
 
-def _batches(arrays: Sequence[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+def _batches(arrays: Sequence[np.ndarray], size: int, worker: int = 0,
+             workers: int = 1) -> Iterator[tuple[int, int, list[np.ndarray]]]:
+    """Per batch of ``size`` rows: its first row, its row count, and the rows of it that this
+    worker reads (all of them on one worker; else its contiguous share, ``distribute.share``:
+    no worker reads another's rows)."""
     total = int(arrays[0].shape[0])
     for start in range(0, total, size):
-        yield [a[start : start + size] for a in arrays]
+        stop = min(start + size, total)
+        lo, hi = share(start, stop, worker, workers)
+        yield lo, stop - start, [a[lo:hi] for a in arrays]
 
 
 def _as_model_dtype(batch: Sequence[np.ndarray], dtypes: Sequence[str]) -> list[np.ndarray]:
@@ -223,13 +234,17 @@ def run_inspection(
     data: LoadedData,
     options: InspectOptions,
     progress: ProgressHook | None = None,
+    strategy: Any = None,
 ) -> Report:
-    """Run the hooked pass over the data (and the requested checks) and build the report."""
+    """Run the hooked pass over the data (and the requested checks) and build the report.
+    ``strategy``: a ``tf.distribute`` strategy to run the pass on (see ``distribute``)."""
     from gradinspect._tf import tf_modules
     from gradinspect.losses import LossRequest, resolve_loss
     from gradinspect.probe import batch_interactions, seeded
 
     tf_modules()
+    strategy = effective(strategy)
+    execution = describe(strategy)
     label_notes: list[str] = []
     loss = resolve_loss(
         LossRequest(options.loss, options.reduction, options.from_logits),
@@ -248,12 +263,15 @@ def run_inspection(
     # batches, or a live model inspected again and again, pay the trace once.
     batches = -(-data.samples // batch_size)
     walk, sites, skipped, probe = _probe_for(loaded, loss, options,
-                                             compiled=batches > 1 or loaded.format == "live")
+                                             compiled=batches > 1 or loaded.format == "live",
+                                             strategy=strategy)
     t = options.thresholds
     run = _Run(
         loaded=loaded, data=data, options=options, sites=sites, loss=loss, walk=walk,
         skipped=skipped, label_prep=label_prep, notes=label_notes,
         scale=1.0 if loss.reduction == "sum" else 1.0 / data.samples,
+        execution=dataclasses.replace(execution, notes=_execution_notes(
+            execution, loaded.model, options.training)),
         accs=[
             _LayerAccumulators(
                 s, s.measured.peak * t.saturation_derivative if s.measured else 0.0,
@@ -306,22 +324,24 @@ def run_inspection(
     lows = [acc.low_threshold for acc in run.accs]
     dtypes = _input_dtypes(loaded)
     done = 0
-    label_batches = (_batches(data.labels, batch_size) if label_prep is not None and
-                     data.labels is not None else None)
+    worker, workers = execution.worker, execution.workers
+    label_batches = (_batches(data.labels, batch_size, worker, workers)
+                     if label_prep is not None and data.labels is not None else None)
     with probe, seeded(loaded.model, options.seed):
-        for raw in _batches(data.arrays, batch_size):
+        for first, rows, raw in _batches(data.arrays, batch_size, worker, workers):
             batch = _as_model_dtype(raw, dtypes)
-            labels = (label_prep(next(label_batches), done) if label_prep is not None and
+            labels = (label_prep(next(label_batches)[2], first) if label_prep is not None and
                       label_batches is not None else None)
             capture = probe.step(batch, labels, run.scale, low_thresholds=lows,
                                  confidence=t.softmax_confidence,
-                                 fresh=_fresh(data.arrays, raw, batch))
+                                 fresh=_fresh(data.arrays, raw, batch), global_rows=rows)
             run.loss_value += capture.loss
-            _merge_input_stats(run, capture.input_stats, batch)
+            _merge_input_stats(run, capture.input_stats, capture.samples, batch)
             run.nonfinite += capture.nonfinite
             run.entries += capture.entries
             for acc, cap in zip(run.accs, capture.layers, strict=True):
-                _accumulate(acc, cap, labels, run.scale)
+                _accumulate(acc, cap, list(capture.labels) if capture.labels is not None
+                            else labels, run.scale)
                 _keep_values(acc, cap, options.values_samples)
             done += capture.samples
             if progress is not None:
@@ -329,9 +349,45 @@ def run_inspection(
         run.order = list(probe.order) + [i for i in range(len(sites)) if i not in probe.order]
         for acc, grads in zip(run.accs, probe.gradient_sums(), strict=True):
             acc.grads = grads
-    if options.gradcheck > 0:
+    if options.gradcheck > 0 and execution.worker == 0:
         _run_gradcheck(run, dtypes)
     return _build_report(run)
+
+
+def _execution_notes(execution: ExecutionInfo, model: Any, training: bool) -> tuple[str, ...]:
+    """What a distributed pass computes differently from one device, said rather than
+    approximated."""
+    if execution.strategy == "none":
+        return ()
+    from gradinspect.probe import batch_interactions
+
+    notes = [f"each batch split over {execution.replicas} replicas"
+             + (f" on {execution.workers} workers" if execution.workers > 1 else "")
+             + "; sums merged in float64 (equal to one device's up to float32 summation "
+             "order), maxima, minima and counts exactly, per-sample rows in row order"]
+    interacting = batch_interactions(model, training)
+    if interacting:
+        notes.append("BatchNormalization in training mode (" + ", ".join(interacting) + ") "
+                     "normalises each replica's share of the batch with that share's "
+                     "statistics, as Keras does when training under a strategy: figures at "
+                     "and after these layers differ from a single-device run")
+    diverged = diverged_variables(model)
+    if diverged:
+        shown = ", ".join(f"{path} (max |difference| {worst:.3g})" for path, worst in diverged[:6])
+        notes.append(f"{len(diverged)} non-trainable variable(s) differ between the replicas' "
+                     f"copies: {shown}{' ...' if len(diverged) > 6 else ''} (Keras updated "
+                     "them on each replica from its own batches); each replica computed with "
+                     "its own copy, a single-device run reads the first")
+    if training and _has_randomness(model):
+        notes.append("in training mode each replica draws its own random numbers (Dropout, "
+                     "noise): the figures differ from a single-device run by that randomness")
+    return tuple(notes)
+
+
+def _has_randomness(model: Any) -> bool:
+    from gradinspect.probe import seed_generators
+
+    return bool(seed_generators(model))
 
 
 def _closed_form(site: Any) -> bool:
@@ -350,7 +406,7 @@ _PROBES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[Any, ...]]] 
 
 
 def _probe_for(loaded: LoadedModel, loss: Any, options: InspectOptions,
-               compiled: bool) -> tuple[Any, list[Any], list[Any], Any]:
+               compiled: bool, strategy: Any = None) -> tuple[Any, list[Any], list[Any], Any]:
     """The model's walk, the selected entries, the ones filtered out, and the compiled,
     hookable step for this model and loss.
 
@@ -364,7 +420,8 @@ def _probe_for(loaded: LoadedModel, loss: Any, options: InspectOptions,
     full = options.verify or options.values
     key = (type(loss).__name__, loss.name, loss.reduction,
            repr(getattr(loss, "per_output", None)), options.training, full,
-           options.per_sample, compiled, options.kinds, options.layers)
+           options.per_sample, compiled, options.kinds, options.layers, id(strategy),
+           options.worker_timeout)
     try:
         per_model = _PROBES.setdefault(loaded.model, {})
     except TypeError:  # not weak-referenceable: no caching
@@ -383,7 +440,8 @@ def _probe_for(loaded: LoadedModel, loss: Any, options: InspectOptions,
         per_model[key] = (walk, sites, skipped,
                           Probe(loaded.model, sites, loss, training=options.training,
                                 verify=options.verify, full=full,
-                                per_sample=options.per_sample, compiled=compiled))
+                                per_sample=options.per_sample, compiled=compiled,
+                                strategy=strategy, timeout=options.worker_timeout))
     walk, sites, skipped, probe = per_model[key]
     return walk, sites, skipped, probe
 
@@ -510,15 +568,16 @@ def _accumulate(acc: _LayerAccumulators, cap: Any, labels: Sequence[np.ndarray] 
             acc.per_sample = None
 
 
-def _merge_input_stats(run: _Run, stats: Sequence[np.ndarray | None],
+def _merge_input_stats(run: _Run, stats: Sequence[np.ndarray | None], rows: int,
                        batch: Sequence[np.ndarray]) -> None:
-    """Fold one batch's [min, max, sum, sum of squares] per input into the run's."""
+    """Fold one batch's [min, max, sum, sum of squares] per input into the run's (``rows``:
+    the whole batch's, of which ``batch`` may be this worker's share)."""
     if not run.input_stats:
         run.input_stats = [None] * len(stats)
     for k, (part, a) in enumerate(zip(stats, batch, strict=True)):
         if part is None:
             continue
-        new = np.array([*part, float(np.size(a))])
+        new = np.array([*part, float(rows * math.prod(a.shape[1:]))])
         old = run.input_stats[k]
         run.input_stats[k] = new if old is None else np.array([
             min(old[0], new[0]), max(old[1], new[1]), old[2] + new[2], old[3] + new[3],
@@ -768,6 +827,7 @@ def _build_report(run: _Run) -> Report:
             verify_note=run.verify_note,
         ),
         coverage=_coverage(run, [site for site, _, _, _ in partial]),
+        execution=run.execution,
     )
 
 
@@ -960,19 +1020,28 @@ def inspect_files(
     progress: ProgressHook | None = None,
     labels_path: str | os.PathLike[str] | None = None,
     load: LoadOptions | None = None,
+    strategy: Any = None,
 ) -> Report:
-    """Load a model file, a data file (and labels) and inspect them (what the CLI runs)."""
+    """Load a model file, a data file (and labels) and inspect them (what the CLI runs).
+    With a ``tf.distribute`` ``strategy`` the model is loaded in its scope (its variables
+    mirrored on the replicas, as in training under the strategy) and the pass runs on it;
+    of each batch, a worker reads only its share of the rows."""
     options = options or InspectOptions()
     load = load or LoadOptions()
     custom = import_custom_objects(load.custom_objects) if load.custom_objects else None
-    loaded = load_model(model_path, unsafe=load.unsafe, custom_objects=custom,
-                        weights=load.weights, max_model_bytes=load.max_model_bytes)
+    with _scope(effective(strategy)):
+        loaded = load_model(model_path, unsafe=load.unsafe, custom_objects=custom,
+                            weights=load.weights, max_model_bytes=load.max_model_bytes)
     data = load_data(data_path, loaded.inputs, options.samples, labels_path=labels_path,
                      outputs=loaded.outputs)
     try:
-        return run_inspection(loaded, data, options, progress)
+        return run_inspection(loaded, data, options, progress, strategy=strategy)
     finally:
         data.close()
+
+
+def _scope(strategy: Any) -> Any:
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
 def _arrays_by_name(value: Any, names: Sequence[str], what: str, kind: str, *,
@@ -1012,11 +1081,19 @@ def inspect(
     memory_budget: int | None = None,
     loss_semantics: str | None = None,
     gradients: bool = False,
+    strategy: Any = None,
+    worker_timeout: float | None = None,
 ) -> Report:
     """Inspect a live Keras model on in-memory data.
 
     ``x`` is an array (single-input model), a list of arrays in model-input order, or a dict
     keyed by input name. Returns the same ``Report`` as the CLI.
+
+    ``strategy``: a ``tf.distribute.MirroredStrategy`` or ``MultiWorkerMirroredStrategy``
+    (typically the one the model was built and trained under): each batch is split over its
+    replicas and merged; the report is the single-device one up to float32 summation order.
+    Under ``MultiWorkerMirroredStrategy`` every worker calls ``inspect`` with the whole ``x``
+    (arrays in memory) and gets the whole report; ``worker_timeout`` bounds each merge.
     """
     from gradinspect.loading import validate_arrays
 
@@ -1046,6 +1123,7 @@ def inspect(
         values=values,
         gradients=gradients,
         loss_semantics=loss_semantics,
+        worker_timeout=worker_timeout,
         **({"memory_budget": memory_budget} if memory_budget is not None else {}),
     )
-    return run_inspection(loaded, data, options)
+    return run_inspection(loaded, data, options, strategy=strategy)

@@ -94,7 +94,7 @@ class GradInspectCallback(_keras.callbacks.Callback):  # type: ignore[misc,name-
 
     def on_train_begin(self, logs: Any = None) -> None:
         # a new file for this callback's first fit; later fits append (steps keep counting)
-        if self.path is not None and self._file is None:
+        if self.path is not None and self._file is None and self._chief():
             self._file = self.path.open("a" if self._started else "w", encoding="utf-8")
         self._started = True
 
@@ -121,18 +121,30 @@ class GradInspectCallback(_keras.callbacks.Callback):  # type: ignore[misc,name-
         """Inspect the model now and record the report."""
         from gradinspect.api import inspect
 
-        report = inspect(self.model, self.x, self.y, **self.options)
-        if self._tensorboard is not None:
+        # a model built and fitted under a tf.distribute strategy is inspected on it
+        report = inspect(self.model, self.x, self.y,
+                         strategy=getattr(self.model, "distribute_strategy", None),
+                         **self.options)
+        chief = report.execution.worker == 0  # multi-worker: worker 0 writes, as Keras's own
+        if self._tensorboard is not None and chief:
             self._tensorboard.write(report, self.step)
+        if self._tensorboard is not None:
             report = report.without_values()  # the histograms' arrays stay out of the records
         self.reports.append((self.epoch, self.step, report))
-        if self._file is not None:
+        if self._file is not None and chief:
             line = {"epoch": self.epoch, "step": self.step, "batch": batch,
                     "report": report.to_dict()}
             self._file.write(json.dumps(line, allow_nan=False) + "\n")
             self._file.flush()
         self._announce(report)
         return report
+
+    def _chief(self) -> bool:
+        """This process writes: always, except on the workers after the first of a
+        multi-worker strategy (each holds the same records)."""
+        from gradinspect.distribute import describe
+
+        return describe(getattr(self.model, "distribute_strategy", None)).worker == 0
 
     def _announce(self, report: Report) -> None:
         stream = self.stream or sys.stderr

@@ -13,7 +13,7 @@ import tempfile
 import tomllib
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, assert_never
@@ -23,6 +23,7 @@ from rich.console import Console
 
 from gradinspect import __version__
 from gradinspect.config import InspectOptions, LoadOptions, Thresholds
+from gradinspect.distribute import DEFAULT_TIMEOUT, DistributeOptions
 from gradinspect.errors import ExitStatus, GradInspectError, OutputError, UsageError
 from gradinspect.plaintext import plain
 from gradinspect.render import OutputFormat
@@ -66,6 +67,14 @@ class LossSemantics(StrEnum):
     KERAS3 = "keras3"
 
 
+class Distribute(StrEnum):
+    """Where the pass runs."""
+
+    NONE = "none"
+    MIRRORED = "mirrored"
+    MULTIWORKER = "multiworker"
+
+
 class Reduction(StrEnum):
     """How per-sample loss terms are combined."""
 
@@ -91,6 +100,7 @@ class CliConfig:
     show_traceback: bool
     tensorboard: Path | None = None
     step: int = 0
+    distribute: DistributeOptions = field(default_factory=DistributeOptions)
 
 
 stderr = Console(stderr=True, highlight=False)
@@ -266,14 +276,37 @@ def _progress_hook(config: CliConfig) -> Any:
 def run(config: CliConfig) -> ExitStatus:
     """Inspect, print, and decide the exit status."""
     from gradinspect.api import inspect_files
+    from gradinspect.distribute import check_options, make_strategy, supervised
 
+    options = config.distribute
+    check_options(options)
+    if options.kind == "multiworker" and not _SUPERVISED:
+        return ExitStatus(supervised(lambda beat: _child_status(config, beat), options.timeout))
+    strategy = make_strategy(options)  # before TensorFlow runs anything
     hook, progress = _progress_hook(config)
+
+    def on_batch(done: int, total: int) -> None:
+        if _BEAT is not None:
+            _BEAT(f"running the pass ({done:,} of {total:,} samples done)")
+        if hook is not None:
+            hook(done, total)
+
+    if _BEAT is not None:
+        _BEAT("loading the model and data and running the first step")
     try:
-        report = inspect_files(config.model, config.data, config.options, progress=hook,
-                               labels_path=config.labels, load=config.load)
+        report = inspect_files(config.model, config.data, config.options, progress=on_batch,
+                               labels_path=config.labels, load=config.load,
+                               strategy=strategy)
     finally:
         if progress is not None:
             progress.stop()
+    execution = report.execution
+    if execution.worker != 0:  # every worker holds the report; the chief writes it
+        sys.stdout.write(f"gradinspect: worker {execution.worker} of {execution.workers} "
+                         f"done ({report.data.samples:,} samples in {execution.replicas} "
+                         "replicas); worker 0 writes the report\n")
+        sys.stdout.flush()
+        return exit_status(report, config.fail_on)
     if config.tensorboard is not None:
         from gradinspect.tensorboard import write_report
 
@@ -282,6 +315,23 @@ def run(config: CliConfig) -> ExitStatus:
             report = report.without_values()
     emit(report, config)
     return exit_status(report, config.fail_on)
+
+
+_SUPERVISED = False
+"""In the child process of a supervised multi-worker run (``distribute.supervised``)."""
+_BEAT: Callable[[str], None] | None = None
+"""There: tells the parent what the child does next."""
+
+
+def _child_status(config: CliConfig, beat: Callable[[str], None]) -> int:
+    """The supervised child's run, with the same error handling and exit codes."""
+    global _SUPERVISED, _BEAT
+    _SUPERVISED, _BEAT = True, beat
+    beat("waiting for every worker in TF_CONFIG to start")
+    try:
+        _exit_with(lambda: run(config), config.show_traceback)
+    except SystemExit as exc:
+        return int(exc.code or 0)
 
 
 def _fail(message: str, status: ExitStatus) -> NoReturn:
@@ -424,6 +474,19 @@ def inspect(
         "(pip install 'gradinspect[tensorboard]').")] = None,
     step: Annotated[int, typer.Option(min=0, help="The step of the --tensorboard events.")
                     ] = 0,
+    distribute: Annotated[Distribute, typer.Option(
+        help="Run the pass on tf.distribute: mirrored (MirroredStrategy over the GPUs, or "
+        "--replicas logical CPUs) or multiworker (MultiWorkerMirroredStrategy configured by "
+        "TF_CONFIG; each worker reads only its share of the rows, worker 0 writes the "
+        "report).")] = Distribute.NONE,
+    replicas: Annotated[int | None, typer.Option(
+        min=1, show_default=False,
+        help="With --distribute mirrored: use N devices (the first N GPUs; without GPUs, the "
+        "CPU split into N logical devices).")] = None,
+    worker_timeout: Annotated[float, typer.Option(
+        min=1.0, metavar="SECONDS",
+        help="With --distribute: how long a step's merge waits for the other replicas and "
+        "workers before the run fails (a worker that died).")] = DEFAULT_TIMEOUT,
     details: Annotated[bool | None, typer.Option(
         "--details/--no-details", show_default=False,
         help="Show the per-gradient detail table (shape, max, mean, NaN, Inf) [default: for "
@@ -461,6 +524,7 @@ def inspect(
                 kinds=_check_kinds(kind or []), values=values,
                 gradients=tensorboard is not None,
                 memory_budget=parse_size(memory_budget, "--memory-budget"),
+                worker_timeout=worker_timeout if distribute is not Distribute.NONE else None,
             ),
             output_format=OutputFormat.JSON if json_out else OutputFormat.TABLE,
             output=output,
@@ -471,6 +535,7 @@ def inspect(
             show_traceback=show_traceback,
             tensorboard=tensorboard,
             step=step,
+            distribute=DistributeOptions(distribute.value, replicas, worker_timeout),
         )
         if tensorboard is not None:  # before the pass: a missing extra costs no inspection
             from gradinspect.tensorboard import require_tensorboard

@@ -137,6 +137,9 @@ class InspectOptions:
     ``values_samples`` samples) in the report."""
     values_samples: int = 1000
     """How many samples' dL/dinput ``values`` keeps."""
+    worker_timeout: float | None = None
+    """Under a ``tf.distribute`` strategy: seconds a step's merge waits for the other
+    replicas and workers before the run fails (``None``: the strategy's own setting)."""
     gradients: bool = False
     """Keep each variable's gradient array (``values.variables``, summed over the batches the
     step already sums) without ``values``' capture of every tensor: for TensorBoard's

@@ -15,12 +15,20 @@ input and layer output (and pre-activation, when needed), and activation'(z) fro
 tape. Inside the step the variable gradients are added to float64 sums on the device and every
 other gradient is reduced to a few figures, handed to the host as one small vector per batch;
 full tensors only for ``--verify``/``--values``. Reports are made elsewhere.
+
+Under a ``tf.distribute`` strategy the same step runs once per replica (``strategy.run``) on
+that replica's rows of the batch, with a recorder of its own (hooks find it in a thread-local
+slot: the replicas trace in threads of their own, and nothing they record is shared). The
+variables' gradients are all-reduced, and each replica's vector of figures, per-sample rows and
+full tensors are all-gathered; the host merges the vectors as each figure declares
+(``engine.layout``), so what follows sees one batch, as from one device.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from gradinspect.distribute import first_replica
 from gradinspect.engine.adapters.base import DenseView, children
+from gradinspect.engine.layout import Figure, Layout, Merge, merge_counts, merge_rows
 from gradinspect.engine.walk import (
     ActivationProfile,
     Follower,
@@ -155,6 +165,9 @@ class BatchCapture:
     input_stats: tuple[np.ndarray | None, ...] = ()
     """Per model input: ``[min, max, sum, sum of squares]`` of a float input (``None`` for
     integer inputs)."""
+    labels: tuple[np.ndarray, ...] | None = None
+    """Under a strategy with full tensors (``--verify``/``--values``): the whole batch's
+    labels, gathered from every replica in the order of the gathered tensors."""
 
 
 # ---------------------------------------------------------------- hooks
@@ -191,11 +204,6 @@ class _Recorder:
     """Sites whose dL/dz (delta) is kept: per-sample norms, --verify, --values."""
     full: bool = False
     counting: bool = False
-
-    def reset(self) -> None:
-        self.calls = {}
-        self.first_call = []
-        self.follower_calls = {}
 
     def new_call(self, index: int) -> _CallRecord:
         record = _CallRecord()
@@ -259,7 +267,15 @@ def _float_tensor(tf: Any, t: Any) -> bool:
     return isinstance(t, tf.Tensor) and t.dtype.is_floating
 
 
-def _install(tf: Any, index: int, site: Site, recorder: _Recorder) -> Any:
+class _Slot(threading.local):
+    """The recorder of the pass running in this thread. Under ``tf.distribute`` every replica
+    traces the model in a thread of its own, each with its own recorder: hooks read the
+    recorder from here, so no hook state is shared by replicas."""
+
+    recorder: _Recorder | None = None
+
+
+def _install(tf: Any, index: int, site: Site, slot: _Slot) -> Any:
     layer = site.layer
     original_call = layer.call
     hook_activation = site.profile is not None
@@ -267,7 +283,8 @@ def _install(tf: Any, index: int, site: Site, recorder: _Recorder) -> Any:
 
     @functools.wraps(original_call)
     def hooked_call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        if recorder.tape is None:  # a call outside the probe's pass: leave it alone
+        recorder = slot.recorder
+        if recorder is None or recorder.tape is None:  # outside the probe's pass: leave it
             return original_call(inputs, *args, **kwargs)
         record = recorder.new_call(index)
         x = inputs
@@ -317,13 +334,14 @@ def _install(tf: Any, index: int, site: Site, recorder: _Recorder) -> Any:
     return undo
 
 
-def _install_follower(index: int, layer: Any, recorder: _Recorder) -> Any:
+def _install_follower(index: int, layer: Any, slot: _Slot) -> Any:
     original_call = layer.call
 
     @functools.wraps(original_call)
     def hooked_call(inputs: Any, *args: Any, **kwargs: Any) -> Any:
         out = original_call(inputs, *args, **kwargs)
-        if recorder.tape is not None:
+        recorder = slot.recorder
+        if recorder is not None and recorder.tape is not None:
             recorder.follower_calls.setdefault(index, []).append(
                 _CallRecord(x=inputs, out=[out]))
         return out
@@ -332,17 +350,17 @@ def _install_follower(index: int, layer: Any, recorder: _Recorder) -> Any:
 
 
 @contextmanager
-def instrumented(tf: Any, sites: Sequence[Site], want_z: frozenset[int] = frozenset(),
-                 full: bool = False) -> Iterator[_Recorder]:
-    """Hooks on every site for the duration of the block; always removed on exit."""
-    recorder = _Recorder(tf=tf, want_z=want_z, full=full)
+def instrumented(tf: Any, sites: Sequence[Site]) -> Iterator[_Slot]:
+    """Hooks on every site for the duration of the block; always removed on exit. A pass
+    records by putting a recorder in the slot for its thread."""
+    slot = _Slot()
     undos = []
     try:
         for i, site in enumerate(sites):
-            undos.append(_install(tf, i, site, recorder))
+            undos.append(_install(tf, i, site, slot))
             if site.follower is not None:
-                undos.append(_install_follower(i, site.follower.layer, recorder))
-        yield recorder
+                undos.append(_install_follower(i, site.follower.layer, slot))
+        yield slot
     finally:
         for undo in reversed(undos):
             undo()
@@ -354,39 +372,42 @@ def instrumented(tf: Any, sites: Sequence[Site], want_z: frozenset[int] = frozen
 class _Packer:
     """The small figures of one step, packed into one float64 vector: one transfer to the host
     per batch instead of one per figure, and few graph ops (scalars are stacked and vectors
-    concatenated per dtype, then cast once). ``layout`` maps a key to its slice; the trace
-    fixes it (every piece is a scalar or a vector of static length). An eager step (one small
-    batch) joins the values on the host instead: there, every distinct op costs its first-use
-    setup (about 2 ms each in a fresh process), which is most of what the step would add."""
+    concatenated per dtype, then cast once). Each figure is added with its merge across
+    replicas (``engine.layout``); ``packed`` returns the layout, which the trace fixes (every
+    piece is a scalar or a vector of static length). An eager step (one small batch) joins the
+    values on the host instead: there, every distinct op costs its first-use setup (about 2 ms
+    each in a fresh process), which is most of what the step would add."""
 
     def __init__(self, tf: Any) -> None:
         self.tf = tf
-        self.pieces: list[tuple[tuple[Any, ...], Any]] = []
+        self.pieces: list[tuple[tuple[Any, ...], Any, Any]] = []
 
-    def add(self, key: tuple[Any, ...], value: Any) -> None:
-        self.pieces.append((key, value))
+    def add(self, key: tuple[Any, ...], value: Any, merge: Merge | tuple[Merge, ...]) -> None:
+        self.pieces.append((key, value, merge))
 
-    def packed(self) -> tuple[Any, dict[tuple[Any, ...], slice]]:
+    def packed(self) -> tuple[Any, Layout]:
         tf = self.tf
+        layout: Layout = {}
         if tf.executing_eagerly():  # values exist already: join them on the host, no ops to run
-            parts, layout, offset = [], {}, 0
-            for key, value in self.pieces:
+            parts, offset = [], 0
+            for key, value, merge in self.pieces:
                 part = np.asarray(value, dtype=np.float64).reshape(-1)
-                layout[key] = slice(offset, offset + part.size)
+                layout[key] = Figure(slice(offset, offset + part.size), merge)
                 offset += part.size
                 parts.append(part)
             return np.concatenate(parts), layout
-        groups: dict[tuple[str, int], list[tuple[tuple[Any, ...], Any]]] = {}
-        for key, value in self.pieces:
-            groups.setdefault((value.dtype.name, len(value.shape)), []).append((key, value))
-        parts, layout, offset = [], {}, 0
+        groups: dict[tuple[str, int], list[tuple[tuple[Any, ...], Any, Any]]] = {}
+        for key, value, merge in self.pieces:
+            groups.setdefault((value.dtype.name, len(value.shape)), []).append(
+                (key, value, merge))
+        parts, offset = [], 0
         for (_, rank), members in groups.items():
-            values = [v for _, v in members]
+            values = [v for _, v, _ in members]
             joined = tf.stack(values) if rank == 0 else tf.concat(values, axis=0)
             parts.append(tf.cast(joined, tf.float64))
-            for key, value in members:
+            for key, value, merge in members:
                 n = 1 if rank == 0 else int(value.shape[0])
-                layout[key] = slice(offset, offset + n)
+                layout[key] = Figure(slice(offset, offset + n), merge)
                 offset += n
         return tf.concat(parts, axis=0), layout
 
@@ -430,6 +451,12 @@ def _reductions(tf: Any, g: Any) -> list[Any]:
     return [_half_sumsq(tf, wide), tf.reduce_sum(absval), tf.reduce_max(absval)]
 
 
+GX_MERGES: tuple[Merge, ...] = ("sum", "sum", "max")
+"""How ``_reductions``' figures merge across replicas."""
+COUNT_MERGES: tuple[Merge, ...] = ("max", "sum", "sum")
+"""How ``_counts``' figures merge across replicas."""
+
+
 def _counts(tf: Any, g: Any) -> list[Any]:
     """The rare path, for one gradient: max |g| over the entries that are not NaN, the NaN
     count and the Inf count."""
@@ -441,8 +468,10 @@ def _counts(tf: Any, g: Any) -> list[Any]:
 
 
 def _rows(tf: Any, t: Any, batch: Any, width: int) -> Any:
-    """(batch, positions, width): calls and positions of one sample become its rows."""
-    return tf.reshape(tf.cast(t, tf.float64), (batch, -1, width))
+    """(batch, positions, width): calls and positions of one sample become its rows. The
+    positions are counted, not inferred (-1): a replica's share of a batch may be empty."""
+    positions = tf.reduce_prod(tf.shape(t)[1:]) // width
+    return tf.reshape(tf.cast(t, tf.float64), tf.stack([batch, positions, width]))
 
 
 def _per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], bias: DenseView | None,
@@ -477,7 +506,8 @@ def _per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], bias: DenseView | 
         other = [1 + k for k in range(len(bias.out_dims)) if k not in bias.bias_axes]
         if other:  # a bias over some output axes only: sum the others away
             s = tf.reduce_sum(tf.reshape(s, (batch, *bias.out_dims)), axis=other)
-            s = tf.reshape(s, (batch, -1))
+            s = tf.reshape(s, (batch, math.prod(
+                d for k, d in enumerate(bias.out_dims) if k in bias.bias_axes)))
         sq = sq + tf.reduce_sum(s * s, axis=1)
     return sq
 
@@ -525,6 +555,8 @@ class Probe:
         verify: bool = False,
         full: bool = False,
         per_sample: bool = False,
+        strategy: Any = None,
+        timeout: float | None = None,
     ) -> None:
         from gradinspect._tf import tf_modules
 
@@ -537,12 +569,25 @@ class Probe:
         self.full = full or verify
         self.per_sample = per_sample
         self.order: list[int] = []
-        self._recorder: _Recorder | None = None
+        self._slot: _Slot | None = None
         self._cm: Any = None
-        self._compiled = compiled
+        # Under a tf.distribute strategy every batch is split over the replicas: always one
+        # compiled step (strategy.run), merged with the strategy's collectives
+        self.strategy = strategy
+        self._replicas = (len(strategy.extended.worker_devices) if strategy is not None
+                          else 1)
+        self._first_replica = first_replica(strategy)
+        self._timeout = timeout
+        self._compiled = compiled or strategy is not None
         self._steps: dict[bool, Any] = {}
-        self._generators = _seed_generators(model)
-        self._layout: dict[tuple[Any, ...], slice] = {}
+        self._traces: dict[int, tuple[list[int], Layout]] = {}
+        """Per tracing thread (one per replica under a strategy): the forward order of the
+        sites and the figures' layout its trace fixed."""
+        self._generators = seed_generators(model)
+        self._layout: Layout = {}
+        self._want_z = frozenset(i for i, s in enumerate(self.sites) if s.profile is not None
+                                 and (self.full or (per_sample and s.adapter.per_sample
+                                                    and s.dense_view is not None)))
         self._param_cache: tuple[tuple[float, ...], Any] | None = None
         self._weights: list[tuple[np.ndarray, ...]] | None = None
         self._sums: list[list[Any]] | None = None
@@ -575,11 +620,8 @@ class Probe:
     def __enter__(self) -> Probe:
         self._weights = None
         self.reset()
-        want_z = frozenset(i for i, s in enumerate(self.sites) if s.profile is not None and (
-            self.full or (self.per_sample and s.adapter.per_sample
-                          and s.dense_view is not None)))
-        self._cm = instrumented(self.tf, self.sites, want_z=want_z, full=self.full)
-        self._recorder = self._cm.__enter__()
+        self._cm = instrumented(self.tf, self.sites)
+        self._slot = self._cm.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -609,15 +651,14 @@ class Probe:
         assert self._sums is not None
         return [tuple(t.numpy() for t in per) for per in self._sums]
 
-    def _measured(self, calls: dict[int, list[_CallRecord]]) -> dict[int, list[Any]]:
+    def _measured(self, recorder: _Recorder,
+                  calls: dict[int, list[_CallRecord]]) -> dict[int, list[Any]]:
         """Per site, per call, units on the last axis: the measured activation's input (sites
         whose low set is two tails, see ``_bounded``), its derivative there (the others), or
         its output probabilities (softmax). Derivatives come from one second tape for all
         sites (element-wise activations: the gradient of the summed outputs is the
         derivative)."""
         tf = self.tf
-        recorder = self._recorder
-        assert recorder is not None
         found: dict[int, list[Any]] = {i: [] for i in range(len(self.sites))}
         watched: list[tuple[int, Any, Any]] = []
         for i, site in enumerate(self.sites):
@@ -664,19 +705,30 @@ class Probe:
 
     def _traced(self, inputs: list[Any], labels: Any, params: Any,
                 counting: bool = False) -> dict[str, Any]:
+        """One step (of one replica, under a strategy), with a recorder of its own in this
+        thread's slot."""
+        slot = self._slot
+        assert slot is not None, "Probe used outside its context"
+        slot.recorder = _Recorder(tf=self.tf, want_z=self._want_z, full=self.full,
+                                  counting=counting)
+        try:
+            return self._recorded(slot.recorder, inputs, labels, params, counting)
+        finally:
+            slot.recorder = None
+
+    def _recorded(self, recorder: _Recorder, inputs: list[Any], labels: Any, params: Any,
+                  counting: bool) -> dict[str, Any]:
         """One step. ``params`` is float32 ``[scale, confidence, low_0 ..., a_0 ..., b_0 ...]``
         (per site: the derivative threshold, and the z bounds of its low tails).
         ``counting``: the same pass, returning only the NaN/Inf counts (and adding nothing
-        to the gradient sums)."""
+        to the gradient sums). Under a strategy the variables' gradients are all-reduced and
+        the figures, per-sample rows and full tensors gathered from every replica, each
+        replica doing the same collectives in the same order."""
         tf = self.tf
-        recorder = self._recorder
-        assert recorder is not None, "Probe used outside its context"
         scale, confidence, *rest = tf.unstack(params)  # one op, not a slice per figure
         n_sites = len(self.sites)
         low, tail_a, tail_b = (rest[:n_sites], rest[n_sites:2 * n_sites],
                                rest[2 * n_sites:])
-        recorder.reset()
-        recorder.counting = counting
         # Only what is inspected is watched: the tape records no op upstream of the earliest
         # selected entry, so a filtered run's backward pass stops there.
         with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -698,7 +750,7 @@ class Probe:
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
         calls = {i: recorder.calls.get(i, []) for i in range(len(self.sites))}
         has_xs = [bool(calls[i]) and all(c.x is not None for c in calls[i]) for i in calls]
-        self.order = list(recorder.first_call)
+        order = list(recorder.first_call)
         checked = [t for t in [*inputs, *(labels or [])] if t.dtype.is_floating]
         if counting:
             zero = tf.zeros((), tf.float64)
@@ -708,12 +760,18 @@ class Probe:
                 if has_xs[i]:
                     for c in calls[i]:
                         fixed += [tf.cast(v, tf.float64) for v in (c.gx or [zero] * 3)]
-            return {"counts": tf.stack(fixed)}
-        self._add_to_sums(var_grads)
+            self._traces[threading.get_ident()] = (order, {})
+            return {"counts": self._gathered(tf.stack(fixed)[None])}
+        if self.strategy is None:
+            self._add_to_sums(var_grads)
+        else:  # every replica gets the sum of all replicas' gradients (the outer step adds it)
+            var_grads = _replica_context(tf).all_reduce(
+                tf.distribute.ReduceOp.SUM, [[tf.convert_to_tensor(g) for g in gs]
+                                             for gs in var_grads], options=self._options())
         pack = _Packer(tf)
-        pack.add(("loss",), total)
+        pack.add(("loss",), total, "sum")
         for k, t in enumerate(checked):
-            pack.add(("input_sum", k), tf.reduce_sum(t))
+            pack.add(("input_sum", k), tf.reduce_sum(t), "sum")
         # forward signal: an entry's input is often the previous entry's output (Conv -> BN)
         # or a model input, whose sum of squares is taken once
         out_sq: dict[int, Any] = {}
@@ -723,8 +781,8 @@ class Probe:
                 out_sq[id(t)] = _half_sumsq(tf, wide)
                 pack.add(("input_stats", k), tf.stack([
                     tf.reduce_min(wide), tf.reduce_max(wide), tf.reduce_sum(wide),
-                    tf.cast(out_sq[id(t)], wide.dtype)]))
-        measured = self._measured(calls)
+                    tf.cast(out_sq[id(t)], wide.dtype)]), ("min", "max", "sum", "sum"))
+        measured = self._measured(recorder, calls)
         out_sq.update({id(c.out[0]): _half_sumsq(tf, c.out[0]) for i in range(len(self.sites))
                        for c in calls[i] if c.out})
         per_sample: dict[int, Any] = {}
@@ -734,18 +792,18 @@ class Probe:
             has_x = has_xs[i]
             for j, c in enumerate(cs):
                 if has_x:
-                    pack.add(("x_shape", i, j), _shape(tf, c.x))
+                    pack.add(("x_shape", i, j), _shape(tf, c.x), "rows")
                     shared = out_sq.get(id(c.x_source))
                     pack.add(("x_sq", i, j), shared if shared is not None
-                             else _half_sumsq(tf, c.x))
+                             else _half_sumsq(tf, c.x), "sum")
                     g_x = c.gx or [tf.zeros((), c.x.dtype)] * 3  # the loss never reached it
                     for n, value in enumerate(g_x):
-                        pack.add(("gx", i, j, n), value)
+                        pack.add(("gx", i, j, n), value, GX_MERGES[n])
                 if c.out:
-                    pack.add(("out_shape", i, j), _shape(tf, c.out[0]))
-                    pack.add(("out_sq", i, j), out_sq[id(c.out[0])])
+                    pack.add(("out_shape", i, j), _shape(tf, c.out[0]), "rows")
+                    pack.add(("out_sq", i, j), out_sq[id(c.out[0])], "sum")
                 pack.add(("gout", i, j), tf.add_n(c.gout_sq) if c.gout_sq
-                         else tf.zeros((), tf.float32))
+                         else tf.zeros((), tf.float32), "sum")
             profile = site.measured
             units = site.units or 1
             if measured[i] and profile is not None and profile.kind == "softmax":
@@ -753,24 +811,27 @@ class Probe:
                 confident_rows = [tf.reduce_max(p, axis=1) >= tf.cast(confidence, p.dtype)
                                   for p in probs]
                 pack.add(("confident", i), tf.add_n([tf.reduce_sum(tf.cast(c, tf.int32))
-                                                     for c in confident_rows]))
-                pack.add(("rows", i), tf.add_n([tf.shape(p)[0] for p in probs]))
+                                                     for c in confident_rows]), "sum")
+                pack.add(("rows", i), tf.add_n([tf.shape(p)[0] for p in probs]), "sum")
                 ids = self._label_ids(site, labels, units)
                 if ids is not None and len(probs) == 1:
                     wrong = tf.logical_and(confident_rows[0], tf.argmax(
                         probs[0], axis=1, output_type=tf.int64) != ids)
-                    pack.add(("confident_wrong", i), tf.reduce_sum(tf.cast(wrong, tf.int32)))
+                    pack.add(("confident_wrong", i), tf.reduce_sum(tf.cast(wrong, tf.int32)),
+                             "sum")
             elif measured[i] and self._bounded[i]:
                 lows = [self._outside(z, tail_a[i], tail_b[i]) for z in measured[i]]
                 pack.add(("low_per_unit", i), tf.add_n(
-                    [tf.reduce_sum(tf.cast(m, tf.int32), axis=_leading_axes(m)) for m in lows]))
-                pack.add(("rows", i), _row_count(tf, lows))
+                    [tf.reduce_sum(tf.cast(m, tf.int32), axis=_leading_axes(m)) for m in lows]),
+                    "sum")
+                pack.add(("rows", i), _row_count(tf, lows), "sum")
             elif measured[i]:
                 lows = [tf.abs(_widened(tf, d)) < tf.cast(low[i], _widened(tf, d).dtype)
                         for d in measured[i]]
                 pack.add(("low_per_unit", i), tf.add_n(
-                    [tf.reduce_sum(tf.cast(m, tf.int32), axis=_leading_axes(m)) for m in lows]))
-                pack.add(("rows", i), _row_count(tf, lows))
+                    [tf.reduce_sum(tf.cast(m, tf.int32), axis=_leading_axes(m)) for m in lows]),
+                    "sum")
+                pack.add(("rows", i), _row_count(tf, lows), "sum")
             moving = self._moving[i]
             if moving is not None and has_x:
                 mean, _, axis = moving
@@ -784,7 +845,7 @@ class Probe:
                     moments.append(tf.reduce_sum(tf.math.squared_difference(x, m),
                                                  axis=list(range(len(x.shape) - 1))))
                 pack.add(("moving_moment", i), tf.add_n(moments) if len(moments) > 1
-                         else moments[0])
+                         else moments[0], "sum")
             has_z = bool(cs) and i in recorder.want_z and all(c.z is not None for c in cs)
             deltas = [c.gz if c.gz is not None else tf.zeros_like(c.z) for c in cs] if has_z \
                 else []
@@ -806,8 +867,39 @@ class Probe:
                     "g_x": [(c.gx_full if c.gx_full is not None else tf.zeros_like(c.x))
                             if has_x else empty for c in cs],
                 }
-        figures, self._layout = pack.packed()
-        return {"figures": figures, "per_sample": per_sample, "full": full}
+        figures, layout = pack.packed()
+        self._traces[threading.get_ident()] = (order, layout)
+        if self.strategy is None:
+            return {"figures": figures, "per_sample": per_sample, "full": full}
+        return {"figures": self._gathered(figures[None]), "grads": var_grads,
+                "per_sample": {i: self._gathered(v) for i, v in per_sample.items()},
+                "full": tf.nest.map_structure(self._gathered_rows, full),
+                "labels": ([self._gathered(y) for y in labels]
+                           if labels is not None and self.full else None)}
+
+    def _options(self) -> Any:
+        """The collectives' options: a timeout, so a worker that died is an error, not a
+        hang."""
+        return (self.tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=self._timeout) if self._timeout else None)
+
+    def _gathered(self, t: Any) -> Any:
+        """``t`` of every replica (every worker's included), concatenated along axis 0 in
+        replica order; ``t`` itself without a strategy."""
+        if self.strategy is None:
+            return t
+        # an identity first: a tensor every replica shares (captured from outside the
+        # replica function) would be gathered once instead of once per replica
+        return _replica_context(self.tf).all_gather(self.tf.identity(t), axis=0,
+                                                    options=self._options())
+
+    def _gathered_rows(self, t: Any) -> Any:
+        """A full tensor of every replica; the static empty stand-in for a tensor a call does
+        not have stays as it is (all-gathering a tensor of static size 0 crashes TensorFlow
+        2.21's local collectives)."""
+        if t.shape.rank == 1 and t.shape[0] == 0:
+            return t
+        return self._gathered(t)
 
     def _outside(self, z: Any, a: Any, b: Any) -> Any:
         """``z <= a or z >= b``: the low set of an activation whose derivative is low on two
@@ -836,10 +928,55 @@ class Probe:
         signature = [[spec(t) for t in tensors],
                      [spec(y) for y in labels] if labels is not None else None,
                      tf.TensorSpec(params.shape, params.dtype)]
+        if self.strategy is not None:
+            return self._compile_distributed(signature, counting)
+
         def traced(inputs: list[Any], labels: Any, params: Any) -> dict[str, Any]:
             return self._traced(inputs, labels, params, counting=counting)
 
-        return tf.function(traced, autograph=False).get_concrete_function(*signature)
+        step = tf.function(traced, autograph=False).get_concrete_function(*signature)
+        self._adopt_trace()
+        return step
+
+    def _compile_distributed(self, signature: list[Any], counting: bool) -> Any:
+        """The step under ``self.strategy``: ``strategy.run`` gives each local replica its
+        contiguous share of this worker's batch (rows ``bounds[r]:bounds[r + 1]``); every
+        replica runs the same hooked pass and the same collectives, so each holds the merged
+        results, and the step returns the first local replica's."""
+        tf = self.tf
+        strategy, first = self.strategy, self._first_replica
+
+        def outer(inputs: list[Any], labels: Any, params: Any, bounds: Any) -> dict[str, Any]:
+            def replica() -> dict[str, Any]:
+                r = _replica_context(tf).replica_id_in_sync_group - first
+                lo, hi = bounds[r], bounds[r + 1]
+                return self._traced([t[lo:hi] for t in inputs],
+                                    [y[lo:hi] for y in labels] if labels is not None else None,
+                                    params, counting=counting)
+
+            result: dict[str, Any] = strategy.experimental_local_results(strategy.run(replica))[0]
+            if not counting:
+                self._add_to_sums(result.pop("grads"))
+            return result
+
+        step = tf.function(outer, autograph=False).get_concrete_function(
+            *signature, tf.TensorSpec((self._replicas + 1,), tf.int32))
+        self._adopt_trace()
+        return step
+
+    def _adopt_trace(self) -> None:
+        """The order and layout the trace fixed (every replica's must be the same)."""
+        traces = list(self._traces.values())
+        self._traces = {}
+        if not traces:
+            return
+        order, layout = traces[0]
+        if any(o != order or (lay and lay.keys() != layout.keys()) for o, lay in traces[1:]):
+            raise ProbeError("the replicas traced different passes",
+                             "run without --distribute, and report this as a bug")
+        self.order = order
+        if layout:
+            self._layout = layout
 
     def _param_tensor(self, scale: float, lows: Sequence[float], confidence: float) -> Any:
         """``[scale, confidence, *lows, *tail_a, *tail_b]`` as one tensor, made again only
@@ -861,21 +998,43 @@ class Probe:
         return bounds if bounds is not None else (-math.inf, math.inf)
 
     def _run(self, counting: bool, tensors: list[Any], labels: list[Any] | None,
-             params: Any) -> dict[str, Any]:
+             params: Any, bounds: Any = None) -> dict[str, Any]:
         tf = self.tf
         try:
             if not self._compiled:
-                return self._traced(tensors, labels, params, counting=counting)
+                eager = self._traced(tensors, labels, params, counting=counting)
+                self._adopt_trace()
+                return eager
             if counting not in self._steps:  # tracing runs the model: its errors are the pass's
                 self._steps[counting] = self._compile(tensors, labels, params, counting)
-            result: dict[str, Any] = self._steps[counting](tensors, labels, params)
+            args = (tensors, labels, params) + ((bounds,) if self.strategy is not None else ())
+            result: dict[str, Any] = self._steps[counting](*args)
             return result
-        except (tf.errors.OpError, ValueError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError,
+                tf.errors.CancelledError) as exc:
+            if self.strategy is None:
+                raise self._failed(exc) from exc
+            waited = (f"did not answer within {self._timeout:g} s" if self._timeout
+                      and isinstance(exc, tf.errors.DeadlineExceededError) else "is gone")
             raise ProbeError(
-                f"the forward/backward pass failed: {first}",
-                "run with --traceback for details",
+                f"a replica or worker {waited} during the pass ({type(exc).__name__})",
+                "check that every worker in TF_CONFIG is running and reachable "
+                "(--traceback shows TensorFlow's message); --worker-timeout sets how long to "
+                "wait",
             ) from exc
+        except (tf.errors.OpError, ValueError, TypeError) as exc:
+            raise self._failed(exc) from exc
+
+    @staticmethod
+    def _failed(exc: BaseException) -> ProbeError:
+        return ProbeError(f"the forward/backward pass failed: {_first_line(exc)}",
+                          "run with --traceback for details")
+
+    def _bounds(self, rows: int) -> Any:
+        """Contiguous shares of ``rows`` for the local replicas (the first ones get one row
+        more when they do not divide evenly), as ``[0, ..., rows]``."""
+        edges = np.array([rows * r // self._replicas for r in range(self._replicas + 1)])
+        return self.tf.constant(edges, self.tf.int32)
 
     def step(
         self,
@@ -885,24 +1044,28 @@ class Probe:
         low_thresholds: Sequence[float] | None = None,
         confidence: float = 0.99,
         fresh: Sequence[bool] | None = None,
+        global_rows: int | None = None,
     ) -> BatchCapture:
         """Run one batch (numpy arrays or tensors). ``scale`` multiplies the summed per-sample
         loss terms; ``low_thresholds`` (per site) and ``confidence`` are the activity thresholds.
-        ``fresh`` (per input): see ``batch_tensor``."""
+        ``fresh`` (per input): see ``batch_tensor``. Under a multi-worker strategy the arrays
+        are this worker's share of the batch and ``global_rows`` the whole batch's rows; the
+        capture describes the whole batch."""
         tf = self.tf
         tensors = [batch_tensor(tf, a, bool(fresh and fresh[k])) for k, a in enumerate(inputs)]
         label_tensors = [tf.convert_to_tensor(y) for y in labels] if labels is not None else None
         params = self._param_tensor(scale, low_thresholds if low_thresholds is not None
                                     else [0.0] * len(self.sites), confidence)
         replay = _generator_states(self._generators) if self.training else None
-        result = self._run(False, tensors, label_tensors, params)
+        bounds = self._bounds(int(tensors[0].shape[0])) if self.strategy is not None else None
+        result = self._run(False, tensors, label_tensors, params, bounds)
         if self._weights is None:  # the pass does not change them: read once per session
             self._weights = [tuple(v.numpy() for v in vs) for vs in self._tf_vars]
-        figures = np.asarray(result["figures"])
         layout = self._layout
+        figures = merge_rows(np.asarray(result["figures"]), layout)
 
         def get(*key: Any) -> np.ndarray:
-            part: np.ndarray = figures[layout[key]]
+            part: np.ndarray = figures[layout[key].where]
             return part
 
         sums = [get(*key)[0] for key in layout if key[0] == "input_sum" or
@@ -911,7 +1074,9 @@ class Probe:
         if not np.all(np.isfinite(sums)):  # something is NaN/Inf: the same pass, counting
             if replay is not None:
                 _set_generator_states(self._generators, replay)
-            counts = self._run(True, tensors, label_tensors, params)["counts"].numpy()
+            gathered = np.asarray(self._run(True, tensors, label_tensors, params,
+                                            bounds)["counts"])
+            counts = merge_counts(gathered, ("sum", *COUNT_MERGES * (gathered.shape[-1] // 3)))
         layers = []
         k = 0
         for i, site in enumerate(self.sites):
@@ -961,14 +1126,18 @@ class Probe:
             ))
         if not self.order:
             self.order = [i for i in range(len(self.sites)) if layers[i].calls]
+        rows = int(inputs[0].shape[0]) if global_rows is None else global_rows
+        kept_labels = result.get("labels")
         return BatchCapture(
             loss=float(get("loss")[0]),
-            samples=int(inputs[0].shape[0]),
+            samples=rows,
             layers=tuple(layers),
             nonfinite=int(counts[0]) if counts is not None else 0,
-            entries=sum(int(np.prod(a.shape)) for a in [*inputs, *(labels or [])]),
+            entries=rows * sum(math.prod(a.shape[1:]) for a in [*inputs, *(labels or [])]),
             input_stats=tuple(get("input_stats", k) * _DOUBLE_LAST if ("input_stats", k) in layout
                               else None for k in range(len(inputs))),
+            labels=(tuple(np.asarray(y) for y in kept_labels) if kept_labels is not None
+                    else None),
         )
 
     def _full_capture(self, site: Site, f: dict[str, Any], j: int) -> CallCapture:
@@ -1064,7 +1233,7 @@ def fd_derivative(tf: Any, fn: Any, z: Any) -> tuple[np.ndarray | None, np.ndarr
     return np.asarray((plus - minus) / (2 * h)), np.asarray(kink)
 
 
-def _seed_generators(model: Any) -> list[Any]:
+def seed_generators(model: Any) -> list[Any]:
     """Every Keras seed generator in the model (Dropout, GaussianNoise ...), each once."""
     generators: list[Any] = []
     seen: set[int] = set()
@@ -1091,7 +1260,7 @@ def _set_generator_states(generators: Sequence[Any], states: Sequence[np.ndarray
 def seeded(model: Any, seed: int) -> Iterator[int]:
     """Every Keras seed generator in the model set to a state derived from ``seed`` for the
     block, and restored afterwards. Yields how many were set."""
-    generators = _seed_generators(model)
+    generators = seed_generators(model)
     saved = _generator_states(generators)
     try:
         for i, g in enumerate(generators):
@@ -1224,6 +1393,17 @@ def gradcheck(
         rels.append(worst_rel)
         abss.append(worst_abs)
     return GradcheckResult(tuple(counts), tuple(rels), tuple(abss), int(inputs[0].shape[0]))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _replica_context(tf: Any) -> Any:
+    context = tf.distribute.get_replica_context()
+    assert context is not None, "a collective outside strategy.run"
+    return context
 
 
 def _tf_variable(tf: Any, variable: Any) -> Any:

@@ -478,6 +478,26 @@ class ChecksInfo:
 
 
 @dataclass(frozen=True)
+class ExecutionInfo:
+    """Where the pass ran: one device, or a ``tf.distribute`` strategy."""
+
+    strategy: str = "none"
+    """``none`` (one device), ``mirrored`` (``MirroredStrategy``) or ``multiworker``
+    (``MultiWorkerMirroredStrategy``)."""
+    replicas: int = 1
+    """Replicas in sync across every worker; each step's batch is split over them."""
+    workers: int = 1
+    """Worker processes; each read only its share of every batch's rows."""
+    worker: int = 0
+    """The worker that wrote this report (0, the chief)."""
+    devices: tuple[str, ...] = ()
+    """This worker's replica devices (empty for ``none``: TensorFlow's default device)."""
+    notes: tuple[str, ...] = ()
+    """What a distributed pass computes differently from one device (BatchNormalization in
+    training mode, randomness), and how figures were merged."""
+
+
+@dataclass(frozen=True)
 class Report:
     """The whole report. ``report["dense_1"]`` gives a layer by name or path."""
 
@@ -499,6 +519,8 @@ class Report:
     """Self-checks requested for this report."""
     coverage: Coverage | None = None
     """Trainable parameters inspected and skipped."""
+    execution: ExecutionInfo = ExecutionInfo()
+    """Where the pass ran (strategy, replicas, workers)."""
     schema_version: int = SCHEMA_VERSION
     """JSON layout version."""
 
@@ -534,6 +556,7 @@ class Report:
             "loss": _plain(self.loss),
             "training": self.training,
             "coverage": _plain(self.coverage),
+            "execution": _plain(self.execution),
             "layers": [_layer_dict(layer) for layer in self.layers],
             "warnings": [_plain(f) for f in self.warnings],
             "checks": _plain(self.checks),

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+CI_EXAMPLES = 40
 settings.register_profile(
-    "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+    "ci", max_examples=CI_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow],
     derandomize=True,
 )
 settings.register_profile(
@@ -34,8 +35,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="run property tests with many more hypothesis examples")
 
 
+LOGICAL_CPUS = 3
+"""The CPU split into this many logical devices before TensorFlow runs anything, so that
+tests can run MirroredStrategy over 2 and 3 replicas (other tests use the first one, as
+TensorFlow's default device)."""
+
+
 def pytest_configure(config: pytest.Config) -> None:
     settings.load_profile("thorough" if config.getoption("--thorough") else "ci")
+    from gradinspect._tf import tf_modules
+
+    tf, _ = tf_modules()
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(LOGICAL_CPUS)])
+
+
+def slow_examples() -> Any:
+    """Hypothesis settings for the slowest property tests (each example runs one pass per
+    sample, or finite differences on every variable): half the CI profile's examples, all of
+    the thorough profile's. Decorators run at collection, after ``pytest_configure`` loaded
+    the profile."""
+    current = settings.default.max_examples
+    return settings(max_examples=current if current > CI_EXAMPLES else current // 2)
 
 
 @pytest.fixture(scope="session")

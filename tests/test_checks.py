@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 from archs import Arch, archs, build, data_for
+from conftest import slow_examples
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -75,6 +76,7 @@ def _brute_force(model: Any, inputs: list[np.ndarray], loss: str) -> np.ndarray:
     return np.array(norms)
 
 
+@slow_examples()
 @given(arch=archs(), loss=st.sampled_from(["sum", "mean"]))
 def test_per_sample_matches_one_pass_per_sample(tfk: Any, arch: Arch, loss: str) -> None:
     _, keras = tfk
@@ -153,6 +155,7 @@ def test_verify_passes_on_healthy_random_models(tfk: Any, arch: Arch, loss: str)
         assert not [f for f in layer.warnings if f.code == "gradient_mismatch"]
 
 
+@slow_examples()
 @given(arch=archs())
 def test_gradcheck_passes_on_random_models(tfk: Any, arch: Arch) -> None:
     _, keras = tfk

@@ -71,6 +71,15 @@ def _header(report: Report) -> Text:
     text.append(f"loss {plain(loss.name)} = {fmt(loss.value)}, {reduction} over "
                 f"{data.samples} samples; ")
     text.append("training mode" if report.training else "inference mode")
+    execution = report.execution
+    if execution.strategy != "none":
+        devices = ", ".join(d.rpartition("device:")[2] or d for d in execution.devices)
+        text.append(f"\nran on tf.distribute {execution.strategy}: {execution.replicas} "
+                    f"replica{'' if execution.replicas == 1 else 's'}"
+                    + (f" on {execution.workers} workers" if execution.workers > 1 else "")
+                    + plain(f" ({devices})" if devices else ""))
+        for note in execution.notes[1:]:  # the first says how figures merge: in the JSON
+            text.append(f"\nnote: {plain(note)}", style="yellow")
     coverage = report.coverage
     if coverage is not None:
         text.append(f"\ninspected {coverage.inspected_params:,} of "
