@@ -53,9 +53,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def slow_examples() -> Any:
     """Hypothesis settings for the slowest property tests (each example runs one pass per
-    sample, or finite differences on every variable): half the CI profile's examples, all of
-    the thorough profile's. Decorators run at collection, after ``pytest_configure`` loaded
-    the profile."""
+    sample, finite differences on every variable, or float64 closed forms of every tensor):
+    half the CI profile's examples, all of the thorough profile's. Decorators run at
+    collection, after ``pytest_configure`` loaded the profile."""
     current = settings.default.max_examples
     return settings(max_examples=current if current > CI_EXAMPLES else current // 2)
 

@@ -145,6 +145,7 @@ def test_per_sample_refused_when_batchnorm_mixes_samples(tfk: Any) -> None:
     assert "not available for normalization" in inference.checks.per_sample
 
 
+@slow_examples()
 @given(arch=archs(), loss=st.sampled_from(["sum", "mean"]))
 def test_verify_passes_on_healthy_random_models(tfk: Any, arch: Arch, loss: str) -> None:
     _, keras = tfk
