@@ -480,7 +480,7 @@ def inspect(
         "TF_CONFIG; each worker reads only its share of the rows, worker 0 writes the "
         "report).")] = Distribute.NONE,
     replicas: Annotated[int | None, typer.Option(
-        min=1, show_default=False,
+        min=1, metavar="N", show_default=False,
         help="With --distribute mirrored: use N devices (the first N GPUs; without GPUs, the "
         "CPU split into N logical devices).")] = None,
     worker_timeout: Annotated[float, typer.Option(
