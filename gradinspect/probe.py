@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from gradinspect.distribute import first_replica
+from gradinspect.distribute import first_replica, share
 from gradinspect.engine.adapters.base import DenseView, children
 from gradinspect.engine.layout import Figure, Layout, Merge, merge_counts, merge_rows
 from gradinspect.engine.walk import (
@@ -1031,9 +1031,11 @@ class Probe:
                           "run with --traceback for details")
 
     def _bounds(self, rows: int) -> Any:
-        """Contiguous shares of ``rows`` for the local replicas (the first ones get one row
-        more when they do not divide evenly), as ``[0, ..., rows]``."""
-        edges = np.array([rows * r // self._replicas for r in range(self._replicas + 1)])
+        """Contiguous shares of ``rows`` for the local replicas, as ``[0, ..., rows]`` (the
+        later ones get the extra rows when they do not divide evenly, as ``distribute.share``;
+        the first ones may get none)."""
+        edges = np.array([share(0, rows, r, self._replicas)[0]
+                          for r in range(self._replicas)] + [rows])
         return self.tf.constant(edges, self.tf.int32)
 
     def step(
