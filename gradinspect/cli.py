@@ -231,7 +231,7 @@ def emit(report: Report, config: CliConfig) -> None:
     elif fmt is OutputFormat.TABLE:
         from gradinspect.render.table import report_renderable
 
-        out = Console(highlight=False, width=max(100, Console().width))
+        out = _wide_console()
         out.print(report_renderable(report, details=config.details))
         if config.flow:
             from gradinspect.render.flow import flow_renderable
@@ -240,6 +240,19 @@ def emit(report: Report, config: CliConfig) -> None:
     else:
         assert_never(fmt)
     sys.stdout.flush()
+
+
+def _wide_console() -> Console:
+    """stdout for tables: the terminal's width, at least 100 columns."""
+    return Console(highlight=False, width=max(100, Console().width))
+
+
+def _show(json_out: bool, as_json: Callable[[], str], renderable: Callable[[], Any]) -> None:
+    """A command's result on stdout: its JSON text, or its table."""
+    if json_out:
+        sys.stdout.write(as_json())
+    else:
+        _wide_console().print(renderable())
 
 
 def exit_status(report: Report, fail_on: FailOn) -> ExitStatus:
@@ -574,11 +587,7 @@ def diff(
         a_name, a_doc = read_report(a)
         b_name, b_doc = read_report(b)
         result = diff_reports(a_doc, b_doc, a_name, b_name)
-        if json_out:
-            sys.stdout.write(render_diff_json(result))
-        else:
-            Console(highlight=False, width=max(100, Console().width)).print(
-                diff_renderable(result))
+        _show(json_out, lambda: render_diff_json(result), lambda: diff_renderable(result))
         return ExitStatus.SUCCESS
 
     _exit_with(body, show_traceback)
@@ -622,11 +631,8 @@ def timeline(
                                 _check_kinds(kind or []))
         if plot is not None:
             write_timeline_plot(result, plot)
-        if json_out:
-            sys.stdout.write(render_timeline_json(result))
-        else:
-            Console(highlight=False, width=max(100, Console().width)).print(
-                timeline_renderable(result))
+        _show(json_out, lambda: render_timeline_json(result),
+              lambda: timeline_renderable(result))
         return ExitStatus.SUCCESS
 
     _exit_with(body, show_traceback)
