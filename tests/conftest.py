@@ -60,6 +60,21 @@ def slow_examples() -> Any:
     return settings(max_examples=current if current > CI_EXAMPLES else current // 2)
 
 
+def relu_classifier(keras: Any, seed: int, bias_shift: float) -> Any:
+    """6 -> Dense(8, relu) 'hidden' -> Dense(3) 'logits', compiled with SGD and sparse
+    crossentropy from logits; the hidden bias shifted by ``bias_shift`` (negative: some units
+    dead from the start). For tests that record a real ``fit``."""
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((6,)),
+                              layers.Dense(8, activation="relu", name="hidden"),
+                              layers.Dense(3, name="logits")])
+    w, b = model.get_layer("hidden").get_weights()
+    model.get_layer("hidden").set_weights([w, b + bias_shift])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
 @pytest.fixture(scope="session")
 def tfk() -> tuple[Any, Any]:
     """(tensorflow, keras), imported once for the whole run."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import relu_classifier
 from typer.testing import CliRunner
 
 import gradinspect
@@ -49,13 +50,7 @@ def _expected(layer: dict[str, Any]) -> dict[str, float]:
 
 def test_callback_writes_what_the_json_lines_hold(tfk: Any, tmp_path: Path) -> None:
     tf, keras = tfk
-    keras.utils.set_random_seed(2)
-    L = keras.layers
-    model = keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu", name="hidden"),
-                              L.Dense(3, name="logits")])
-    w, b = model.get_layer("hidden").get_weights()
-    model.get_layer("hidden").set_weights([w, b - 1.5])
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = relu_classifier(keras, seed=2, bias_shift=-1.5)
     x = RNG.standard_normal((192, 6)).astype(np.float32)
     y = RNG.integers(0, 3, 192)
     log = tmp_path / "g.jsonl"

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import relu_classifier
 from typer.testing import CliRunner
 
 import gradinspect
@@ -78,13 +79,7 @@ def test_timeline_table_matches_golden(tmp_path: Path,
 
 def test_timeline_json_equals_the_records_of_a_real_fit(tfk: Any, tmp_path: Path) -> None:
     _, keras = tfk
-    keras.utils.set_random_seed(3)
-    L = keras.layers
-    model = keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu", name="hidden"),
-                              L.Dense(3, name="logits")])
-    w, b = model.get_layer("hidden").get_weights()
-    model.get_layer("hidden").set_weights([w, b - 2.0])  # some units dead from the start
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = relu_classifier(keras, seed=3, bias_shift=-2.0)  # some units dead from the start
     x = RNG.standard_normal((256, 6)).astype(np.float32)
     y = RNG.integers(0, 3, 256)
     log = tmp_path / "g.jsonl"
