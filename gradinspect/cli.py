@@ -402,7 +402,8 @@ def inspect(
     unsafe: Annotated[bool, typer.Option(
         "--unsafe", "--trust-model",
         help="Load models whose config runs code or reads other files (Lambda, TFSMLayer, "
-        "file vocabularies, modules outside Keras). Only for files you trust.")] = False,
+        "file vocabularies, non-modelling functions, modules outside Keras), however their "
+        "names are spelled. Only for files you trust.")] = False,
     max_model_bytes: Annotated[str | None, typer.Option(
         metavar="SIZE", show_default=False,
         help="Refuse a model whose weights need more than SIZE (2GiB ...) [default: the "

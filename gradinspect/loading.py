@@ -474,16 +474,18 @@ def import_custom_objects(specs: Sequence[str]) -> dict[str, Any]:
 
 
 def _scan(p: Path, config: Any, unsafe: bool, custom_objects: Mapping[str, Any] | None) -> None:
-    """The config allow-list (``safety.scan_config``), unless ``unsafe``."""
+    """The config allow-list (``safety.scan_config`` judged by ``resolve.Resolver``), unless
+    ``unsafe``. Keras is imported first: names resolve against its own tables."""
     if unsafe:
         return
-    custom = dict(custom_objects or {})
-    modules = sorted({str(getattr(o, "__module__", "")) for o in custom.values()} - {""})
+    from gradinspect.resolve import Resolver
+
+    _tf()
     if isinstance(config, dict):
         # the compile config is never deserialized (models load with compile=False); its loss
         # names are only looked up among --custom-objects, Keras' registry and Keras' losses
         config = {k: v for k, v in config.items() if k != "compile_config"}
-    scan_config(config, str(p), allowed_modules=modules, allowed_names=sorted(custom))
+    scan_config(config, str(p), Resolver(custom_objects))
 
 
 def load_model(

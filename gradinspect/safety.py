@@ -8,8 +8,10 @@ Every model and data file is treated as written by an attacker:
   file — and no dataset whose stored bytes are implausibly few for its declared size (chunks
   never written: gigabytes of fill values from a file of kilobytes).
 - **Model configs** are read as JSON and checked against an allow-list before Keras builds
-  anything: every ``Lambda`` (whatever it wraps), ``TFSMLayer``, lookup and vectorization layers
-  whose vocabulary is a file, and any object from a module outside Keras and the modules the
+  anything. The rule is on what each entry *resolves to* by Keras' own lookup rules
+  (``gradinspect.resolve``), not on its spelling: every ``Lambda`` (whatever it wraps),
+  ``TFSMLayer``, lookup and vectorization layers whose vocabulary is a file, any function that
+  is not a modelling function, and any object that is neither Keras' nor from the modules the
   user imported with ``--custom-objects``, are refused unless ``--unsafe``; so is a config
   nested deeper than ``MAX_DEPTH``.
 - **Budgets**: the weights a model allocates while it is built are counted as they are
@@ -25,10 +27,10 @@ import math
 import os
 import stat
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gradinspect.errors import DataError, ModelLoadError
 
@@ -199,68 +201,88 @@ def read_config(path: Path, fmt: str) -> Any:
                              "save or download it again") from exc
 
 
-LOOKUP_CLASSES = ("StringLookup", "IntegerLookup", "TextVectorization")
-CODE_CLASSES = ("Lambda", "TFSMLayer")
-ALLOWED_MODULES = tuple(
-    f"keras{src}.{name}" for src in ("", ".src")
-    for name in ("layers", "activations", "initializers", "regularizers", "constraints",
-                 "losses", "metrics", "optimizers", "dtype_policies", "models"))
-"""Where the objects of a model config may come from (and their submodules): Keras' layers,
-activations, initializers, regularizers, constraints, losses, metrics, optimizers, dtype
-policies and models — not its utilities (``keras.src.utils.file_utils.get_file`` as an
-activation would fetch a file) — plus ``keras`` itself for ``DTypePolicy``/``Sequential``."""
+UNSAFE_HINT = ("if and only if you trust where the file came from, pass --unsafe "
+               "(and --custom-objects for your own modules)")
+UNKNOWN_HINT = ("if it is your own code, pass the file that defines it: --custom-objects "
+                "my_layers.py (--unsafe skips this check: only for files you trust)")
 
 
-def scan_config(config: Any, label: str, allowed_modules: Sequence[str] = (),
-                allowed_names: Sequence[str] = ()) -> None:
-    """Refuse a config that would run code or read files when Keras builds it: every Lambda
-    and TFSMLayer, lookup layers with a file vocabulary, objects from modules outside Keras and
-    ``allowed_modules`` (unless named in ``allowed_names``: the objects the user passed with
-    --custom-objects), and nesting deeper than ``MAX_DEPTH``."""
-    allowed = (*ALLOWED_MODULES, *allowed_modules)
-    hint = ("if and only if you trust where the file came from, pass --unsafe "
-            "(and --custom-objects for your own modules)")
-    stack: list[tuple[Any, int, str]] = [(config, 0, "")]
+class ConfigJudge(Protocol):
+    """What ``scan_config`` asks of a resolver (``gradinspect.resolve.Resolver``, which needs
+    Keras; this module does not)."""
+
+    def judge(self, node: Mapping[str, Any]) -> tuple[Sequence[Any], Any]: ...
+    def judge_string(self, value: str, config_value: bool) -> Any: ...
+    def is_layer(self, found: Sequence[Any]) -> bool: ...
+
+
+def scan_config(config: Any, label: str, judge: ConfigJudge) -> None:
+    """Refuse a config that would run code or read files when Keras builds it: every entry
+    Keras would deserialize (a dict with a ``class_name``) is resolved by Keras' lookup rules
+    and the object it resolves to must be admitted (``gradinspect.resolve``), and so must every
+    string that Keras would swap for a registered object; nesting deeper than ``MAX_DEPTH`` is
+    refused too. The message names the enclosing layer, the spelling and what it resolved to."""
+    stack: list[tuple[Any, int, str, bool]] = [(config, 0, "", False)]
     while stack:
-        node, depth, where = stack.pop()
+        node, depth, layer, config_value = stack.pop()
         if depth > MAX_DEPTH:
             raise ModelLoadError(f"{label}: the model config is nested more than {MAX_DEPTH} "
                                  "levels deep", "refused: no real model nests this deep")
+        if isinstance(node, str):
+            refusal = judge.judge_string(node, config_value)
+            if refusal is not None:
+                _refuse(label, layer, f"the string {node!r}", refusal, None)
+            continue
         if isinstance(node, list):
-            stack.extend((v, depth + 1, where) for v in node)
+            stack.extend((v, depth + 1, layer, False) for v in node)
             continue
         if not isinstance(node, dict):
             continue
-        cls = node.get("class_name")
         inner = node.get("config")
-        name = inner.get("name") if isinstance(inner, dict) else None
-        here = f"layer {name!r} ({cls})" if isinstance(name, str) else f"{cls!r}"
-        if cls in CODE_CLASSES:
-            raise ModelLoadError(
-                f"{label}: {here} runs code stored in or named by the file when the model is "
-                "loaded or called; refused", hint)
-        if cls in LOOKUP_CLASSES and isinstance(inner, dict) and isinstance(
-                inner.get("vocabulary"), str):
-            raise ModelLoadError(
-                f"{label}: {here} reads its vocabulary from the file "
-                f"{inner['vocabulary']!r}; refused (no outside file is read)", hint)
-        module = node.get("module")
-        registered = str(node.get("registered_name") or "").rpartition(">")[2]
-        if module == "builtins" and cls == "function":
-            # how Keras writes a registered function: by name, looked up in the registry
-            registered = str(inner).rpartition(">")[2] if isinstance(inner, str) else ""
-            if registered not in allowed_names:
-                raise ModelLoadError(
-                    f"{label}: the config names the function {str(inner)!r}, which is not a "
-                    "Keras function nor one passed with --custom-objects; refused", hint)
-        elif isinstance(module, str) and cls is not None and module != "keras" and not any(
-                module == m or module.startswith(m + ".") for m in allowed) \
-                and cls not in allowed_names and registered not in allowed_names:
-            raise ModelLoadError(
-                f"{label}: {here} comes from the module {module!r}, which is neither a Keras "
-                "layer, activation, initializer, loss ... module nor one passed with "
-                "--custom-objects; refused", hint)
-        stack.extend((v, depth + 1, here) for v in node.values())
+        if isinstance(node.get("class_name"), str):
+            found, refusal = judge.judge(node)
+            name = inner.get("name") if isinstance(inner, dict) else None
+            if isinstance(name, str) and (not found or judge.is_layer(found)):
+                layer = f"layer {name!r}"
+            if refusal is not None:
+                _refuse(label, layer, spelling(node), refusal, _wrapped(node, judge))
+            if isinstance(inner, dict):
+                stack.extend((v, depth + 2, layer, k != "name") for k, v in inner.items())
+            stack.extend((v, depth + 1, layer, False) for k, v in node.items() if k != "config")
+            continue
+        stack.extend((v, depth + 1, layer, False) for v in node.values())
+
+
+def _wrapped(node: Mapping[str, Any], judge: ConfigJudge) -> str | None:
+    """For a layer that wraps a function (``Lambda``): how the file spells it, and what it
+    resolves to."""
+    inner = node.get("config")
+    fn = inner.get("function") if isinstance(inner, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("class_name"), str):
+        return None
+    found, _ = judge.judge(fn)
+    resolved = getattr(found[0], "how", "") if found else ""
+    return spelling(fn) + (f", which resolves to {resolved}" if resolved else "")
+
+
+def _refuse(label: str, layer: str, spelled: str, refusal: Any, wrapped: str | None) -> None:
+    where = f"{layer}: " if layer else ""
+    resolved = str(getattr(refusal, "resolved", "") or "")
+    what = f"{spelled} resolves to {resolved}, which" if resolved else spelled
+    extra = f" (it wraps the function {wrapped})" if wrapped else ""
+    raise ModelLoadError(f"{label}: {where}{what} {refusal.reason}{extra}; refused",
+                         UNKNOWN_HINT if getattr(refusal, "unknown", False) else UNSAFE_HINT)
+
+
+def spelling(node: Mapping[str, Any]) -> str:
+    """How a config spells an entry: ``'layers.Lambda' (module 'keras')``."""
+    cls = node.get("class_name")
+    spelled = node.get("config") if cls == "function" else cls
+    module = node.get("module")
+    text = f"{str(spelled)!r}"
+    if isinstance(module, str):
+        text += f" (module {module!r})"
+    return text
 
 
 # ---------------------------------------------------------------- budgets
