@@ -43,6 +43,9 @@ _LAZY = {
 }
 
 
+import gradinspect.render  # noqa: E402, F401  (installs how a Report prints; imports no renderer yet)
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib

@@ -28,17 +28,10 @@ from gradinspect.config import InspectOptions, LoadOptions, Thresholds
 from gradinspect.diagnose import LayerFigures, RunFigures, diagnose
 from gradinspect.distribute import describe, diverged_variables, effective, share
 from gradinspect.errors import DataError
-from gradinspect.loading import (
-    H5Rows,
-    LoadedData,
-    LoadedModel,
-    NpyRows,
-    aligned_empty,
-    import_custom_objects,
-    live_model,
-    load_data,
-    load_model,
-)
+from gradinspect.io.data.rows import H5Rows, NpyRows, aligned_empty
+from gradinspect.io.data.select import load_data
+from gradinspect.io.loaded import LoadedData, LoadedModel
+from gradinspect.io.models import import_custom_objects, live_model, load_model
 from gradinspect.report import (
     ActivationStats,
     ArrayInfo,
@@ -1095,7 +1088,7 @@ def inspect(
     Under ``MultiWorkerMirroredStrategy`` every worker calls ``inspect`` with the whole ``x``
     (arrays in memory) and gets the whole report; ``worker_timeout`` bounds each merge.
     """
-    from gradinspect.loading import validate_arrays
+    from gradinspect.io.data.select import validate_arrays
 
     loaded = live_model(model)
     names = [s.name for s in loaded.inputs]

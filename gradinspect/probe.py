@@ -50,7 +50,7 @@ from gradinspect.engine.walk import (
     walk_model,
 )
 from gradinspect.errors import ModelLoadError, ProbeError
-from gradinspect.loading import BUFFER_ALIGNMENT
+from gradinspect.io.data.rows import BUFFER_ALIGNMENT
 from gradinspect.losses import Loss
 
 __all__ = [

@@ -1,14 +1,17 @@
 """The report: frozen records that every renderer and every script consumes.
 
-Nothing here computes or prints. ``to_dict`` turns a report into plain JSON-ready data in the
-documented key order (schema version ``SCHEMA_VERSION``); non-finite floats become ``None``.
+Nothing here computes or prints, and nothing above the records is imported: ``to_dict`` turns a
+report into plain JSON-ready data in the documented key order (schema version
+``SCHEMA_VERSION``), non-finite floats becoming ``None``; how a report prints as a table is
+installed from ``gradinspect.render`` (``install_forms``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
@@ -563,16 +566,14 @@ class Report:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        """The report as JSON text (same as ``gradinspect --json``)."""
-        from gradinspect.render.json import render_json
-
-        return render_json(self, indent=indent)
+        """The report as JSON text (same as ``gradinspect --json``): ``to_dict`` in documented
+        key order, non-finite numbers as ``null``, never bare ``NaN``/``Infinity``."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False,
+                          ensure_ascii=False) + "\n"
 
     def __str__(self) -> str:
         """The table format as plain text, 100 columns (``print(report)``)."""
-        from gradinspect.render.table import render_table
-
-        return render_table(self, width=100)
+        return str(_form("text")(self))
 
     def without_values(self) -> Report:
         """The same report without the gradient arrays (``values``)."""
@@ -592,21 +593,28 @@ class Report:
                 + (", ".join(parts) if parts else "no findings") + lead)
 
     def __rich__(self) -> Any:
-        from gradinspect.render.table import report_renderable
-
-        return report_renderable(self)
+        """rich: the tables, as the terminal shows them."""
+        return _form("rich")(self)
 
     def _repr_html_(self) -> str:
         """Jupyter: the same tables as the terminal, as HTML."""
-        import io
+        return str(_form("html")(self))
 
-        from rich.console import Console
 
-        from gradinspect.render.table import report_renderable
+_FORMS: dict[str, Callable[[Report], Any]] = {}
 
-        console = Console(record=True, width=110, file=io.StringIO())
-        console.print(report_renderable(self))
-        return console.export_html(inline_styles=True)
+
+def install_forms(**forms: Callable[[Report], Any]) -> None:
+    """How a report prints (``text``, ``rich``, ``html``): installed by ``gradinspect.render``
+    when it is imported (``import gradinspect`` does), so that records import no renderer."""
+    _FORMS.update(forms)
+
+
+def _form(name: str) -> Callable[[Report], Any]:
+    try:
+        return _FORMS[name]
+    except KeyError:
+        raise RuntimeError(f"no {name} form installed: import gradinspect.render first") from None
 
 
 def reach_of(findings: Sequence[Finding]) -> dict[str, set[str]]:

@@ -21,7 +21,7 @@ import gradinspect
 from gradinspect.api import _batches
 from gradinspect.distribute import DistributeOptions, check_options, share, tf_config_role
 from gradinspect.errors import ExitStatus, UsageError
-from gradinspect.loading import NpyRows
+from gradinspect.io.data.rows import NpyRows
 
 ROOT = Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(17)

@@ -222,9 +222,9 @@ def test_model_without_trainable_variables_is_explained(tmp_path: Path, tfk: Any
 
 def test_unreadable_file_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # root reads everything, so the permission check is exercised through os.access
-    from gradinspect import loading
+    from gradinspect.io import sniff
 
-    monkeypatch.setattr(loading, "_readable", lambda path: False)
+    monkeypatch.setattr(sniff, "_readable", lambda path: False)
     result = runner.invoke(cli.app, [str(SAMPLES / "seed_c.h5"), str(SAMPLES / "seed_c_x.npy")])
     assert result.exit_code == ExitStatus.MODEL_ERROR
     assert "not readable" in result.stderr

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import gradinspect
-from gradinspect.loading import load_model
+from gradinspect.io.models import load_model
 
 tf_keras = pytest.importorskip("tf_keras")
 EPS = 1e-7

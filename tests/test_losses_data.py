@@ -261,7 +261,7 @@ def test_batches_read_from_npy_reach_tensorflow_without_a_copy(
     read-only, strided) is copied rather than crashing the process."""
     tf, keras = tfk
     from gradinspect import probe
-    from gradinspect.loading import BUFFER_ALIGNMENT, H5Rows, NpyRows, aligned_empty
+    from gradinspect.io.data.rows import BUFFER_ALIGNMENT, H5Rows, NpyRows, aligned_empty
 
     model = classifier(keras, None)
     np.save(tmp_path / "x.npy", X)

@@ -249,7 +249,7 @@ def test_the_resolver_finds_what_keras_finds(tfk: Any) -> None:
     from keras.src import api_export
     from keras.src.saving import serialization_lib
 
-    from gradinspect.resolve import Resolver
+    from gradinspect.io.resolve import Resolver
 
     resolver = Resolver()
     checked = 0
@@ -285,7 +285,7 @@ def test_every_admitted_function_is_a_modelling_function(tfk: Any) -> None:
     config, backend, applications, preprocessing, and none of the control-flow ops."""
     from keras.src import api_export
 
-    from gradinspect.resolve import keras_tables
+    from gradinspect.io.resolve import keras_tables
 
     tables = keras_tables()
     exported = api_export.REGISTERED_NAMES_TO_OBJS

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -11,4 +10,4 @@ if TYPE_CHECKING:
 
 def render_json(report: Report, indent: int | None = 2) -> str:
     """The report as JSON, keys in documented order, non-finite numbers as ``null``."""
-    return json.dumps(report.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False) + "\n"
+    return report.to_json(indent=indent)

@@ -9,7 +9,7 @@ Every model and data file is treated as written by an attacker:
   never written: gigabytes of fill values from a file of kilobytes).
 - **Model configs** are read as JSON and checked against an allow-list before Keras builds
   anything. The rule is on what each entry *resolves to* by Keras' own lookup rules
-  (``gradinspect.resolve``), not on its spelling: every ``Lambda`` (whatever it wraps),
+  (``gradinspect.io.resolve``), not on its spelling: every ``Lambda`` (whatever it wraps),
   ``TFSMLayer``, lookup and vectorization layers whose vocabulary is a file, any function that
   is not a modelling function, and any object that is neither Keras' nor from the modules the
   user imported with ``--custom-objects``, are refused unless ``--unsafe``; so is a config
@@ -22,7 +22,6 @@ No TensorFlow here; h5py is imported where HDF5 is read.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import stat
@@ -173,34 +172,6 @@ def check_keras_archive(path: Path, error: ErrorType = ModelLoadError) -> None:
 # ---------------------------------------------------------------- model configs
 
 
-def read_config(path: Path, fmt: str) -> Any:
-    """The model config as plain JSON data, read without Keras (``None`` if there is none)."""
-    try:
-        if fmt == "keras":
-            with zipfile.ZipFile(path) as z:
-                raw: Any = z.read("config.json")
-        elif fmt == "h5":
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                raw = f.attrs.get("model_config")
-        else:
-            raw = path.read_bytes()
-        if raw is None:
-            return None
-        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-    except RecursionError as exc:
-        raise ModelLoadError(f"{path}: the model config is nested too deeply to read",
-                             "refused: no real model nests this deep") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path}: the model config is not valid JSON ({exc})",
-                             "save or download it again") from exc
-    except Exception as exc:  # zip, zlib and HDF5 parsers raise many kinds on damaged bytes
-        raise ModelLoadError(f"{path}: damaged model file ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})",
-                             "save or download it again") from exc
-
-
 UNSAFE_HINT = ("if and only if you trust where the file came from, pass --unsafe "
                "(and --custom-objects for your own modules)")
 UNKNOWN_HINT = ("if it is your own code, pass the file that defines it: --custom-objects "
@@ -208,7 +179,7 @@ UNKNOWN_HINT = ("if it is your own code, pass the file that defines it: --custom
 
 
 class ConfigJudge(Protocol):
-    """What ``scan_config`` asks of a resolver (``gradinspect.resolve.Resolver``, which needs
+    """What ``scan_config`` asks of a resolver (``gradinspect.io.resolve.Resolver``, which needs
     Keras; this module does not)."""
 
     def judge(self, node: Mapping[str, Any]) -> tuple[Sequence[Any], Any]: ...
@@ -219,7 +190,7 @@ class ConfigJudge(Protocol):
 def scan_config(config: Any, label: str, judge: ConfigJudge) -> None:
     """Refuse a config that would run code or read files when Keras builds it: every entry
     Keras would deserialize (a dict with a ``class_name``) is resolved by Keras' lookup rules
-    and the object it resolves to must be admitted (``gradinspect.resolve``), and so must every
+    and the object it resolves to must be admitted (``gradinspect.io.resolve``), and so must every
     string that Keras would swap for a registered object; nesting deeper than ``MAX_DEPTH`` is
     refused too. The message names the enclosing layer, the spelling and what it resolved to."""
     stack: list[tuple[Any, int, str, bool]] = [(config, 0, "", False)]

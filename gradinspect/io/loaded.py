@@ -1,0 +1,62 @@
+"""What loading hands on: a model with its inputs and outputs, and data arrays with labels.
+
+Frozen records; nothing here reads a file."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: its name, shape (batch first, ``None`` = any) and dtype."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A Keras model and where it came from."""
+
+    model: Any
+    path: str | None
+    format: str
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[InputSpec, ...] = ()
+    """Model outputs (name, shape, dtype), in order."""
+    compile_config: dict[str, Any] | None = None
+    """The compile configuration saved with the model (``loss``, ``loss_weights`` ...)."""
+    custom_objects: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """What ``--custom-objects`` defined, by name (custom losses are looked up here)."""
+    keras_version: str | None = None
+    """The Keras version that saved the file (``None`` when the file does not say)."""
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """Input arrays in model-input order, read lazily where the format allows (``NpyRows`` for
+    .npy, ``H5Rows`` for HDF5), and the labels per model output when there are any."""
+
+    path: str | None
+    names: tuple[str, ...]
+    arrays: tuple[Any, ...]
+    stored_dtypes: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+    labels: tuple[Any, ...] | None = None
+    label_source: str | None = None
+    closers: tuple[Any, ...] = ()
+    """Open files (HDF5) to close when the run is over."""
+
+    @property
+    def samples(self) -> int:
+        return int(self.arrays[0].shape[0])
+
+    def close(self) -> None:
+        """Close files kept open for streaming."""
+        for f in self.closers:
+            f.close()
