@@ -232,8 +232,8 @@ def run_inspection(
     """Run the hooked pass over the data (and the requested checks) and build the report.
     ``strategy``: a ``tf.distribute`` strategy to run the pass on (see ``distribute``)."""
     from gradinspect._tf import tf_modules
+    from gradinspect.engine.seeding import batch_interactions, seeded
     from gradinspect.losses import LossRequest, resolve_loss
-    from gradinspect.probe import batch_interactions, seeded
 
     tf_modules()
     strategy = effective(strategy)
@@ -352,7 +352,7 @@ def _execution_notes(execution: ExecutionInfo, model: Any, training: bool) -> tu
     approximated."""
     if execution.strategy == "none":
         return ()
-    from gradinspect.probe import batch_interactions
+    from gradinspect.engine.seeding import batch_interactions
 
     notes = [f"each batch split over {execution.replicas} replicas"
              + (f" on {execution.workers} workers" if execution.workers > 1 else "")
@@ -378,7 +378,7 @@ def _execution_notes(execution: ExecutionInfo, model: Any, training: bool) -> tu
 
 
 def _has_randomness(model: Any) -> bool:
-    from gradinspect.probe import seed_generators
+    from gradinspect.engine.seeding import seed_generators
 
     return bool(seed_generators(model))
 
@@ -406,9 +406,9 @@ def _probe_for(loaded: LoadedModel, loss: Any, options: InspectOptions,
     Kept per live model (weakly), so repeated inspections of the same model — a notebook, a
     training callback — trace the step once instead of every time.
     """
+    from gradinspect.engine.runners import Probe, require_entries
     from gradinspect.engine.walk import select, walk_model
     from gradinspect.errors import UsageError
-    from gradinspect.probe import Probe, require_entries
 
     full = options.verify or options.values
     key = (type(loss).__name__, loss.name, loss.reduction,
@@ -448,7 +448,8 @@ def _input_dtypes(loaded: LoadedModel) -> list[str]:
 
 def _run_gradcheck(run: _Run, dtypes: Sequence[str]) -> None:
     """Finite differences on the first samples, against a tape pass on the same samples."""
-    from gradinspect.probe import Probe, gradcheck
+    from gradinspect.engine.gradcheck import gradcheck
+    from gradinspect.engine.runners import Probe
 
     options = run.options
     n = min(run.data.samples, options.gradcheck_samples)

@@ -16,7 +16,7 @@ from hypothesis.extra.numpy import arrays
 import gradinspect
 from gradinspect.checks import VerifyAccumulator, per_sample_stats
 from gradinspect.engine.adapters.base import DenseView
-from gradinspect.probe import _per_sample_sq
+from gradinspect.engine.figures import _per_sample_sq
 from gradinspect.report import Severity
 
 small = st.floats(-3, 3, allow_nan=False, width=32)
@@ -108,8 +108,9 @@ def test_gsnr_against_brute_force_gradients(tfk: Any) -> None:
         one = gradinspect.inspect(model, [inputs[0][i : i + 1]], verify=False)
         grads.append(one)
     # GSNR of the first layer from explicit per-sample gradient vectors via the probe
+    from gradinspect.engine.runners import Probe
+    from gradinspect.engine.walk import find_dense_layers
     from gradinspect.losses import get_loss
-    from gradinspect.probe import Probe, find_dense_layers
 
     sites = find_dense_layers(model)
     vecs = []

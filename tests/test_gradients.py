@@ -23,8 +23,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gradinspect
+from gradinspect.engine.runners import Probe
+from gradinspect.engine.seeding import seeded
+from gradinspect.engine.walk import find_dense_layers
 from gradinspect.losses import get_loss
-from gradinspect.probe import Probe, find_dense_layers, seeded
 
 
 def _close(actual: np.ndarray, expected: np.ndarray, what: str) -> None:

@@ -260,7 +260,7 @@ def test_batches_read_from_npy_reach_tensorflow_without_a_copy(
     caller's arrays are always copied, and a buffer TensorFlow could not use as is (misaligned,
     read-only, strided) is copied rather than crashing the process."""
     tf, keras = tfk
-    from gradinspect import probe
+    from gradinspect.engine import runners
     from gradinspect.io.data.rows import BUFFER_ALIGNMENT, H5Rows, NpyRows, aligned_empty
 
     model = classifier(keras, None)
@@ -284,13 +284,13 @@ def test_batches_read_from_npy_reach_tensorflow_without_a_copy(
         rows[10:12]
 
     seen: list[bool] = []
-    real = probe.batch_tensor
+    real = runners.batch_tensor
 
     def spy(tf_: Any, array: Any, fresh: bool = False) -> Any:
         seen.append(fresh)
         return real(tf_, array, fresh)
 
-    monkeypatch.setattr(probe, "batch_tensor", spy)
+    monkeypatch.setattr(runners, "batch_tensor", spy)
     opts = gradinspect.InspectOptions(batch_size=5)
     in_memory = gradinspect.inspect(model, X, batch_size=5)
     assert seen == [False, False, False]

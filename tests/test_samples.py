@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import gradinspect
+from gradinspect.engine.runners import Probe
+from gradinspect.engine.walk import find_dense_layers
 from gradinspect.losses import get_loss
-from gradinspect.probe import Probe, find_dense_layers
 
 SEEDS = ["seed_a", "seed_b", "seed_c", "mnist_mlp"]
 

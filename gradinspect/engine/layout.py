@@ -1,10 +1,10 @@
 """The figures one step hands to the host, each with how it merges across replicas and workers.
 
 A step reduces every gradient and activation on the device to a few figures, packed into one
-vector (``probe._Packer``). Each figure is declared with its merge where it is computed: the
-vector of one replica's share of a batch and the vector of the whole batch differ only by these
-merges, so a step split over replicas (``tf.distribute``) gives the host the same vector as a
-single device, up to float summation order.
+vector (``engine.figures._Packer``). Each figure is declared with its merge where it is
+computed: the vector of one replica's share of a batch and the vector of the whole batch
+differ only by these merges, so a step split over replicas (``tf.distribute``) gives the host
+the same vector as a single device, up to float summation order.
 
 - ``sum``: sums of squares, sums of |g|, the loss, counts of entries, per-unit counts;
 - ``max`` / ``min``: maxima of |g|, the data's extremes;

@@ -1,0 +1,247 @@
+"""The small figures a step computes on the device, and how they travel: reductions of one
+gradient, NaN/Inf counts, per-sample squared norms on a Dense view, the packer that joins every
+figure into one float64 vector per batch, and the tensor helpers these need."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gradinspect.engine.adapters.base import DenseView
+from gradinspect.engine.layout import Figure, Layout, Merge
+from gradinspect.io.data.rows import BUFFER_ALIGNMENT
+
+
+class _Packer:
+    """The small figures of one step, packed into one float64 vector: one transfer to the host
+    per batch instead of one per figure, and few graph ops (scalars are stacked and vectors
+    concatenated per dtype, then cast once). Each figure is added with its merge across
+    replicas (``engine.layout``); ``packed`` returns the layout, which the trace fixes (every
+    piece is a scalar or a vector of static length). An eager step (one small batch) joins the
+    values on the host instead: there, every distinct op costs its first-use setup (about 2 ms
+    each in a fresh process), which is most of what the step would add."""
+
+    def __init__(self, tf: Any) -> None:
+        self.tf = tf
+        self.pieces: list[tuple[tuple[Any, ...], Any, Any]] = []
+
+    def add(self, key: tuple[Any, ...], value: Any, merge: Merge | tuple[Merge, ...]) -> None:
+        self.pieces.append((key, value, merge))
+
+    def packed(self) -> tuple[Any, Layout]:
+        tf = self.tf
+        layout: Layout = {}
+        if tf.executing_eagerly():  # values exist already: join them on the host, no ops to run
+            parts, offset = [], 0
+            for key, value, merge in self.pieces:
+                part = np.asarray(value, dtype=np.float64).reshape(-1)
+                layout[key] = Figure(slice(offset, offset + part.size), merge)
+                offset += part.size
+                parts.append(part)
+            return np.concatenate(parts), layout
+        groups: dict[tuple[str, int], list[tuple[tuple[Any, ...], Any, Any]]] = {}
+        for key, value, merge in self.pieces:
+            groups.setdefault((value.dtype.name, len(value.shape)), []).append(
+                (key, value, merge))
+        parts, offset = [], 0
+        for (_, rank), members in groups.items():
+            values = [v for _, v, _ in members]
+            joined = tf.stack(values) if rank == 0 else tf.concat(values, axis=0)
+            parts.append(tf.cast(joined, tf.float64))
+            for key, value, merge in members:
+                n = 1 if rank == 0 else int(value.shape[0])
+                layout[key] = Figure(slice(offset, offset + n), merge)
+                offset += n
+        return tf.concat(parts, axis=0), layout
+
+
+def batch_tensor(tf: Any, array: Any, fresh: bool = False) -> Any:
+    """A batch as a tensor. ``fresh``: the array is a buffer allocated for this batch alone that
+    nothing else will read or write (a slice read from a file, a dtype conversion): when it is
+    C-contiguous and aligned as TensorFlow's kernels require, TensorFlow takes it over through
+    DLPack instead of copying it (two copies of each batch otherwise: numpy's and its own). Any
+    other array is copied, so a caller's array is never shared with a tensor."""
+    if (fresh and isinstance(array, np.ndarray) and array.size and array.flags.c_contiguous
+            and array.flags.writeable and array.dtype.isnative and array.dtype.kind in "biuf"
+            and array.ctypes.data % BUFFER_ALIGNMENT == 0):
+        return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+    return tf.convert_to_tensor(array)
+
+
+def _shape(tf: Any, t: Any) -> Any:
+    """``tf.shape(t)``; in an eager step the shape is known, so no op is run for it."""
+    if tf.executing_eagerly() and t.shape.is_fully_defined():
+        return np.asarray(t.shape.as_list(), dtype=np.int64)
+    return tf.shape(t)
+
+
+def _widened(tf: Any, g: Any) -> Any:
+    return tf.cast(g, tf.float32) if g.dtype in (tf.float16, tf.bfloat16) else g
+
+
+def _half_sumsq(tf: Any, g: Any) -> Any:
+    """sum(g^2) / 2 in one kernel (``l2_loss``), without a squared copy. The host doubles it
+    (exact): an eager step pays for every op, and this runs a few times per entry."""
+    return tf.nn.l2_loss(_widened(tf, g))
+
+
+def _reductions(tf: Any, g: Any) -> list[Any]:
+    """sum of squares, sum of |g|, max |g| of a gradient, in its own precision (tree-reduced
+    sums: ~1e-7 relative error in float32; 16-bit floats are widened first). NaN poisons all
+    three; NaN/Inf are counted by ``_counts`` only when the host sees something not finite."""
+    wide = _widened(tf, g)
+    absval = tf.abs(wide)
+    return [_half_sumsq(tf, wide), tf.reduce_sum(absval), tf.reduce_max(absval)]
+
+
+GX_MERGES: tuple[Merge, ...] = ("sum", "sum", "max")
+"""How ``_reductions``' figures merge across replicas."""
+
+
+COUNT_MERGES: tuple[Merge, ...] = ("max", "sum", "sum")
+"""How ``_counts``' figures merge across replicas."""
+
+
+def _counts(tf: Any, g: Any) -> list[Any]:
+    """The rare path, for one gradient: max |g| over the entries that are not NaN, the NaN
+    count and the Inf count."""
+    absval = tf.abs(_widened(tf, g))
+    nan = tf.math.is_nan(absval)
+    top = tf.reduce_max(tf.where(nan, tf.zeros_like(absval), absval))
+    return [top, tf.reduce_sum(tf.cast(nan, tf.float64)),
+            tf.reduce_sum(tf.cast(tf.math.is_inf(absval), tf.float64))]
+
+
+def _rows(tf: Any, t: Any, batch: Any, width: int) -> Any:
+    """(batch, positions, width): calls and positions of one sample become its rows. The
+    positions are counted, not inferred (-1): a replica's share of a batch may be empty."""
+    positions = tf.reduce_prod(tf.shape(t)[1:]) // width
+    return tf.reshape(tf.cast(t, tf.float64), tf.stack([batch, positions, width]))
+
+
+def _per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], bias: DenseView | None,
+                   n_in: int, n_out: int) -> Any:
+    """||X_i^T Delta_i||_F^2 (+ ||dl_i/db||^2 when ``bias``) per sample, inside the step, on the
+    layer's Dense view: x as rows of ``n_in``, delta as rows of ``n_out``.
+
+    One rank-2 call: ||x_i||^2 ||delta_i||^2. Otherwise the Gram form <X_i X_i^T, D_i D_i^T>
+    when a sample has few rows, or the per-sample product when that is smaller.
+    """
+    batch = tf.shape(xs[0])[0]
+    full_bias = bias is None or len(bias.bias_axes) == len(bias.out_dims)
+    if len(xs) == 1 and len(xs[0].shape) == 2 and len(deltas[0].shape) == 2 and full_bias:
+        # row norms in the tensors' precision (one row is short) by one fused kernel (no
+        # squared copy: x is the batch's largest tensor), squared and multiplied in float64
+        xx, dd = (tf.square(tf.cast(tf.math.reduce_euclidean_norm(_widened(tf, t), axis=1),
+                                    tf.float64)) for t in (xs[0], deltas[0]))
+        return dd * (xx + (1.0 if bias is not None else 0.0))
+    big_x = tf.concat([_rows(tf, x, batch, n_in) for x in xs], axis=1)
+    big_d = tf.concat([_rows(tf, d, batch, n_out) for d in deltas], axis=1)
+    rows = sum(int(np.prod(x.shape[1:], dtype=np.int64)) // n_in
+               if all(v is not None for v in x.shape[1:]) else 10**9 for x in xs)
+    if rows * rows <= n_in * n_out:
+        gx = tf.einsum("bri,bsi->brs", big_x, big_x)
+        gd = tf.einsum("bro,bso->brs", big_d, big_d)
+        sq = tf.reduce_sum(gx * gd, axis=[1, 2])
+    else:
+        per = tf.einsum("bri,bro->bio", big_x, big_d)
+        sq = tf.reduce_sum(per * per, axis=[1, 2])
+    if bias is not None:
+        s = tf.reduce_sum(big_d, axis=1)  # dl_i/db over every output entry
+        other = [1 + k for k in range(len(bias.out_dims)) if k not in bias.bias_axes]
+        if other:  # a bias over some output axes only: sum the others away
+            s = tf.reduce_sum(tf.reshape(s, (batch, *bias.out_dims)), axis=other)
+            s = tf.reshape(s, (batch, math.prod(
+                d for k, d in enumerate(bias.out_dims) if k in bias.bias_axes)))
+        sq = sq + tf.reduce_sum(s * s, axis=1)
+    return sq
+
+
+@dataclass
+class _EagerSum:
+    """The eager step's stand-in for a float64 ``tf.Variable``: the sum of what was added."""
+
+    shape: tuple[int, ...]
+    value: Any = None
+
+    def assign_add(self, addend: Any) -> None:
+        """Add a gradient in its own dtype: widened to float64 on the host, once, by ``numpy``
+        (an eager step pays per op; it runs for a single batch, so there is no sum to keep)."""
+        self.value = addend if self.value is None else (
+            np.asarray(self.value, dtype=np.float64) + np.asarray(addend, dtype=np.float64))
+
+    def numpy(self) -> np.ndarray:  # a writable float64 copy, as tf.Variable.numpy() gives
+        if self.value is None:
+            return np.zeros(self.shape)
+        return np.array(self.value, dtype=np.float64)
+
+
+_DOUBLE_LAST = np.array([1.0, 1.0, 1.0, 2.0])
+"""``input_stats`` carries half the sum of squares (``_half_sumsq``)."""
+
+
+def _leading_axes(t: Any) -> list[int]:
+    """Every axis but the last (units): per-unit sums without a reshape."""
+    return list(range(len(t.shape) - 1))
+
+
+def _row_count(tf: Any, tensors: Sequence[Any]) -> Any:
+    """Rows (entries per unit) of the tensors: from their shapes, with no op in an eager
+    step."""
+    if tf.executing_eagerly() and all(t.shape.is_fully_defined() for t in tensors):
+        return np.int64(sum(math.prod(t.shape.as_list()[:-1]) for t in tensors))
+    return tf.add_n([tf.reduce_prod(tf.shape(t)[:-1]) for t in tensors])
+
+
+def _moving_statistics(layer: Any) -> tuple[Any, Any, int] | None:
+    """A BatchNormalization's (moving_mean, moving_variance, axis) when it keeps one
+    statistic per channel of one axis; else ``None``."""
+    mean = getattr(layer, "moving_mean", None)
+    variance = getattr(layer, "moving_variance", None)
+    axis = getattr(layer, "axis", -1)
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            return None
+        axis = axis[0]
+    if mean is None or variance is None or len(mean.shape) != 1 or not isinstance(axis, int):
+        return None
+    return mean, variance, axis
+
+
+def _axis_last(tf: Any, t: Any, axis: int) -> Any:
+    """``t`` with ``axis`` moved last."""
+    rank = len(t.shape)
+    axis %= rank
+    if axis == rank - 1:
+        return t
+    return tf.transpose(t, [*(a for a in range(rank) if a != axis), axis])
+
+
+def _units_last(tf: Any, t: Any, axis: int) -> Any:
+    """``t`` with its unit (channel) axis last: channels_first convolutions move axis 1."""
+    if axis == -1 or len(t.shape) < 3:
+        return t
+    rank = len(t.shape)
+    return tf.transpose(t, [0, *range(2, rank), 1])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _replica_context(tf: Any) -> Any:
+    context = tf.distribute.get_replica_context()
+    assert context is not None, "a collective outside strategy.run"
+    return context
+
+
+def _tf_variable(tf: Any, variable: Any) -> Any:
+    """The ``tf.Variable`` behind a Keras 3 variable (the tape watches TF objects only)."""
+    if isinstance(variable, tf.Variable):
+        return variable
+    return getattr(variable, "value", variable)
