@@ -98,9 +98,9 @@ class ReportDiff:
     """Model-level finding codes gone in B."""
 
     def to_dict(self) -> dict[str, Any]:
-        from gradinspect.report import _plain
+        from gradinspect.report import to_plain
 
-        out = _plain(self)
+        out = to_plain(self)
         assert isinstance(out, dict)
         return {"diff_schema_version": 1, **out}
 

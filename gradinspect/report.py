@@ -553,16 +553,16 @@ class Report:
         """Plain data in the documented JSON layout (``schema_version`` first)."""
         return {
             "schema_version": self.schema_version,
-            "tool": _plain(self.tool),
-            "model": _plain(self.model),
-            "data": _plain(self.data),
-            "loss": _plain(self.loss),
+            "tool": to_plain(self.tool),
+            "model": to_plain(self.model),
+            "data": to_plain(self.data),
+            "loss": to_plain(self.loss),
             "training": self.training,
-            "coverage": _plain(self.coverage),
-            "execution": _plain(self.execution),
+            "coverage": to_plain(self.coverage),
+            "execution": to_plain(self.execution),
             "layers": [_layer_dict(layer) for layer in self.layers],
-            "warnings": [_plain(f) for f in self.warnings],
-            "checks": _plain(self.checks),
+            "warnings": [to_plain(f) for f in self.warnings],
+            "checks": to_plain(self.checks),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -639,35 +639,35 @@ _RENAMED = {"class_name": "class"}
 
 
 def _layer_dict(layer: LayerReport) -> dict[str, Any]:
-    out = _plain(layer)
+    out = to_plain(layer)
     assert isinstance(out, dict)
     # flat, keyed by variable short name: Dense keeps schema 1's kernel/bias/input keys
-    out["weights"] = _plain(layer.weights.variables)
-    out["grads"] = {**_plain(layer.grads.variables), "input": _plain(layer.grads.input)}
+    out["weights"] = to_plain(layer.weights.variables)
+    out["grads"] = {**to_plain(layer.grads.variables), "input": to_plain(layer.grads.input)}
     if layer.values is None:
         del out["values"]  # present only when asked for: arrays can be large
     else:
         v = layer.values
-        out["values"] = {**_plain(v.variables), "input": _plain(v.input),
+        out["values"] = {**to_plain(v.variables), "input": to_plain(v.input),
                          "input_samples": v.input_samples}
     return out
 
 
-def _plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
     """Dataclasses -> dicts (field order kept), tuples -> lists, non-finite floats -> None."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
-            _RENAMED.get(f.name, f.name): _plain(getattr(value, f.name))
+            _RENAMED.get(f.name, f.name): to_plain(getattr(value, f.name))
             for f in dataclasses.fields(value)
         }
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy arrays and scalars
-        return _plain(value.tolist())
+        return to_plain(value.tolist())
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     return value

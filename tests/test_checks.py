@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import gradinspect
-from gradinspect.checks import VerifyAccumulator, per_sample_stats
 from gradinspect.engine.adapters.base import DenseView
-from gradinspect.engine.figures import _per_sample_sq
+from gradinspect.engine.figures import per_sample_sq
+from gradinspect.measure.per_sample import per_sample_stats
+from gradinspect.measure.verify import VerifyAccumulator
 from gradinspect.report import Severity
 
 small = st.floats(-3, 3, allow_nan=False, width=32)
@@ -43,7 +44,7 @@ def test_per_sample_norm_formulas_equal_explicit_outer_products(
     shape_d = (batch, rows, *out_dims) if rank3 else (batch, *out_dims)
     xs = [data.draw(arrays(np.float64, shape_x, elements=small)) for _ in range(calls)]
     ds = [data.draw(arrays(np.float64, shape_d, elements=small)) for _ in range(calls)]
-    got = _per_sample_sq(tf, [tf.constant(x) for x in xs], [tf.constant(d) for d in ds],
+    got = per_sample_sq(tf, [tf.constant(x) for x in xs], [tf.constant(d) for d in ds],
                          view if bias else None, n_in, n_out).numpy()
     other = tuple(k for k in range(len(out_dims)) if k not in bias_axes)
     for i in range(batch):

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 import gradinspect
-from gradinspect.api import _batches
 from gradinspect.distribute import DistributeOptions, check_options, share, tf_config_role
 from gradinspect.errors import ExitStatus, UsageError
 from gradinspect.io.data.rows import NpyRows
+from gradinspect.pipeline import iter_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(17)
@@ -248,7 +248,7 @@ def test_each_worker_reads_only_its_share_of_every_batch(tmp_path: Path) -> None
     seen: list[np.ndarray] = []
     for worker in range(3):
         reads.clear()
-        batches = list(_batches([spy], 10, worker, 3))
+        batches = list(iter_batches([spy], 10, worker, 3))
         # batches of 10, 10 and 3 rows; of each, this worker's contiguous third
         expected = [share(start, stop, worker, 3) for start, stop in [(0, 10), (10, 20),
                                                                        (20, 23)]]

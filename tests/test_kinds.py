@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from kinds import KindArch, build_kinds, kind_archs, kinds_data, scale_layer, tape_by_path
 
 import gradinspect
-from gradinspect.api import ACTIVATION_COPIES, activation_bytes_per_sample
+from gradinspect.pipeline import ACTIVATION_COPIES, activation_bytes_per_sample
 from gradinspect.report import Report
 
 ROOT = Path(__file__).resolve().parent.parent

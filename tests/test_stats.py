@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from gradinspect.stats import (
+from gradinspect.measure.stats import (
     ActivityAccumulator,
     TensorAccumulator,
     concat_shapes,

@@ -16,7 +16,7 @@ from gradinspect.engine.layout import Figure, Layout, Merge
 from gradinspect.io.data.rows import BUFFER_ALIGNMENT
 
 
-class _Packer:
+class Packer:
     """The small figures of one step, packed into one float64 vector: one transfer to the host
     per batch instead of one per figure, and few graph ops (scalars are stacked and vectors
     concatenated per dtype, then cast once). Each figure is added with its merge across
@@ -72,44 +72,45 @@ def batch_tensor(tf: Any, array: Any, fresh: bool = False) -> Any:
     return tf.convert_to_tensor(array)
 
 
-def _shape(tf: Any, t: Any) -> Any:
+def shape_of(tf: Any, t: Any) -> Any:
     """``tf.shape(t)``; in an eager step the shape is known, so no op is run for it."""
     if tf.executing_eagerly() and t.shape.is_fully_defined():
         return np.asarray(t.shape.as_list(), dtype=np.int64)
     return tf.shape(t)
 
 
-def _widened(tf: Any, g: Any) -> Any:
+def widened(tf: Any, g: Any) -> Any:
     return tf.cast(g, tf.float32) if g.dtype in (tf.float16, tf.bfloat16) else g
 
 
-def _half_sumsq(tf: Any, g: Any) -> Any:
+def half_sumsq(tf: Any, g: Any) -> Any:
     """sum(g^2) / 2 in one kernel (``l2_loss``), without a squared copy. The host doubles it
     (exact): an eager step pays for every op, and this runs a few times per entry."""
-    return tf.nn.l2_loss(_widened(tf, g))
+    return tf.nn.l2_loss(widened(tf, g))
 
 
-def _reductions(tf: Any, g: Any) -> list[Any]:
+def reductions(tf: Any, g: Any) -> list[Any]:
     """sum of squares, sum of |g|, max |g| of a gradient, in its own precision (tree-reduced
     sums: ~1e-7 relative error in float32; 16-bit floats are widened first). NaN poisons all
-    three; NaN/Inf are counted by ``_counts`` only when the host sees something not finite."""
-    wide = _widened(tf, g)
+    three; NaN/Inf are counted by ``nonfinite_counts`` only when the host sees something not
+    finite."""
+    wide = widened(tf, g)
     absval = tf.abs(wide)
-    return [_half_sumsq(tf, wide), tf.reduce_sum(absval), tf.reduce_max(absval)]
+    return [half_sumsq(tf, wide), tf.reduce_sum(absval), tf.reduce_max(absval)]
 
 
 GX_MERGES: tuple[Merge, ...] = ("sum", "sum", "max")
-"""How ``_reductions``' figures merge across replicas."""
+"""How ``reductions``' figures merge across replicas."""
 
 
 COUNT_MERGES: tuple[Merge, ...] = ("max", "sum", "sum")
-"""How ``_counts``' figures merge across replicas."""
+"""How ``nonfinite_counts``' figures merge across replicas."""
 
 
-def _counts(tf: Any, g: Any) -> list[Any]:
+def nonfinite_counts(tf: Any, g: Any) -> list[Any]:
     """The rare path, for one gradient: max |g| over the entries that are not NaN, the NaN
     count and the Inf count."""
-    absval = tf.abs(_widened(tf, g))
+    absval = tf.abs(widened(tf, g))
     nan = tf.math.is_nan(absval)
     top = tf.reduce_max(tf.where(nan, tf.zeros_like(absval), absval))
     return [top, tf.reduce_sum(tf.cast(nan, tf.float64)),
@@ -123,7 +124,7 @@ def _rows(tf: Any, t: Any, batch: Any, width: int) -> Any:
     return tf.reshape(tf.cast(t, tf.float64), tf.stack([batch, positions, width]))
 
 
-def _per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], bias: DenseView | None,
+def per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], bias: DenseView | None,
                    n_in: int, n_out: int) -> Any:
     """||X_i^T Delta_i||_F^2 (+ ||dl_i/db||^2 when ``bias``) per sample, inside the step, on the
     layer's Dense view: x as rows of ``n_in``, delta as rows of ``n_out``.
@@ -136,7 +137,7 @@ def _per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], bias: DenseView | 
     if len(xs) == 1 and len(xs[0].shape) == 2 and len(deltas[0].shape) == 2 and full_bias:
         # row norms in the tensors' precision (one row is short) by one fused kernel (no
         # squared copy: x is the batch's largest tensor), squared and multiplied in float64
-        xx, dd = (tf.square(tf.cast(tf.math.reduce_euclidean_norm(_widened(tf, t), axis=1),
+        xx, dd = (tf.square(tf.cast(tf.math.reduce_euclidean_norm(widened(tf, t), axis=1),
                                     tf.float64)) for t in (xs[0], deltas[0]))
         return dd * (xx + (1.0 if bias is not None else 0.0))
     big_x = tf.concat([_rows(tf, x, batch, n_in) for x in xs], axis=1)
@@ -162,7 +163,7 @@ def _per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], bias: DenseView | 
 
 
 @dataclass
-class _EagerSum:
+class EagerSum:
     """The eager step's stand-in for a float64 ``tf.Variable``: the sum of what was added."""
 
     shape: tuple[int, ...]
@@ -180,16 +181,16 @@ class _EagerSum:
         return np.array(self.value, dtype=np.float64)
 
 
-_DOUBLE_LAST = np.array([1.0, 1.0, 1.0, 2.0])
-"""``input_stats`` carries half the sum of squares (``_half_sumsq``)."""
+DOUBLE_LAST = np.array([1.0, 1.0, 1.0, 2.0])
+"""``input_stats`` carries half the sum of squares (``half_sumsq``)."""
 
 
-def _leading_axes(t: Any) -> list[int]:
+def leading_axes(t: Any) -> list[int]:
     """Every axis but the last (units): per-unit sums without a reshape."""
     return list(range(len(t.shape) - 1))
 
 
-def _row_count(tf: Any, tensors: Sequence[Any]) -> Any:
+def row_count(tf: Any, tensors: Sequence[Any]) -> Any:
     """Rows (entries per unit) of the tensors: from their shapes, with no op in an eager
     step."""
     if tf.executing_eagerly() and all(t.shape.is_fully_defined() for t in tensors):
@@ -197,7 +198,7 @@ def _row_count(tf: Any, tensors: Sequence[Any]) -> Any:
     return tf.add_n([tf.reduce_prod(tf.shape(t)[:-1]) for t in tensors])
 
 
-def _moving_statistics(layer: Any) -> tuple[Any, Any, int] | None:
+def moving_statistics(layer: Any) -> tuple[Any, Any, int] | None:
     """A BatchNormalization's (moving_mean, moving_variance, axis) when it keeps one
     statistic per channel of one axis; else ``None``."""
     mean = getattr(layer, "moving_mean", None)
@@ -212,7 +213,7 @@ def _moving_statistics(layer: Any) -> tuple[Any, Any, int] | None:
     return mean, variance, axis
 
 
-def _axis_last(tf: Any, t: Any, axis: int) -> Any:
+def axis_last(tf: Any, t: Any, axis: int) -> Any:
     """``t`` with ``axis`` moved last."""
     rank = len(t.shape)
     axis %= rank
@@ -221,7 +222,7 @@ def _axis_last(tf: Any, t: Any, axis: int) -> Any:
     return tf.transpose(t, [*(a for a in range(rank) if a != axis), axis])
 
 
-def _units_last(tf: Any, t: Any, axis: int) -> Any:
+def units_last(tf: Any, t: Any, axis: int) -> Any:
     """``t`` with its unit (channel) axis last: channels_first convolutions move axis 1."""
     if axis == -1 or len(t.shape) < 3:
         return t
@@ -229,18 +230,18 @@ def _units_last(tf: Any, t: Any, axis: int) -> Any:
     return tf.transpose(t, [0, *range(2, rank), 1])
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _replica_context(tf: Any) -> Any:
+def replica_context(tf: Any) -> Any:
     context = tf.distribute.get_replica_context()
     assert context is not None, "a collective outside strategy.run"
     return context
 
 
-def _tf_variable(tf: Any, variable: Any) -> Any:
+def tf_variable(tf: Any, variable: Any) -> Any:
     """The ``tf.Variable`` behind a Keras 3 variable (the tape watches TF objects only)."""
     if isinstance(variable, tf.Variable):
         return variable

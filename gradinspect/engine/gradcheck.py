@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from gradinspect.engine.figures import _tf_variable
+from gradinspect.engine.figures import tf_variable
 from gradinspect.engine.walk import (
     Site,
     find_sites,
@@ -117,7 +117,7 @@ def gradcheck(
         twin_vars = {v.name: v.variable for v in twin.variables}
         if set(twin_vars) != {v.name for v in site.variables}:
             raise ValueError(f"layer {site.path} has other variables in the float64 rebuild")
-        pairs = [(_tf_variable(tf, twin_vars[v.name]), g)
+        pairs = [(tf_variable(tf, twin_vars[v.name]), g)
                  for v, g in zip(site.variables, grads, strict=True)]
         floor = 0.01 * max((float(np.max(np.abs(g))) for _, g in pairs if np.size(g)),
                            default=0.0)

@@ -19,21 +19,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradinspect.engine.figures import _counts, _half_sumsq, _reductions
+from gradinspect.engine.figures import half_sumsq, nonfinite_counts, reductions
 from gradinspect.engine.walk import (
     Site,
 )
 
 
 @dataclass
-class _CallRecord:
+class CallRecord:
     x: Any = None
     x_source: Any = None
     """The input as the layer received it (before the tap): often another entry's output."""
     z: Any = None
     out: list[Any] = field(default_factory=list)
     gx: list[Any] | None = None
-    """dL/dx reduced during the backward pass (``_reductions``; ``_counts`` when counting)."""
+    """dL/dx reduced during the backward pass (``reductions``; ``nonfinite_counts`` when
+    counting)."""
     gx_full: Any = None
     gout_sq: list[Any] = field(default_factory=list)
     """||dL/doutput||^2 of each float output that the loss reached."""
@@ -43,29 +44,29 @@ class _CallRecord:
 
 
 @dataclass
-class _Recorder:
+class Recorder:
     """Collects the symbolic tensors of one trace, per site index, in call order, and the
     gradients that reach them during the backward pass (through ``tap``)."""
 
     tf: Any = None
     tape: Any = None
-    calls: dict[int, list[_CallRecord]] = field(default_factory=dict)
+    calls: dict[int, list[CallRecord]] = field(default_factory=dict)
     first_call: list[int] = field(default_factory=list)
-    follower_calls: dict[int, list[_CallRecord]] = field(default_factory=dict)
+    follower_calls: dict[int, list[CallRecord]] = field(default_factory=dict)
     want_z: frozenset[int] = frozenset()
     """Sites whose dL/dz (delta) is kept: per-sample norms, --verify, --values."""
     full: bool = False
     counting: bool = False
 
-    def new_call(self, index: int) -> _CallRecord:
-        record = _CallRecord()
+    def new_call(self, index: int) -> CallRecord:
+        record = CallRecord()
         if index not in self.calls:
             self.calls[index] = []
             self.first_call.append(index)
         self.calls[index].append(record)
         return record
 
-    def tap(self, t: Any, record: _CallRecord, role: str) -> Any:
+    def tap(self, t: Any, record: CallRecord, role: str) -> Any:
         """``t`` through an identity whose gradient hands dL/dt to ``record`` as the backward
         pass produces it: reduced on the spot (kept whole only when ``full``), so no layer's
         input or output gradient outlives its use, as in a plain tape."""
@@ -82,10 +83,10 @@ class _Recorder:
 
         return identity(t)
 
-    def _receive(self, record: _CallRecord, role: str, dy: Any) -> None:
+    def _receive(self, record: CallRecord, role: str, dy: Any) -> None:
         tf = self.tf
         if role == "x":
-            record.gx = _counts(tf, dy) if self.counting else _reductions(tf, dy)
+            record.gx = nonfinite_counts(tf, dy) if self.counting else reductions(tf, dy)
             if self.full:
                 record.gx_full = dy
         elif role == "z":
@@ -93,7 +94,7 @@ class _Recorder:
         else:
             if self.full and role == "out0":
                 record.gout_full = dy
-            record.gout_sq.append(_half_sumsq(tf, dy))
+            record.gout_sq.append(half_sumsq(tf, dy))
 
 
 def _replace_call(layer: Any, hooked: Any) -> Any:
@@ -119,15 +120,15 @@ def _float_tensor(tf: Any, t: Any) -> bool:
     return isinstance(t, tf.Tensor) and t.dtype.is_floating
 
 
-class _Slot(threading.local):
+class Slot(threading.local):
     """The recorder of the pass running in this thread. Under ``tf.distribute`` every replica
     traces the model in a thread of its own, each with its own recorder: hooks read the
     recorder from here, so no hook state is shared by replicas."""
 
-    recorder: _Recorder | None = None
+    recorder: Recorder | None = None
 
 
-def _install(tf: Any, index: int, site: Site, slot: _Slot) -> Any:
+def _install(tf: Any, index: int, site: Site, slot: Slot) -> Any:
     layer = site.layer
     original_call = layer.call
     hook_activation = site.profile is not None
@@ -186,7 +187,7 @@ def _install(tf: Any, index: int, site: Site, slot: _Slot) -> Any:
     return undo
 
 
-def _install_follower(index: int, layer: Any, slot: _Slot) -> Any:
+def _install_follower(index: int, layer: Any, slot: Slot) -> Any:
     original_call = layer.call
 
     @functools.wraps(original_call)
@@ -195,17 +196,17 @@ def _install_follower(index: int, layer: Any, slot: _Slot) -> Any:
         recorder = slot.recorder
         if recorder is not None and recorder.tape is not None:
             recorder.follower_calls.setdefault(index, []).append(
-                _CallRecord(x=inputs, out=[out]))
+                CallRecord(x=inputs, out=[out]))
         return out
 
     return _replace_call(layer, hooked_call)
 
 
 @contextmanager
-def instrumented(tf: Any, sites: Sequence[Site]) -> Iterator[_Slot]:
+def instrumented(tf: Any, sites: Sequence[Site]) -> Iterator[Slot]:
     """Hooks on every site for the duration of the block; always removed on exit. A pass
     records by putting a recorder in the slot for its thread."""
-    slot = _Slot()
+    slot = Slot()
     undos = []
     try:
         for i, site in enumerate(sites):

@@ -14,18 +14,18 @@ import numpy as np
 from gradinspect.distribute import share
 from gradinspect.engine.captures import BatchCapture, CallCapture, CallSummary, LayerCapture
 from gradinspect.engine.figures import (
-    _DOUBLE_LAST,
     COUNT_MERGES,
-    _first_line,
-    _replica_context,
+    DOUBLE_LAST,
     batch_tensor,
+    first_line,
+    replica_context,
 )
 from gradinspect.engine.gradcheck import fd_derivative
 from gradinspect.engine.hooks import instrumented
 from gradinspect.engine.layout import Layout, merge_counts, merge_rows
 from gradinspect.engine.seeding import (
-    _generator_states,
-    _set_generator_states,
+    generator_states,
+    set_generator_states,
 )
 from gradinspect.engine.step import TracedPass
 from gradinspect.engine.walk import (
@@ -93,7 +93,7 @@ class Probe(TracedPass):
 
         def outer(inputs: list[Any], labels: Any, params: Any, bounds: Any) -> dict[str, Any]:
             def replica() -> dict[str, Any]:
-                r = _replica_context(tf).replica_id_in_sync_group - first
+                r = replica_context(tf).replica_id_in_sync_group - first
                 lo, hi = bounds[r], bounds[r + 1]
                 return self._traced([t[lo:hi] for t in inputs],
                                     [y[lo:hi] for y in labels] if labels is not None else None,
@@ -172,7 +172,7 @@ class Probe(TracedPass):
 
     @staticmethod
     def _failed(exc: BaseException) -> ProbeError:
-        return ProbeError(f"the forward/backward pass failed: {_first_line(exc)}",
+        return ProbeError(f"the forward/backward pass failed: {first_line(exc)}",
                           "run with --traceback for details")
 
     def _bounds(self, rows: int) -> Any:
@@ -203,7 +203,7 @@ class Probe(TracedPass):
         label_tensors = [tf.convert_to_tensor(y) for y in labels] if labels is not None else None
         params = self._param_tensor(scale, low_thresholds if low_thresholds is not None
                                     else [0.0] * len(self.sites), confidence)
-        replay = _generator_states(self._generators) if self.training else None
+        replay = generator_states(self._generators) if self.training else None
         bounds = self._bounds(int(tensors[0].shape[0])) if self.strategy is not None else None
         result = self._run(False, tensors, label_tensors, params, bounds)
         if self._weights is None:  # the pass does not change them: read once per session
@@ -220,7 +220,7 @@ class Probe(TracedPass):
         counts = None
         if not np.all(np.isfinite(sums)):  # something is NaN/Inf: the same pass, counting
             if replay is not None:
-                _set_generator_states(self._generators, replay)
+                set_generator_states(self._generators, replay)
             gathered = np.asarray(self._run(True, tensors, label_tensors, params,
                                             bounds)["counts"])
             counts = merge_counts(gathered, ("sum", *COUNT_MERGES * (gathered.shape[-1] // 3)))
@@ -239,7 +239,7 @@ class Probe(TracedPass):
             layers=tuple(layers),
             nonfinite=int(counts[0]) if counts is not None else 0,
             entries=rows * sum(math.prod(a.shape[1:]) for a in [*inputs, *(labels or [])]),
-            input_stats=tuple(get("input_stats", k) * _DOUBLE_LAST if ("input_stats", k) in layout
+            input_stats=tuple(get("input_stats", k) * DOUBLE_LAST if ("input_stats", k) in layout
                               else None for k in range(len(inputs))),
             labels=(tuple(np.asarray(y) for y in kept_labels) if kept_labels is not None
                     else None),

@@ -26,11 +26,11 @@ def seed_generators(model: Any) -> list[Any]:
     return generators
 
 
-def _generator_states(generators: Sequence[Any]) -> list[np.ndarray]:
+def generator_states(generators: Sequence[Any]) -> list[np.ndarray]:
     return [np.asarray(g.state.numpy()) for g in generators]
 
 
-def _set_generator_states(generators: Sequence[Any], states: Sequence[np.ndarray]) -> None:
+def set_generator_states(generators: Sequence[Any], states: Sequence[np.ndarray]) -> None:
     for g, state in zip(generators, states, strict=True):
         g.state.assign(state)
 
@@ -40,13 +40,13 @@ def seeded(model: Any, seed: int) -> Iterator[int]:
     """Every Keras seed generator in the model set to a state derived from ``seed`` for the
     block, and restored afterwards. Yields how many were set."""
     generators = seed_generators(model)
-    saved = _generator_states(generators)
+    saved = generator_states(generators)
     try:
         for i, g in enumerate(generators):
             g.state.assign(np.array([seed, i], dtype=saved[i].dtype))
         yield len(generators)
     finally:
-        _set_generator_states(generators, saved)
+        set_generator_states(generators, saved)
 
 
 def batch_interactions(model: Any, training: bool) -> list[str]:

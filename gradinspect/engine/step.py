@@ -27,21 +27,21 @@ import numpy as np
 from gradinspect.distribute import first_replica
 from gradinspect.engine.figures import (
     GX_MERGES,
-    _axis_last,
-    _EagerSum,
-    _half_sumsq,
-    _leading_axes,
-    _moving_statistics,
-    _Packer,
-    _per_sample_sq,
-    _replica_context,
-    _row_count,
-    _shape,
-    _tf_variable,
-    _units_last,
-    _widened,
+    EagerSum,
+    Packer,
+    axis_last,
+    half_sumsq,
+    leading_axes,
+    moving_statistics,
+    per_sample_sq,
+    replica_context,
+    row_count,
+    shape_of,
+    tf_variable,
+    units_last,
+    widened,
 )
-from gradinspect.engine.hooks import _CallRecord, _Recorder, _Slot
+from gradinspect.engine.hooks import CallRecord, Recorder, Slot
 from gradinspect.engine.layout import Layout
 from gradinspect.engine.seeding import (
     seed_generators,
@@ -82,7 +82,7 @@ class TracedPass:
         self.full = full or verify
         self.per_sample = per_sample
         self.order: list[int] = []
-        self._slot: _Slot | None = None
+        self._slot: Slot | None = None
         self._cm: Any = None
         # Under a tf.distribute strategy every batch is split over the replicas: always one
         # compiled step (strategy.run), merged with the strategy's collectives
@@ -104,7 +104,7 @@ class TracedPass:
         self._param_cache: tuple[tuple[float, ...], Any] | None = None
         self._weights: list[tuple[np.ndarray, ...]] | None = None
         self._sums: list[list[Any]] | None = None
-        self._tf_vars = [[_tf_variable(self.tf, v.variable) for v in s.variables]
+        self._tf_vars = [[tf_variable(self.tf, v.variable) for v in s.variables]
                          for s in self.sites]
         # Where activation'(z) is low exactly on two tails of z (relu, relu6, sigmoid, tanh,
         # elu ...), the step counts low entries by comparing z with the tails' bounds instead of
@@ -113,7 +113,7 @@ class TracedPass:
                          and s.measured.tails_only() for s in self.sites]
         # BatchNormalization in inference normalises with its moving statistics: the step
         # measures how well they describe the data it sees
-        self._moving = [_moving_statistics(s.layer) if not training else None
+        self._moving = [moving_statistics(s.layer) if not training else None
                         for s in self.sites]
 
     def _label_ids(self, site: Site, labels: Any, units: int) -> Any:
@@ -137,11 +137,11 @@ class TracedPass:
         tf = self.tf
         if self._sums is None:  # made at zero: nothing to reset yet
             self._sums = [[tf.Variable(tf.zeros(v.shape, tf.float64), trainable=False)
-                           if self._compiled else _EagerSum(tuple(int(d) for d in v.shape))
+                           if self._compiled else EagerSum(tuple(int(d) for d in v.shape))
                            for v in vs] for vs in self._tf_vars]
             return
         for total in (t for per in self._sums for t in per):
-            if isinstance(total, _EagerSum):
+            if isinstance(total, EagerSum):
                 total.value = None
             else:
                 total.assign(tf.zeros(total.shape, tf.float64))
@@ -152,8 +152,8 @@ class TracedPass:
         assert self._sums is not None
         return [tuple(t.numpy() for t in per) for per in self._sums]
 
-    def _measured(self, recorder: _Recorder,
-                  calls: dict[int, list[_CallRecord]]) -> dict[int, list[Any]]:
+    def _measured(self, recorder: Recorder,
+                  calls: dict[int, list[CallRecord]]) -> dict[int, list[Any]]:
         """Per site, per call, units on the last axis: the measured activation's input (sites
         whose low set is two tails, see ``_bounded``), its derivative there (the others), or
         its output probabilities (softmax). Derivatives come from one second tape for all
@@ -174,9 +174,9 @@ class TracedPass:
                 fn = site.layer.activation
             for x, out in pairs:
                 if measured.kind == "softmax":
-                    found[i].append(_units_last(tf, out, site.channel_axis))
+                    found[i].append(units_last(tf, out, site.channel_axis))
                 elif self._bounded[i]:
-                    found[i].append(_units_last(tf, x, site.channel_axis))
+                    found[i].append(units_last(tf, x, site.channel_axis))
                 else:
                     watched.append((i, x, fn))
         if watched:
@@ -188,7 +188,7 @@ class TracedPass:
             derivatives = tape.gradient(outs, [x for _, x, _ in watched],
                                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
             for (i, _, _), d in zip(watched, derivatives, strict=True):
-                found[i].append(_units_last(tf, d, self.sites[i].channel_axis))
+                found[i].append(units_last(tf, d, self.sites[i].channel_axis))
         return found
 
     def _add_to_sums(self, grads: list[list[Any]]) -> None:
@@ -196,7 +196,7 @@ class TracedPass:
         assert self._sums is not None
         for sums, gs in zip(self._sums, grads, strict=True):
             for total, g in zip(sums, gs, strict=True):
-                if isinstance(total, _EagerSum):
+                if isinstance(total, EagerSum):
                     total.assign_add(tf.convert_to_tensor(g))  # dense, float64 on the host
                 elif isinstance(g, tf.IndexedSlices):  # Embedding: only the rows looked up
                     total.scatter_add(tf.IndexedSlices(tf.cast(g.values, tf.float64),
@@ -210,14 +210,14 @@ class TracedPass:
         thread's slot."""
         slot = self._slot
         assert slot is not None, "Probe used outside its context"
-        slot.recorder = _Recorder(tf=self.tf, want_z=self._want_z, full=self.full,
+        slot.recorder = Recorder(tf=self.tf, want_z=self._want_z, full=self.full,
                                   counting=counting)
         try:
             return self._recorded(slot.recorder, inputs, labels, params, counting)
         finally:
             slot.recorder = None
 
-    def _recorded(self, recorder: _Recorder, inputs: list[Any], labels: Any, params: Any,
+    def _recorded(self, recorder: Recorder, inputs: list[Any], labels: Any, params: Any,
                   counting: bool) -> dict[str, Any]:
         """One step. ``params`` is float32 ``[scale, confidence, low_0 ..., a_0 ..., b_0 ...]``
         (per site: the derivative threshold, and the z bounds of its low tails).
@@ -240,13 +240,13 @@ class TracedPass:
         if self.strategy is None:
             self._add_to_sums(var_grads)
         else:  # every replica gets the sum of all replicas' gradients (the outer step adds it)
-            var_grads = _replica_context(tf).all_reduce(
+            var_grads = replica_context(tf).all_reduce(
                 tf.distribute.ReduceOp.SUM, [[tf.convert_to_tensor(g) for g in gs]
                                              for gs in var_grads], options=self._options())
-        pack = _Packer(tf)
+        pack = Packer(tf)
         out_sq = self._pack_inputs(pack, total, inputs, checked)
         measured = self._measured(recorder, calls)
-        out_sq.update({id(c.out[0]): _half_sumsq(tf, c.out[0]) for i in range(len(self.sites))
+        out_sq.update({id(c.out[0]): half_sumsq(tf, c.out[0]) for i in range(len(self.sites))
                        for c in calls[i] if c.out})
         per_sample: dict[int, Any] = {}
         full: dict[int, Any] = {}
@@ -262,7 +262,7 @@ class TracedPass:
             view = site.dense_view
             if self.per_sample and site.adapter.per_sample and view is not None and has_z \
                     and has_x:
-                per_sample[i] = _per_sample_sq(
+                per_sample[i] = per_sample_sq(
                     tf, [c.x for c in cs], [d / tf.cast(scale, d.dtype) for d in deltas],
                     view if site.use_bias else None, view.n_in, view.n_out)
             if self.full:
@@ -277,7 +277,7 @@ class TracedPass:
                 "labels": ([self._gathered(y) for y in labels]
                            if labels is not None and self.full else None)}
 
-    def _tape_pass(self, recorder: _Recorder, inputs: list[Any], labels: Any,
+    def _tape_pass(self, recorder: Recorder, inputs: list[Any], labels: Any,
                    scale: Any) -> tuple[Any, Any]:
         """The forward pass under the tape and the backward pass: the scaled loss, and the
         gradients of every owned variable (the layers' input, output and pre-activation
@@ -302,7 +302,7 @@ class TracedPass:
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return total, var_grads
 
-    def _counted(self, calls: dict[int, list[_CallRecord]], has_xs: list[bool],
+    def _counted(self, calls: dict[int, list[CallRecord]], has_xs: list[bool],
                  checked: list[Any], order: list[int]) -> dict[str, Any]:
         """The counting pass's result: NaN/Inf in the inputs and labels, then per call of an
         entry with a float input the counts of its dL/dinput (``figures._counts``)."""
@@ -317,7 +317,7 @@ class TracedPass:
         self._traces[threading.get_ident()] = (order, {})
         return {"counts": self._gathered(tf.stack(fixed)[None])}
 
-    def _pack_inputs(self, pack: _Packer, total: Any, inputs: list[Any],
+    def _pack_inputs(self, pack: Packer, total: Any, inputs: list[Any],
                      checked: list[Any]) -> dict[int, Any]:
         """The loss, the sums of the checked inputs and labels (NaN/Inf show there), and the
         forward statistics of each float model input; returns the inputs' half sums of squares
@@ -329,14 +329,14 @@ class TracedPass:
         out_sq: dict[int, Any] = {}
         for k, t in enumerate(inputs):
             if t.dtype.is_floating:
-                wide = _widened(tf, t)
-                out_sq[id(t)] = _half_sumsq(tf, wide)
+                wide = widened(tf, t)
+                out_sq[id(t)] = half_sumsq(tf, wide)
                 pack.add(("input_stats", k), tf.stack([
                     tf.reduce_min(wide), tf.reduce_max(wide), tf.reduce_sum(wide),
                     tf.cast(out_sq[id(t)], wide.dtype)]), ("min", "max", "sum", "sum"))
         return out_sq
 
-    def _pack_calls(self, pack: _Packer, i: int, cs: list[_CallRecord], has_x: bool,
+    def _pack_calls(self, pack: Packer, i: int, cs: list[CallRecord], has_x: bool,
                     out_sq: dict[int, Any]) -> None:
         """Per call of entry ``i``: shapes, the forward signal (sums of squares of input and
         output: shared with the entry whose output this input is) and the reduced input and
@@ -344,20 +344,20 @@ class TracedPass:
         tf = self.tf
         for j, c in enumerate(cs):
             if has_x:
-                pack.add(("x_shape", i, j), _shape(tf, c.x), "rows")
+                pack.add(("x_shape", i, j), shape_of(tf, c.x), "rows")
                 shared = out_sq.get(id(c.x_source))
                 pack.add(("x_sq", i, j), shared if shared is not None
-                         else _half_sumsq(tf, c.x), "sum")
+                         else half_sumsq(tf, c.x), "sum")
                 g_x = c.gx or [tf.zeros((), c.x.dtype)] * 3  # the loss never reached it
                 for n, value in enumerate(g_x):
                     pack.add(("gx", i, j, n), value, GX_MERGES[n])
             if c.out:
-                pack.add(("out_shape", i, j), _shape(tf, c.out[0]), "rows")
+                pack.add(("out_shape", i, j), shape_of(tf, c.out[0]), "rows")
                 pack.add(("out_sq", i, j), out_sq[id(c.out[0])], "sum")
             pack.add(("gout", i, j), tf.add_n(c.gout_sq) if c.gout_sq
                      else tf.zeros((), tf.float32), "sum")
 
-    def _pack_activity(self, pack: _Packer, i: int, measured: list[Any], labels: Any,
+    def _pack_activity(self, pack: Packer, i: int, measured: list[Any], labels: Any,
                        confidence: Any, bounds: tuple[Any, Any, Any]) -> None:
         """Entry ``i``'s activation: confident rows of a softmax (and, with labels, the
         confident wrong ones), or per unit the entries whose derivative is low (by the z
@@ -370,7 +370,7 @@ class TracedPass:
         if not measured:
             return
         if profile is not None and profile.kind == "softmax":
-            probs = [tf.reshape(_widened(tf, p), (-1, units)) for p in measured]
+            probs = [tf.reshape(widened(tf, p), (-1, units)) for p in measured]
             confident_rows = [tf.reduce_max(p, axis=1) >= tf.cast(confidence, p.dtype)
                               for p in probs]
             pack.add(("confident", i), tf.add_n([tf.reduce_sum(tf.cast(c, tf.int32))
@@ -386,32 +386,32 @@ class TracedPass:
         if self._bounded[i]:
             lows = [self._outside(z, tail_a, tail_b) for z in measured]
         else:
-            lows = [tf.abs(_widened(tf, d)) < tf.cast(low, _widened(tf, d).dtype)
+            lows = [tf.abs(widened(tf, d)) < tf.cast(low, widened(tf, d).dtype)
                     for d in measured]
         pack.add(("low_per_unit", i), tf.add_n(
-            [tf.reduce_sum(tf.cast(m, tf.int32), axis=_leading_axes(m)) for m in lows]), "sum")
-        pack.add(("rows", i), _row_count(tf, lows), "sum")
+            [tf.reduce_sum(tf.cast(m, tf.int32), axis=leading_axes(m)) for m in lows]), "sum")
+        pack.add(("rows", i), row_count(tf, lows), "sum")
 
-    def _pack_moving(self, pack: _Packer, i: int, cs: list[_CallRecord], has_x: bool) -> None:
+    def _pack_moving(self, pack: Packer, i: int, cs: list[CallRecord], has_x: bool) -> None:
         """BatchNormalization in inference: per channel, the sum of (x - moving_mean)^2."""
         tf = self.tf
         moving = self._moving[i]
         if moving is None or not has_x:
             return
         mean, _, axis = moving
-        mean = _tf_variable(tf, mean)
+        mean = tf_variable(tf, mean)
         # two kernels per call (a fused squared difference, one reduction): an eager step
         # pays per op, and a MobileNet has 52 of these layers
         moments = []
         for c in cs:
-            x = _axis_last(tf, _widened(tf, c.x), axis)
+            x = axis_last(tf, widened(tf, c.x), axis)
             m = mean if mean.dtype == x.dtype else tf.cast(mean, x.dtype)
             moments.append(tf.reduce_sum(tf.math.squared_difference(x, m),
                                          axis=list(range(len(x.shape) - 1))))
         pack.add(("moving_moment", i), tf.add_n(moments) if len(moments) > 1 else moments[0],
                  "sum")
 
-    def _full_tensors(self, cs: list[_CallRecord], has_x: bool, has_z: bool,
+    def _full_tensors(self, cs: list[CallRecord], has_x: bool, has_z: bool,
                       deltas: list[Any]) -> dict[str, list[Any]]:
         """``full`` (``--verify``/``--values``): every call's tensors, with a static empty
         stand-in for what a call does not have."""
@@ -441,7 +441,7 @@ class TracedPass:
             return t
         # an identity first: a tensor every replica shares (captured from outside the
         # replica function) would be gathered once instead of once per replica
-        return _replica_context(self.tf).all_gather(self.tf.identity(t), axis=0,
+        return replica_context(self.tf).all_gather(self.tf.identity(t), axis=0,
                                                     options=self._options())
 
     def _gathered_rows(self, t: Any) -> Any:

@@ -106,7 +106,7 @@ def _keras2_fixed_config(meta: ModelFile) -> str | None:
     return json.dumps(config) if changed else None
 
 
-def _staged_model_file(meta: ModelFile, tmp: Path) -> Path:
+def staged_model_file(meta: ModelFile, tmp: Path) -> Path:
     """A path Keras can load: a symlink under the right extension, or, for a Keras 2 .h5 whose
     graph needs rewriting, a private copy with the rewritten config. The original is only read."""
     p, fmt = meta.path, meta.format
@@ -141,7 +141,7 @@ def _legacy_layer_entries(entry: dict[str, Any]) -> None:
             _legacy_layer_entries(layer)
 
 
-def _keras2_json_to_h5(config: dict[str, Any], weights: Path, out: Path) -> None:
+def keras2_json_to_h5(config: dict[str, Any], weights: Path, out: Path) -> None:
     """A Keras 2 architecture JSON + Keras 2 weights .h5 -> one full-model .h5 (temporary),
     the layout Keras 3's legacy loader reads. The inputs are only read."""
     import json
@@ -167,7 +167,7 @@ def _keras2_json_to_h5(config: dict[str, Any], weights: Path, out: Path) -> None
         dst.attrs["backend"] = str(src.attrs.get("backend", "tensorflow"))
 
 
-def _is_legacy_weights(path: Path) -> bool:
+def is_legacy_weights(path: Path) -> bool:
     import h5py
 
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gradinspect.errors import ModelLoadError
-from gradinspect.io.legacy import _is_legacy_weights, _keras2_json_to_h5, _staged_model_file
+from gradinspect.io.legacy import is_legacy_weights, keras2_json_to_h5, staged_model_file
 from gradinspect.io.loaded import InputSpec, LoadedModel
 from gradinspect.io.metadata import read_model_file
 from gradinspect.io.safety import (
@@ -28,7 +28,7 @@ from gradinspect.io.safety import (
     scan_config,
     weight_budget,
 )
-from gradinspect.io.sniff import _check_readable, detect_model_format, sniff
+from gradinspect.io.sniff import check_readable, detect_model_format, sniff
 
 
 def _model_inputs(model: Any) -> tuple[InputSpec, ...]:
@@ -163,7 +163,7 @@ def load_model(
     _, keras = _tf()
     with tempfile.TemporaryDirectory(prefix="gradinspect-") as tmp:
         try:
-            link = _staged_model_file(meta, Path(tmp))
+            link = staged_model_file(meta, Path(tmp))
         except Exception as exc:  # damaged HDF5 metadata surfaces as many exception types
             raise ModelLoadError(f"{p}: damaged model file ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''})",
@@ -214,7 +214,7 @@ def _load_json_model(
         raise ModelLoadError(f"{p}: is an architecture JSON without weights",
                              "pass the weights too: --weights model_weights.h5")
     wp = Path(weights)
-    _check_readable(wp, "weights", ModelLoadError)
+    check_readable(wp, "weights", ModelLoadError)
     if sniff(wp) == "hdf5":
         check_hdf5(wp, str(wp), ModelLoadError)
     meta = read_model_file(p, "json")
@@ -230,7 +230,7 @@ def _load_json_model(
             with _safe_mode(keras, unsafe), weight_budget(keras, str(p), budget):
                 if keras2:
                     staged = Path(tmp) / "model.h5"
-                    _keras2_json_to_h5(config, wp, staged)
+                    keras2_json_to_h5(config, wp, staged)
                     model = keras.models.load_model(str(staged), compile=False,
                                                     safe_mode=not unsafe,
                                                     custom_objects=dict(custom_objects or {}))
@@ -238,7 +238,7 @@ def _load_json_model(
                     model = keras.models.model_from_json(
                         json.dumps(config), custom_objects=dict(custom_objects or {}))
                     link = Path(tmp) / ("model.weights.h5" if sniff(wp) == "hdf5"
-                                        and not _is_legacy_weights(wp) else "model.h5")
+                                        and not is_legacy_weights(wp) else "model.h5")
                     link.symlink_to(wp.resolve())
                     model.load_weights(str(link))
         except ModelLoadError:

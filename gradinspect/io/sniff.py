@@ -47,7 +47,7 @@ def _readable(path: Path) -> bool:
     return os.access(path, os.R_OK)
 
 
-def _check_readable(path: Path, kind: str, error: type[ModelLoadError] | type[DataError]) -> None:
+def check_readable(path: Path, kind: str, error: type[ModelLoadError] | type[DataError]) -> None:
     if not path.exists():
         raise error(f"{kind} file not found: {path}", "check the path and spelling")
     require_regular_file(path, kind, error)  # a FIFO or device is never opened
@@ -55,7 +55,7 @@ def _check_readable(path: Path, kind: str, error: type[ModelLoadError] | type[Da
         raise error(f"{kind} file is not readable: {path}", "check its permissions")
 
 
-def _zip_names(path: Path, error: type[ModelLoadError] | type[DataError] = ModelLoadError,
+def zip_names(path: Path, error: type[ModelLoadError] | type[DataError] = ModelLoadError,
                what: str = "zip archive",
                hint: str = "the file is truncated or corrupt; save or download it again",
                ) -> list[str]:
@@ -86,7 +86,7 @@ def _h5_model_kind(path: Path) -> str:
 
 def detect_model_format(path: Path) -> str:
     """``keras`` or ``h5``, or raise a ``ModelLoadError`` that says what the file is instead."""
-    _check_readable(path, "model", ModelLoadError)
+    check_readable(path, "model", ModelLoadError)
     kind = sniff(path)
     if kind == "savedmodel":
         raise ModelLoadError(
@@ -106,7 +106,7 @@ def detect_model_format(path: Path) -> str:
             "gradinspect MODEL DATA"
         )
     if kind == "zip":
-        names = _zip_names(path)
+        names = zip_names(path)
         if "config.json" in names:
             check_keras_archive(path)
             return "keras"

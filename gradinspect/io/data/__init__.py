@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gradinspect.errors import DataError
-from gradinspect.io.data.csv import _looks_like_text, read_csv
+from gradinspect.io.data.csv import looks_like_text, read_csv
 from gradinspect.io.data.hdf5 import read_hdf5
 from gradinspect.io.data.npy import read_npy
 from gradinspect.io.data.npz import read_npz
 from gradinspect.io.data.rows import ArrayLike
-from gradinspect.io.sniff import _check_readable, sniff
+from gradinspect.io.sniff import check_readable, sniff
 
 
 class Reader(Protocol):
@@ -48,11 +48,11 @@ def read_arrays(spec: str | os.PathLike[str],
                 closers: list[Any]) -> tuple[Path, Mapping[str, ArrayLike]]:
     """Every array a data file holds, by name (``""`` for a single unnamed array)."""
     path, inner = split_dataset_spec(spec)
-    _check_readable(path, "data", DataError)
+    check_readable(path, "data", DataError)
     kind = sniff(path)
     if inner is not None and kind != "hdf5":
         raise DataError(f"{path}: FILE:/dataset works for HDF5 files only", "drop :/...")
-    reader = READERS.get("text" if kind == "unknown" and _looks_like_text(path) else kind)
+    reader = READERS.get("text" if kind == "unknown" and looks_like_text(path) else kind)
     if reader is not None:
         return path, reader(path, inner, closers)
     if kind in ("directory", "savedmodel"):

@@ -29,7 +29,7 @@ def _load_csv(path: Path) -> dict[str, ArrayLike]:
     return {"": array}
 
 
-def _looks_like_text(path: Path) -> bool:
+def looks_like_text(path: Path) -> bool:
     with path.open("rb") as f:
         head = f.read(4096)
     if b"\x00" in head:

@@ -17,7 +17,7 @@ from gradinspect.io.safety import (
     SPARSE_RATIO,
     available_memory,
 )
-from gradinspect.io.sniff import _zip_names
+from gradinspect.io.sniff import zip_names
 
 
 class _LazyNpz(Mapping[str, ArrayLike]):
@@ -88,7 +88,7 @@ class _LazyNpz(Mapping[str, ArrayLike]):
 def read_npz(path: Path, inner: str | None, closers: list[Any]) -> Mapping[str, ArrayLike]:
     """The ``Reader`` of .npz archives: every member by name, decompressed when used; a zip
     that is a Keras model is refused as data."""
-    names = _zip_names(path, DataError, "zip/.npz archive", "save it again")
+    names = zip_names(path, DataError, "zip/.npz archive", "save it again")
     if "config.json" in names:
         raise DataError(f"{path}: is a Keras model, not data",
                         "did you swap MODEL and DATA? usage: gradinspect MODEL DATA")

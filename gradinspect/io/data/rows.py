@@ -99,7 +99,7 @@ class NpyRows:
         return int(self.shape[0])
 
 
-def _first_rows(array: ArrayLike, n: int) -> ArrayLike:
+def first_rows(array: ArrayLike, n: int) -> ArrayLike:
     if isinstance(array, H5Rows):
         return H5Rows(array.dataset, n)
     if isinstance(array, NpyRows):

@@ -13,7 +13,7 @@ import numpy as np
 
 from gradinspect.errors import DataError
 from gradinspect.io.data import read_arrays
-from gradinspect.io.data.rows import ArrayLike, _first_rows
+from gradinspect.io.data.rows import ArrayLike, first_rows
 from gradinspect.io.loaded import InputSpec, LoadedData
 
 LABEL_KEYS = ("y", "labels")
@@ -191,9 +191,9 @@ def validate_arrays(
                     "labels need one row per sample, in the same order",
                 )
     if samples is not None:
-        arrays = [_first_rows(a, samples) for a in arrays]
+        arrays = [first_rows(a, samples) for a in arrays]
         if labels is not None:
-            labels = [_first_rows(y, samples) for y in labels]
+            labels = [first_rows(y, samples) for y in labels]
     return LoadedData(
         path=label,
         names=tuple(names),

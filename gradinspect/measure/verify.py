@@ -1,10 +1,8 @@
 """Self-checks from the Dense identities, in float64 numpy: closed-form verification of the tape
-(``--verify``) and the summary of per-sample gradient norms (``--per-sample``; the norms
-themselves are reduced inside the probe's step).
+(``--verify``).
 
-No TensorFlow here: the probe hands over the captured x, z, g and (for ``--verify``) a float64
-finite-difference derivative of the activation; everything else is arithmetic on arrays.
-"""
+No TensorFlow here: the step hands over the captured x, z, g and a float64 finite-difference
+derivative of the activation; everything else is arithmetic on arrays."""
 
 from __future__ import annotations
 
@@ -15,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gradinspect.report import ErrorStats, PerSampleStats, SampleNorm, VerifyStats
+from gradinspect.report import ErrorStats, VerifyStats
 
 F64 = npt.NDArray[np.float64]
 
@@ -205,30 +203,3 @@ class VerifyAccumulator:
             tolerance=tolerance,
             ok=bool(worst <= tolerance),
         )
-
-
-def per_sample_stats(sq_norms: npt.ArrayLike, mean_grad_sq_norm: float, top: int = 5,
-                     outlier_mad: float = 5.0) -> PerSampleStats:
-    """Summary of per-sample gradient norms: spread, the samples that dominate, and the gradient
-    signal-to-noise ratio ||mean g||^2 / mean ||g_i||^2."""
-    sq = np.asarray(sq_norms, dtype=np.float64)
-    norms = np.sqrt(np.maximum(sq, 0.0))
-    median = float(np.median(norms))
-    mad = float(np.median(np.abs(norms - median))) * 1.4826
-    ranked = np.argsort(-norms, kind="stable")  # largest first; one sort for both lists
-    if mad == 0:
-        # Most samples share one norm (often exactly zero: confident and right), so the MAD is
-        # 0; the mean absolute deviation still sees the few samples that carry the gradient.
-        mad = float(np.mean(np.abs(norms - median))) * 1.2533
-    cut = median + outlier_mad * mad
-    outliers = ranked[norms[ranked] > cut] if mad > 0 else ranked[:0]
-    mean_sq = float(sq.mean())
-    return PerSampleStats(
-        min=float(norms.min()),
-        median=median,
-        max=float(norms.max()),
-        top=tuple(SampleNorm(index=int(i), norm=float(norms[i])) for i in ranked[:top]),
-        outliers=tuple(int(i) for i in outliers[:20]),
-        outlier_count=int(outliers.size),
-        gsnr=mean_grad_sq_norm / mean_sq if mean_sq > 0 else math.nan,
-    )
