@@ -228,6 +228,10 @@ def emit(report: Report, config: CliConfig) -> None:
     fmt = config.output_format
     if fmt is OutputFormat.JSON:
         sys.stdout.write(render_json(report))
+    elif fmt is OutputFormat.MARKDOWN:
+        from gradinspect.render.markdown import render_markdown
+
+        sys.stdout.write(render_markdown(report))
     elif fmt is OutputFormat.TABLE:
         from gradinspect.render.table import report_renderable
 
@@ -240,6 +244,14 @@ def emit(report: Report, config: CliConfig) -> None:
     else:
         assert_never(fmt)
     sys.stdout.flush()
+
+
+def _output_format(json_out: bool, markdown: bool) -> OutputFormat:
+    """``--json`` or ``--markdown`` (not both), else tables."""
+    if json_out and markdown:
+        raise UsageError("--json and --markdown both ask for stdout", "pass one of them")
+    return (OutputFormat.JSON if json_out else OutputFormat.MARKDOWN if markdown
+            else OutputFormat.TABLE)
 
 
 def _wide_console() -> Console:
@@ -410,6 +422,9 @@ def inspect(
         "memory available].")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout "
                                            "instead of tables.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the report as GitHub "
+                                           "Markdown (tables and a findings list) for an issue "
+                                           "or a pull request.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON "
                                                 "report to FILE (atomically).",
                                                 metavar="FILE")] = None,
@@ -540,7 +555,7 @@ def inspect(
                 memory_budget=parse_size(memory_budget, "--memory-budget"),
                 worker_timeout=worker_timeout if distribute is not Distribute.NONE else None,
             ),
-            output_format=OutputFormat.JSON if json_out else OutputFormat.TABLE,
+            output_format=_output_format(json_out, markdown),
             output=output,
             flow=flow,
             plot=plot,

@@ -13,6 +13,7 @@ class OutputFormat(StrEnum):
 
     TABLE = "table"
     JSON = "json"
+    MARKDOWN = "markdown"
 
 
 def _text(report: Report) -> str:

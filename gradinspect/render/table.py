@@ -101,7 +101,7 @@ KIND_LABEL = {"dense": "dense", "einsum_dense": "einsum", "conv": "conv", "embed
 """Short labels for the summary table's kind column (the JSON spells kinds out)."""
 
 
-def _main_shape(layer: LayerReport) -> str:
+def main_shape(layer: LayerReport) -> str:
     """The shape of the entry's first non-offset variable (Dense: the kernel)."""
     from gradinspect.report import is_offset
 
@@ -140,8 +140,8 @@ def summary_table(report: Report) -> Table:
             str(i),
             Text(plain(_layer_label(layer))),
             Text(plain(KIND_LABEL.get(layer.kind, layer.kind))),
-            Text(plain(_act_label(layer))),
-            _main_shape(layer),
+            Text(plain(act_label(layer))),
+            main_shape(layer),
             fmt(layer.weight_grad_norm, 3),
             fmt(layer.grads.input.norm, 3) if layer.grads.input is not None else "-",
             fmt(layer.grad_to_weight, 3),
@@ -151,7 +151,7 @@ def summary_table(report: Report) -> Table:
     return table
 
 
-def _act_label(layer: LayerReport) -> str:
+def act_label(layer: LayerReport) -> str:
     """The activation measured (a following activation layer's, marked →), else the layer's
     own; empty for kinds without one."""
     if layer.activity is not None and layer.activity.source != "layer":
