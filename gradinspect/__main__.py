@@ -1,5 +1,5 @@
 """``python -m gradinspect`` runs the CLI."""
 
-from gradinspect.cli import main
+from gradinspect.cli.commands import main
 
 main()

@@ -1,7 +1,7 @@
 """Exit codes and the exception family that maps onto them.
 
 Every failure the tool anticipates is a ``GradInspectError`` subclass that carries its exit
-status, so ``cli.py`` maps errors to codes in one place and nothing else decides how to exit.
+status, so ``cli.terminal`` maps errors to codes in one place and nothing else decides how to exit.
 """
 
 from __future__ import annotations

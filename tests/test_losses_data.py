@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import gradinspect
 from gradinspect import cli
+from gradinspect.cli import terminal as cli_terminal
 from gradinspect.errors import DataError, ExitStatus, UsageError
 
 RNG = np.random.default_rng(5)
@@ -399,12 +400,13 @@ def test_progress_bar_goes_to_a_terminal_stderr_only(tfk: Any, tmp_path: Path,
     np.save(tmp_path / "x.npy", np.tile(X, (20, 1)))
     args = [str(tmp_path / "m.keras"), str(tmp_path / "x.npy"), "--batch-size", "16", "--json"]
     terminal = io.StringIO()
-    monkeypatch.setattr(cli, "stderr", Console(file=terminal, force_terminal=True, width=80))
+    monkeypatch.setattr(cli_terminal, "stderr",
+                        Console(file=terminal, force_terminal=True, width=80))
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 0
     json.loads(result.stdout)  # stdout is the report only
     assert "samples" in terminal.getvalue()  # the bar was drawn on the (terminal) stderr
     piped = io.StringIO()
-    monkeypatch.setattr(cli, "stderr", Console(file=piped, force_terminal=False))
+    monkeypatch.setattr(cli_terminal, "stderr", Console(file=piped, force_terminal=False))
     assert runner.invoke(cli.app, args).exit_code == 0
     assert piped.getvalue() == ""

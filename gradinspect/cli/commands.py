@@ -1,109 +1,39 @@
-"""The command line: options -> one frozen config -> the API -> a renderer -> an exit code.
+"""The commands: ``gradinspect MODEL DATA`` (options -> one frozen config -> the API -> a
+renderer -> an exit code), ``gradinspect diff`` and ``gradinspect timeline``, and ``main``.
 
-The only module that prints to the terminal or exits. TensorFlow is never imported at module
-level (nor by anything imported here at module level), so ``--help`` and ``--version`` are
-instant.
-"""
+TensorFlow is never imported at module level (nor by anything imported here at module level),
+so ``--help`` and ``--version`` are instant."""
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
-import tomllib
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, assert_never
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from gradinspect import __version__
-from gradinspect.config import InspectOptions, LoadOptions, Thresholds
-from gradinspect.distribute import DEFAULT_TIMEOUT, DistributeOptions
-from gradinspect.errors import ExitStatus, GradInspectError, OutputError, UsageError
-from gradinspect.plaintext import plain
-from gradinspect.render import OutputFormat
-from gradinspect.report import Report, Severity
-
-EXIT_CODES_HELP = (
-    "Exit codes: 0 ok; 1 findings at or above --fail-on; 2 bad usage; 3 model cannot be "
-    "loaded; 4 data cannot be loaded or does not fit; 5 the pass failed; 6 output cannot be "
-    "written; 130 interrupted."
+from gradinspect.cli.options import (
+    EXIT_CODES_HELP,
+    GRADCHECK_DEFAULT,
+    CliConfig,
+    Distribute,
+    FailOn,
+    LossSemantics,
+    Reduction,
+    check_kinds,
+    normalise_argv,
+    parse_size,
+    parse_thresholds,
+    project_thresholds,
 )
+from gradinspect.cli.output import emit, exit_status, output_format, show
+from gradinspect.cli.terminal import exit_with, fail, progress_hook, stderr
+from gradinspect.config import InspectOptions, LoadOptions
+from gradinspect.distribute import DEFAULT_TIMEOUT, DistributeOptions
+from gradinspect.errors import ExitStatus
 
-
-GRADCHECK_DEFAULT = 5
-
-
-def _normalise_argv(argv: list[str]) -> list[str]:
-    """``--gradcheck`` may come without K: give it the default count."""
-    out: list[str] = []
-    for i, arg in enumerate(argv):
-        out.append(arg)
-        if arg == "--gradcheck":
-            following = argv[i + 1] if i + 1 < len(argv) else ""
-            if not following.isdigit():
-                out.append(str(GRADCHECK_DEFAULT))
-    return out
-
-
-class FailOn(StrEnum):
-    """Severity at which the exit code becomes 1."""
-
-    NEVER = "never"
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-
-
-class LossSemantics(StrEnum):
-    """Which Keras' crossentropy rules the loss follows."""
-
-    KERAS2 = "keras2"
-    KERAS3 = "keras3"
-
-
-class Distribute(StrEnum):
-    """Where the pass runs."""
-
-    NONE = "none"
-    MIRRORED = "mirrored"
-    MULTIWORKER = "multiworker"
-
-
-class Reduction(StrEnum):
-    """How per-sample loss terms are combined."""
-
-    SUM = "sum"
-    MEAN = "mean"
-
-
-@dataclass(frozen=True)
-class CliConfig:
-    """Everything one CLI run needs, parsed and checked."""
-
-    model: Path
-    data: str
-    labels: str | None
-    load: LoadOptions
-    options: InspectOptions
-    output_format: OutputFormat
-    output: Path | None
-    flow: bool
-    plot: Path | None
-    fail_on: FailOn
-    details: bool | None
-    show_traceback: bool
-    tensorboard: Path | None = None
-    step: int = 0
-    distribute: DistributeOptions = field(default_factory=DistributeOptions)
-
-
-stderr = Console(stderr=True, highlight=False)
 
 def _typer_app() -> typer.Typer:
     """One configuration for the three commands (inspect, diff, timeline)."""
@@ -124,180 +54,6 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit(0)
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2,
-               "mb": 1000**2, "mib": 1 << 20, "g": 1000**3, "gb": 1000**3, "gib": 1 << 30,
-               "t": 1000**4, "tb": 1000**4, "tib": 1 << 40}
-
-
-def parse_size(text: str, option: str = "--memory-budget") -> int:
-    """``1GiB``, ``512MiB``, ``2G``, ``1e9``: a size in bytes (a whole number, at least 1)."""
-    raw = text.strip().lower().replace(" ", "")
-    number = raw.rstrip("kmgtib")
-    unit = raw[len(number):]
-    try:
-        value = float(number)
-    except ValueError:
-        value = -1.0
-    if unit not in _SIZE_UNITS or not value >= 1 or value * _SIZE_UNITS[unit] > 1 << 62:
-        raise UsageError(f"{option} {text!r} is not a size",
-                         "give bytes or a number with a unit: 512MiB, 2GiB, 1e9")
-    return int(value * _SIZE_UNITS[unit])
-
-
-def _check_kinds(kinds: list[str]) -> tuple[str, ...]:
-    from gradinspect.engine.adapters import KINDS
-
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise UsageError(f"--kind {unknown[0]!r} is not a layer kind",
-                         f"kinds: {', '.join(KINDS)}")
-    return tuple(kinds)
-
-
-def _parse_thresholds(pairs: list[str], base: Thresholds) -> Thresholds:
-    changes: dict[str, float] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise UsageError(
-                f"--threshold {pair!r}: expected NAME=VALUE", "e.g. vanishing_abs=1e-8"
-            )
-        try:
-            changes[name.strip().replace("-", "_")] = float(value)
-        except ValueError:
-            raise UsageError(f"--threshold {pair!r}: {value!r} is not a number") from None
-    try:
-        return base.replace(**changes)
-    except KeyError as exc:
-        names = ", ".join(Thresholds.__dataclass_fields__)
-        raise UsageError(f"unknown threshold {exc.args[0]!r}", f"known: {names}") from None
-
-
-def project_thresholds(start: Path) -> Thresholds:
-    """Thresholds from ``[tool.gradinspect.thresholds]`` of the nearest pyproject.toml."""
-    for folder in (start, *start.parents):
-        candidate = folder / "pyproject.toml"
-        if candidate.is_file():
-            try:
-                with candidate.open("rb") as f:
-                    table = tomllib.load(f).get("tool", {}).get("gradinspect", {})
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise UsageError(f"{candidate}: cannot read ({exc})") from exc
-            values = table.get("thresholds", {})
-            try:
-                return Thresholds().replace(**{k: float(v) for k, v in values.items()})
-            except (KeyError, TypeError, ValueError) as exc:
-                raise UsageError(
-                    f"{candidate}: bad [tool.gradinspect.thresholds] entry {exc}",
-                    f"known: {', '.join(Thresholds.__dataclass_fields__)}",
-                ) from None
-    return Thresholds()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: never a torn file."""
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror})", "check the folder") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def emit(report: Report, config: CliConfig) -> None:
-    """Print the report on stdout in the chosen format, and write ``--output``."""
-    from gradinspect.render.json import render_json
-
-    if config.output is not None:
-        try:
-            write_atomic(config.output, render_json(report))
-        except OSError as exc:
-            raise OutputError(f"{config.output}: cannot write ({exc})") from exc
-    if config.plot is not None:
-        from gradinspect.render.flow import write_plot
-
-        write_plot(report, config.plot)
-    fmt = config.output_format
-    if fmt is OutputFormat.JSON:
-        sys.stdout.write(render_json(report))
-    elif fmt is OutputFormat.MARKDOWN:
-        from gradinspect.render.markdown import render_markdown
-
-        sys.stdout.write(render_markdown(report))
-    elif fmt is OutputFormat.TABLE:
-        from gradinspect.render.table import report_renderable
-
-        out = _wide_console()
-        out.print(report_renderable(report, details=config.details))
-        if config.flow:
-            from gradinspect.render.flow import flow_renderable
-
-            out.print(flow_renderable(report))
-    else:
-        assert_never(fmt)
-    sys.stdout.flush()
-
-
-def _output_format(json_out: bool, markdown: bool) -> OutputFormat:
-    """``--json`` or ``--markdown`` (not both), else tables."""
-    if json_out and markdown:
-        raise UsageError("--json and --markdown both ask for stdout", "pass one of them")
-    return (OutputFormat.JSON if json_out else OutputFormat.MARKDOWN if markdown
-            else OutputFormat.TABLE)
-
-
-def _wide_console() -> Console:
-    """stdout for tables: the terminal's width, at least 100 columns."""
-    return Console(highlight=False, width=max(100, Console().width))
-
-
-def _show(json_out: bool, as_json: Callable[[], str], renderable: Callable[[], Any]) -> None:
-    """A command's result on stdout: its JSON text, or its table."""
-    if json_out:
-        sys.stdout.write(as_json())
-    else:
-        _wide_console().print(renderable())
-
-
-def exit_status(report: Report, fail_on: FailOn) -> ExitStatus:
-    """``FINDINGS`` when a finding reaches ``--fail-on``, else ``SUCCESS``."""
-    if fail_on is FailOn.NEVER:
-        return ExitStatus.SUCCESS
-    threshold = Severity(fail_on.value).rank
-    worst = report.worst_severity()
-    return ExitStatus.FINDINGS if worst is not None and worst.rank >= threshold else (
-        ExitStatus.SUCCESS
-    )
-
-
-def _progress_hook(config: CliConfig) -> Any:
-    """A stderr progress bar for multi-batch runs when stderr is a terminal, else nothing."""
-    if not stderr.is_terminal:
-        return None, None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    progress = Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), console=stderr, transient=True,
-    )
-    task = progress.add_task("samples", total=None)
-
-    def hook(done: int, total: int) -> None:
-        if done < total and not progress.live.is_started:
-            progress.start()
-        progress.update(task, completed=done, total=total)
-
-    return hook, progress
-
-
 def run(config: CliConfig) -> ExitStatus:
     """Inspect, print, and decide the exit status."""
     from gradinspect.api import inspect_files
@@ -308,7 +64,7 @@ def run(config: CliConfig) -> ExitStatus:
     if options.kind == "multiworker" and not _SUPERVISED:
         return ExitStatus(supervised(lambda beat: _child_status(config, beat), options.timeout))
     strategy = make_strategy(options)  # before TensorFlow runs anything
-    hook, progress = _progress_hook(config)
+    hook, progress = progress_hook(config)
 
     def on_batch(done: int, total: int) -> None:
         if _BEAT is not None:
@@ -344,6 +100,8 @@ def run(config: CliConfig) -> ExitStatus:
 
 _SUPERVISED = False
 """In the child process of a supervised multi-worker run (``distribute.supervised``)."""
+
+
 _BEAT: Callable[[str], None] | None = None
 """There: tells the parent what the child does next."""
 
@@ -354,44 +112,9 @@ def _child_status(config: CliConfig, beat: Callable[[str], None]) -> int:
     _SUPERVISED, _BEAT = True, beat
     beat("waiting for every worker in TF_CONFIG to start")
     try:
-        _exit_with(lambda: run(config), config.show_traceback)
+        exit_with(lambda: run(config), config.show_traceback)
     except SystemExit as exc:
         return int(exc.code or 0)
-
-
-def _fail(message: str, status: ExitStatus) -> NoReturn:
-    """One line on stderr and the exit code. The message carries file names and text from
-    files: it is printed as plain text (no markup), control characters escaped."""
-    from rich.text import Text
-
-    stderr.print(Text.assemble(("gradinspect:", "bold red"), " ", plain(message)),
-                 soft_wrap=True, highlight=False)
-    raise SystemExit(int(status))
-
-
-def _exit_with(body: Callable[[], ExitStatus], show_traceback: bool) -> NoReturn:
-    """Run a command's body and exit with its status; every error becomes one line on stderr
-    and its documented exit code (the Python traceback only with ``--traceback``)."""
-    try:
-        status = body()
-    except KeyboardInterrupt:
-        _fail("interrupted", ExitStatus.INTERRUPTED)
-    except GradInspectError as exc:
-        if show_traceback:
-            traceback.print_exc()
-        _fail(exc.one_line(), exc.status)
-    except Exception as exc:
-        _internal(exc, show_traceback)
-    raise SystemExit(int(status))
-
-
-def _internal(exc: Exception, show_traceback: bool) -> NoReturn:
-    """The last line of defence: one line, never a bare traceback."""
-    if show_traceback:
-        traceback.print_exc()
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    _fail(f"internal error: {type(exc).__name__}: {first} (rerun with --traceback and report "
-          "it)", ExitStatus.RUN_ERROR)
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -534,7 +257,7 @@ def inspect(
     Compare two reports with: gradinspect diff A.json B.json; follow a run recorded by the
     callback with: gradinspect timeline grads.jsonl"""
     def body() -> ExitStatus:
-        thresholds = _parse_thresholds(threshold or [], project_thresholds(Path.cwd()))
+        thresholds = parse_thresholds(threshold or [], project_thresholds(Path.cwd()))
         config = CliConfig(
             model=model,
             data=data,
@@ -550,12 +273,12 @@ def inspect(
                 batch_size=batch_size, samples=samples, training=training,
                 thresholds=thresholds, verify=verify, gradcheck=gradcheck,
                 per_sample=per_sample, seed=seed, layers=tuple(layer or ()),
-                kinds=_check_kinds(kind or []), values=values,
+                kinds=check_kinds(kind or []), values=values,
                 gradients=tensorboard is not None,
                 memory_budget=parse_size(memory_budget, "--memory-budget"),
                 worker_timeout=worker_timeout if distribute is not Distribute.NONE else None,
             ),
-            output_format=_output_format(json_out, markdown),
+            output_format=output_format(json_out, markdown),
             output=output,
             flow=flow,
             plot=plot,
@@ -576,7 +299,7 @@ def inspect(
                          markup=True, soft_wrap=True)
         return run(config)
 
-    _exit_with(body, show_traceback)
+    exit_with(body, show_traceback)
 
 
 diff_app = _typer_app()
@@ -603,10 +326,10 @@ def diff(
         a_name, a_doc = read_report(a)
         b_name, b_doc = read_report(b)
         result = diff_reports(a_doc, b_doc, a_name, b_name)
-        _show(json_out, lambda: render_diff_json(result), lambda: diff_renderable(result))
+        show(json_out, lambda: render_diff_json(result), lambda: diff_renderable(result))
         return ExitStatus.SUCCESS
 
-    _exit_with(body, show_traceback)
+    exit_with(body, show_traceback)
 
 
 timeline_app = _typer_app()
@@ -644,14 +367,14 @@ def timeline(
 
     def body() -> ExitStatus:
         result = build_timeline(read_records(file), str(file), tuple(layer or ()),
-                                _check_kinds(kind or []))
+                                check_kinds(kind or []))
         if plot is not None:
             write_timeline_plot(result, plot)
-        _show(json_out, lambda: render_timeline_json(result),
+        show(json_out, lambda: render_timeline_json(result),
               lambda: timeline_renderable(result))
         return ExitStatus.SUCCESS
 
-    _exit_with(body, show_traceback)
+    exit_with(body, show_traceback)
 
 
 def main() -> None:
@@ -664,6 +387,6 @@ def main() -> None:
         elif argv[:1] == ["timeline"]:
             timeline_app(args=argv[1:], prog_name="gradinspect timeline")
         else:
-            app(args=_normalise_argv(argv), prog_name="gradinspect")
+            app(args=normalise_argv(argv), prog_name="gradinspect")
     except KeyboardInterrupt:
-        _fail("interrupted", ExitStatus.INTERRUPTED)
+        fail("interrupted", ExitStatus.INTERRUPTED)
