@@ -12,7 +12,8 @@ import numpy as np
 
 from gradinspect import __version__
 from gradinspect.config import Thresholds
-from gradinspect.diagnose import LayerFigures, RunFigures, diagnose
+from gradinspect.diagnose import diagnose
+from gradinspect.diagnose.figures import LayerFigures, RunFigures
 from gradinspect.labels import (
     crossentropy_from_logits,
     find_logits_mismatch,

@@ -1,0 +1,75 @@
+"""What the rules read: per entry (``LayerFigures``) and per run (``RunFigures``), computed by
+``measure.summary``. Frozen records; plain numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gradinspect.report import (
+    ActivationStats,
+    ArrayStats,
+    ForwardStats,
+    GradcheckStats,
+    GradStats,
+    LayerGrads,
+    VerifyStats,
+)
+
+
+@dataclass(frozen=True)
+class LayerFigures:
+    """What diagnose needs to know about one layer."""
+
+    path: str
+    kind: str
+    activation: str | None
+    units: int | None
+    grads: LayerGrads
+    weight_grad: GradStats
+    """dL/dW over the entry's variables but the offsets (Dense: the kernel)."""
+    weight_norm: float
+    """||W|| over the same variables."""
+    weights_nonfinite: bool
+    grad_to_weight: float
+    backward_gain: float
+    activity: ActivationStats | None
+    constant_output: bool = False
+    """The layer's output reaches the loss only as a sum of softmax probabilities (constant),
+    so its gradients are mathematically zero and what the tape shows is rounding noise."""
+    verify: VerifyStats | None = None
+    gradcheck: GradcheckStats | None = None
+    logits_mismatch: tuple[str, bool] | None = None
+    """(loss name, its from_logits) when they contradict this output layer's activation."""
+    single_unit_softmax: bool = False
+    """A model output that is a softmax over one unit: always 1, whatever the input."""
+    loss_activation: tuple[str, str] | None = None
+    """(activation, loss) of an output whose crossentropy does not fit its activation."""
+    kernel_zero: bool = False
+    """Every weight of the layer but the offsets is exactly zero."""
+    forward: ForwardStats | None = None
+    """Input and output RMS (and, for BatchNormalization in inference, the fit of its moving
+    statistics)."""
+    moving_initial: bool = False
+    """BatchNormalization whose moving statistics are still at their initial values."""
+    is_output: bool = False
+    """The entry produces a model output."""
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """What diagnose needs to know about the run."""
+
+    samples: int
+    loss_name: str
+    loss_reduction: str
+    loss_value: float
+    data_nonfinite: int
+    data_entries: int
+    constant_loss: bool = False
+    """Every model output is a softmax fed to ``sum``/``mean``: the loss is a constant."""
+    arrays: tuple[tuple[str, ArrayStats | None], ...] = ()
+    """Each model input's name and value statistics."""
+    activations: frozenset[str] = frozenset()
+    """Activation names used by the inspected entries (to keep hints to what is missing)."""
+    layer_classes: frozenset[str] = frozenset()
+    """Class names of every layer in the model."""

@@ -1,0 +1,112 @@
+"""The forward signal: unscaled input data, activations that collapse through the layers, and
+BatchNormalization moving statistics that do not describe the data.
+
+``CODES``: the codes this family emits, with what each means (``diagnose.CODES`` joins them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from gradinspect.config import Thresholds
+from gradinspect.diagnose.figures import LayerFigures, RunFigures
+from gradinspect.diagnose.rules.common import fmt3
+from gradinspect.report import (
+    Finding,
+    Severity,
+)
+
+CODES: dict[str, str] = {
+    "unscaled_input": "an input array is far from standardised (e.g. 0..255 pixels) and the "
+    "model does not scale it",
+    "vanishing_activations": "the forward signal (an entry's input RMS) collapses by orders of "
+    "magnitude relative to the layers before it",
+    "untrained_batchnorm": "in inference mode, a BatchNormalization's moving statistics do not "
+    "describe the data (never trained, or after one training call)",
+}
+
+
+def batchnorm_rule(layer: LayerFigures, run: RunFigures, t: Thresholds) -> list[Finding]:
+    """BatchNormalization in inference whose moving statistics do not describe the data: it
+    scales the signal by their misfit instead of normalising it."""
+    fit = layer.forward.moving_stats_rms if layer.forward is not None else None
+    if fit is None or not math.isfinite(fit) or 1 / t.batchnorm_mismatch <= fit \
+            <= t.batchnorm_mismatch:
+        return []
+    state = ("are still at their initial values (mean 0, variance 1): it was never trained"
+             if layer.moving_initial else "were not computed on data like this")
+    return [Finding(
+        "untrained_batchnorm", Severity.WARNING,
+        f"in inference mode this layer normalises with its moving statistics, which {state}; "
+        f"(x - moving_mean) / sqrt(moving_variance) has RMS {fmt3(fit)} on this data "
+        f"(1 when they fit), so it {'shrinks' if fit < 1 else 'inflates'} the signal by that "
+        "factor",
+        "load the trained weights (or train first); to inspect an untrained model, run with "
+        "--training (BatchNormalization then uses the batch's statistics)",
+        {"moving_stats_rms": fit, "initial_values": layer.moving_initial})]
+
+
+def vanishing_activations_rule(layers: Sequence[LayerFigures], t: Thresholds) -> list[Finding]:
+    """The first entry whose input RMS is below ``activation_collapse`` times the largest
+    output RMS of the entries before it: one finding where the collapse is first seen, with
+    how far it goes."""
+    reference, where = 0.0, ""
+    for k, layer in enumerate(layers):
+        fwd = layer.forward
+        if fwd is None:
+            continue
+        x = fwd.input_rms
+        if x is not None and math.isfinite(x) and reference > 0 \
+                and x < t.activation_collapse * reference:
+            later = [ly.forward.input_rms for ly in layers[k:] if ly.forward is not None
+                     and ly.forward.input_rms is not None and math.isfinite(ly.forward.input_rms)]
+            lowest = min(later, default=x)
+            return [Finding(
+                "vanishing_activations", Severity.WARNING,
+                f"the forward signal collapses: this entry's input RMS is {fmt3(x)}, "
+                f"{fmt3(x / reference)} of the {fmt3(reference)} output by {where}"
+                + (f"; it falls to {fmt3(lowest)} further on" if lowest < x else ""),
+                "the layers after this one get inputs near zero, so their weight gradients "
+                "(input x delta) vanish: look at the layers in between (normalization "
+                "statistics, dead units, tiny weights)",
+                {"input_rms": x, "reference_rms": reference, "reference_layer": where,
+                 "lowest_rms": lowest},
+                layer=layer.path)]
+        y = fwd.output_rms
+        if y is not None and math.isfinite(y) and y > reference:
+            reference, where = y, layer.path
+    return []
+
+
+def unscaled_input_rule(layers: Sequence[LayerFigures], run: RunFigures,
+                    t: Thresholds) -> list[Finding]:
+    """Float inputs far from standardised that reach the first entry as they are (a model
+    with Rescaling/Normalization in front scales them itself: its first entry's input RMS
+    says so)."""
+    first = next((ly.forward.input_rms for ly in layers if ly.forward is not None
+                  and ly.forward.input_rms is not None), None)
+    if first is not None and math.isfinite(first) and first <= t.unscaled_input:
+        return []
+    found = []
+    for name, stats in run.arrays:
+        if stats is None or not all(map(math.isfinite, (stats.min, stats.max, stats.mean,
+                                                          stats.std))):
+            continue
+        rms = math.hypot(stats.mean, stats.std)
+        if rms <= t.unscaled_input:
+            continue
+        pixels = stats.min >= 0 and 1 < stats.max <= 255 and float(stats.max).is_integer()
+        hint = ("these look like 0..255 pixel values: divide by 255 (or put "
+                "keras.layers.Rescaling(1/255) first in the model)" if pixels else
+                "standardise per feature, (x - mean) / std with the training set's statistics, "
+                "or put an adapted keras.layers.Normalization first in the model")
+        found.append(Finding(
+            "unscaled_input", Severity.WARNING,
+            f"input '{name}' is far from standardised: values {fmt3(stats.min)}..."
+            f"{fmt3(stats.max)}, mean {fmt3(stats.mean)}, std {fmt3(stats.std)} "
+            "(a standardised input has mean 0 and std 1), and the model does not scale it",
+            hint,
+            {"input": name, "min": stats.min, "max": stats.max, "mean": stats.mean,
+             "std": stats.std, "rms": rms}))
+    return found

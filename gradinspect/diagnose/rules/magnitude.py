@@ -1,0 +1,131 @@
+"""Gradient magnitudes: exactly zero, vanishing (absolutely per sample, or next to the largest
+entry's) and exploding (absolutely, or next to the weights), with the hints that fit the
+activations the model uses.
+
+``CODES``: the codes this family emits, with what each means (``diagnose.CODES`` joins them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+from gradinspect.config import Thresholds
+from gradinspect.diagnose.figures import LayerFigures, RunFigures
+from gradinspect.diagnose.rules.common import fmt3, scaled
+from gradinspect.report import (
+    Finding,
+    Severity,
+)
+
+CODES: dict[str, str] = {
+    "zero_gradient": "every entry of a layer's weight gradients (dL/dW, dL/db ...) is exactly "
+    "zero",
+    "vanishing_gradient": "a layer's gradient is tiny, absolutely or next to the largest layer's",
+    "exploding_gradient": "a layer's gradient is huge, absolutely or next to its weights",
+}
+
+
+def magnitude_rule(
+    layer: LayerFigures, largest: float, run: RunFigures, t: Thresholds
+) -> list[Finding]:
+    g = layer.weight_grad
+    if not math.isfinite(g.norm):
+        return []
+    if run.constant_loss or layer.constant_output:
+        return [
+            Finding(
+                "zero_gradient",
+                Severity.ERROR,
+                f"dL/dW is zero up to rounding (||dL/dW|| = {fmt3(g.norm)}): the loss takes "
+                f"this layer's output as the {run.loss_name} of softmax probabilities, which "
+                "is constant",
+                "pass labels and a real loss (e.g. categorical_crossentropy) instead of "
+                f"--loss {run.loss_name}",
+                {"kernel_norm": g.norm, "loss": run.loss_name},
+            )
+        ]
+    if all(v is None or v.norm == 0.0 for v in layer.grads.variables.values()):
+        return [
+            Finding(
+                "zero_gradient",
+                Severity.ERROR,
+                "every weight gradient of this layer is exactly zero: it would not learn from "
+                "this data",
+                "see the model-level findings for the cause (constant loss, dead units, "
+                "a layer not connected to the loss)",
+                {"kernel_norm": g.norm},
+            )
+        ]
+    per_sample_mean = scaled(g.mean_abs, run)
+    rel = g.norm / largest if largest > 0 else 1.0
+    found = []
+    if per_sample_mean < t.vanishing_abs or rel < t.vanishing_rel:
+        found.append(
+            Finding(
+                "vanishing_gradient",
+                Severity.WARNING,
+                f"||dL/dW|| = {fmt3(g.norm)} (mean |g| per sample {fmt3(per_sample_mean)}), "
+                f"{fmt3(rel)} of the largest layer's",
+                vanishing_hint(run),
+                {"norm": g.norm, "mean_abs_per_sample": per_sample_mean, "relative": rel},
+            )
+        )
+    per_sample_norm = scaled(g.norm, run)
+    ratio = scaled(layer.grad_to_weight, run)
+    if per_sample_norm > t.exploding_abs or (math.isfinite(ratio) and ratio > t.exploding_ratio):
+        found.append(
+            Finding(
+                "exploding_gradient",
+                Severity.WARNING,
+                f"||dL/dW|| = {fmt3(g.norm)} ({fmt3(per_sample_norm)} per sample), "
+                f"{fmt3(ratio)}x ||W|| per sample",
+                "clip gradients, lower the learning rate, scale the inputs or the loss",
+                {
+                    "norm": g.norm,
+                    "norm_per_sample": per_sample_norm,
+                    "grad_to_weight_per_sample": ratio,
+                },
+            )
+        )
+    return found
+
+
+SATURATING = frozenset({"sigmoid", "tanh", "hard_sigmoid", "softsign", "hard_tanh"})
+
+
+def vanishing_hint(run: RunFigures) -> str:
+    """What to try, leaving out what the model already does."""
+    tries = []
+    if run.activations & SATURATING:
+        tries.append("relu-family activations instead of "
+                     + "/".join(sorted(run.activations & SATURATING)))
+    tries.append("a larger initialisation scale (He for relu, Glorot for tanh)")
+    if not run.layer_classes & {"Add", "Concatenate"}:
+        tries.append("residual connections")
+    if not run.layer_classes & {"BatchNormalization", "LayerNormalization",
+                                "GroupNormalization"}:
+        tries.append("BatchNormalization")
+    return "try " + ", ".join(tries[:-1]) + (" or " if len(tries) > 1 else "") + tries[-1]
+
+
+def explained_zero_gradients(layers: Sequence[LayerFigures],
+                              per_layer: Sequence[tuple[Finding, ...]]
+                              ) -> tuple[tuple[Finding, ...], ...]:
+    """Zero gradients that a structural cause explains — a constant output anywhere, or a zero
+    kernel later in the forward order — are mathematically expected: ``info``."""
+    constant = next((ly.path for ly in layers if ly.single_unit_softmax), None)
+    out = []
+    for k, found in enumerate(per_layer):
+        later_zero = next((ly.path for ly in layers[k + 1:] if ly.kernel_zero), None)
+        cause = (f"constant_output at {constant}" if constant is not None
+                 else f"zero_kernel at {later_zero}" if later_zero is not None else None)
+        if cause is None:
+            out.append(found)
+            continue
+        fixed = [replace(f, severity=Severity.INFO, message=f"{f.message} — follows from {cause}",
+                         hint=f"fix {cause} first")
+                 if f.code == "zero_gradient" else f for f in found]
+        out.append(tuple(sorted(fixed, key=lambda f: -f.severity.rank)))
+    return tuple(out)

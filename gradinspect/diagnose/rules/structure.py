@@ -1,0 +1,80 @@
+"""How the model is put together: a crossentropy and an output activation that disagree, an
+output that cannot vary (a softmax over one unit), and a kernel that is exactly zero.
+
+``CODES``: the codes this family emits, with what each means (``diagnose.CODES`` joins them).
+"""
+
+from __future__ import annotations
+
+from gradinspect.diagnose.figures import LayerFigures
+from gradinspect.report import (
+    Finding,
+    Severity,
+)
+
+CODES: dict[str, str] = {
+    "logits_mismatch": "a crossentropy loss expects logits but the output is a probability, "
+    "or the reverse",
+    "constant_output": "an output that cannot vary with the input (a softmax over one unit)",
+    "loss_activation_mismatch": "a sigmoid output under categorical crossentropy, or a "
+    "softmax over several units under binary crossentropy",
+    "zero_kernel": "a layer's kernel is exactly zero: the layers before it get no gradient "
+    "until its first update",
+}
+
+
+def logits_rule(layer: LayerFigures) -> list[Finding]:
+    if layer.logits_mismatch is None:
+        return []
+    loss, from_logits = layer.logits_mismatch
+    act = layer.activity.name if layer.activity is not None else (layer.activation or "linear")
+    if from_logits:
+        # Keras 3 notices a softmax/sigmoid-produced tensor and uses its logits (with a
+        # warning); Keras 2 and hand-written losses squash the probabilities a second time.
+        severity = Severity.INFO
+        message = (f"{loss} is set to take logits (from_logits=True) but this output applies "
+                   f"{act}; Keras 3 falls back to the logits it kept, Keras 2 would squash twice")
+        hint = "make it explicit: drop the output activation, or set from_logits=False"
+    else:
+        severity = Severity.WARNING
+        message = (f"{loss} expects probabilities (from_logits=False) but this output is "
+                   "linear (logits): the loss clips them to [eps, 1-eps] and gradients vanish")
+        hint = "add a softmax/sigmoid to the output, or use --from-logits / from_logits=True"
+    return [Finding("logits_mismatch", severity, message, hint,
+                    {"loss": loss, "from_logits": from_logits, "activation": act})]
+
+
+def structure_rule(layer: LayerFigures) -> list[Finding]:
+    """Causes visible in the model's structure: an output that cannot vary, a crossentropy
+    that does not fit its activation, a kernel of zeros."""
+    found = []
+    if layer.single_unit_softmax:
+        found.append(Finding(
+            "constant_output", Severity.ERROR,
+            "this output is a softmax over one unit: it is 1 for every input, so no loss of it "
+            "can train the model (every gradient behind it is zero, or rounding noise)",
+            "use one sigmoid unit for a binary output (with binary_crossentropy), or a softmax "
+            "over one unit per class",
+            {"activation": "softmax", "units": 1}))
+    if layer.loss_activation is not None:
+        act, loss = layer.loss_activation
+        fix = ("categorical_crossentropy takes a softmax over the classes (one label per "
+               "sample); independent sigmoid outputs take binary_crossentropy"
+               if loss == "categorical_crossentropy" else
+               "binary_crossentropy takes independent sigmoid outputs; a softmax over the "
+               "classes takes categorical_crossentropy")
+        found.append(Finding(
+            "loss_activation_mismatch", Severity.WARNING,
+            f"a {act} output under {loss}: Keras 2 and Keras 3 compute this loss differently "
+            "(clipped probabilities vs the cached logits), and neither is the loss you meant",
+            f"match them: {fix}",
+            {"activation": act, "loss": loss}))
+    if layer.kernel_zero:
+        found.append(Finding(
+            "zero_kernel", Severity.INFO,
+            "the kernel is exactly zero: the layers before this one get zero gradient until "
+            "its first update (after which the model trains normally)",
+            "expected right after a zero initialisation; otherwise check the initializer and "
+            "how the weights were loaded",
+            {"weight_norm": layer.weight_norm}))
+    return found
