@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.4.0"
+from gradinspect.version import __version__
 
 __all__ = [
     "Finding",
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from gradinspect.api import inspect, inspect_files
     from gradinspect.callback import GradInspectCallback
     from gradinspect.config import InspectOptions, LoadOptions, Thresholds
-    from gradinspect.report import Finding, LayerReport, Report, Severity
+    from gradinspect.records import Finding, LayerReport, Severity
+    from gradinspect.report import Report
 
 _LAZY = {
     "GradInspectCallback": "gradinspect.callback",

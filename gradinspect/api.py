@@ -17,9 +17,7 @@ from gradinspect.errors import DataError
 from gradinspect.io.data.select import load_data
 from gradinspect.io.models import import_custom_objects, live_model, load_model
 from gradinspect.pipeline import ProgressHook, run_inspection
-from gradinspect.report import (
-    Report,
-)
+from gradinspect.report import Report
 
 
 def inspect_files(

@@ -26,10 +26,7 @@ from gradinspect.measure.accumulators import (
 )
 from gradinspect.measure.summary import build_report
 from gradinspect.measure.verify import VerifyAccumulator
-from gradinspect.report import (
-    ExecutionInfo,
-    Report,
-)
+from gradinspect.report import ExecutionInfo, Report
 
 ProgressHook = Callable[[int, int], None]
 """Called as ``progress(samples_done, samples_total)`` after each batch."""

@@ -15,7 +15,8 @@ import math
 from pathlib import Path
 
 from gradinspect.errors import OutputError, UsageError
-from gradinspect.report import Finding, Report, Severity
+from gradinspect.records import Finding, Severity
+from gradinspect.report import Report
 
 
 def require_tensorboard() -> None:

@@ -18,7 +18,7 @@ from gradinspect.engine.adapters.base import DenseView
 from gradinspect.engine.figures import per_sample_sq
 from gradinspect.measure.per_sample import per_sample_stats
 from gradinspect.measure.verify import VerifyAccumulator
-from gradinspect.report import Severity
+from gradinspect.records import Severity
 
 small = st.floats(-3, 3, allow_nan=False, width=32)
 

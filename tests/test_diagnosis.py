@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import gradinspect
+from gradinspect.records import Finding, Severity
 from gradinspect.render.table import render_table
-from gradinspect.report import Finding, Report, Severity
+from gradinspect.report import Report
 
 RNG = np.random.default_rng(15)
 

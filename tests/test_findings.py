@@ -10,7 +10,8 @@ import pytest
 
 import gradinspect
 from gradinspect.diagnose import CODES
-from gradinspect.report import Finding, Report, Severity
+from gradinspect.records import Finding, Severity
+from gradinspect.report import Report
 
 RNG = np.random.default_rng(11)
 X = RNG.standard_normal((64, 6)).astype(np.float32)

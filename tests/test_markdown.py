@@ -21,8 +21,9 @@ from markdown_it.token import Token
 
 import gradinspect
 from gradinspect.plaintext import plain
+from gradinspect.records import Finding, LayerReport
 from gradinspect.render.markdown import COLUMNS, md_text, render_markdown
-from gradinspect.report import Finding, LayerReport, Report
+from gradinspect.report import Report
 
 ROOT = Path(__file__).resolve().parent.parent
 GFM = MarkdownIt("commonmark").enable(["table", "strikethrough"])

@@ -13,7 +13,6 @@ from typing import Annotated
 
 import typer
 
-from gradinspect import __version__
 from gradinspect.cli.options import (
     EXIT_CODES_HELP,
     GRADCHECK_DEFAULT,
@@ -33,6 +32,7 @@ from gradinspect.cli.terminal import exit_with, fail, progress_hook, stderr
 from gradinspect.config import InspectOptions, LoadOptions
 from gradinspect.distribute import DEFAULT_TIMEOUT, DistributeOptions
 from gradinspect.errors import ExitStatus
+from gradinspect.version import __version__
 
 
 def _typer_app() -> typer.Typer:

@@ -14,8 +14,9 @@ from rich.console import Console
 
 from gradinspect.cli.options import CliConfig, FailOn
 from gradinspect.errors import ExitStatus, OutputError, UsageError
+from gradinspect.records import Severity
 from gradinspect.render import OutputFormat
-from gradinspect.report import Report, Severity
+from gradinspect.report import Report
 
 
 def write_atomic(path: Path, text: str) -> None:

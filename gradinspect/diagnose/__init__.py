@@ -35,7 +35,7 @@ from gradinspect.diagnose.rules.forward import (
 )
 from gradinspect.diagnose.rules.magnitude import explained_zero_gradients, magnitude_rule
 from gradinspect.diagnose.rules.structure import logits_rule, structure_rule
-from gradinspect.report import Finding
+from gradinspect.records import Finding
 
 __all__ = ["CODES", "LayerFigures", "RunFigures", "diagnose", "diagnose_layer"]
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gradinspect.report import (
+from gradinspect.records import (
     ActivationStats,
-    ArrayStats,
     ForwardStats,
     GradcheckStats,
     GradStats,
     LayerGrads,
     VerifyStats,
 )
+from gradinspect.report import ArrayStats
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from gradinspect.report import Finding, Severity, reach_of
+from gradinspect.records import Finding, Severity
+from gradinspect.report import reach_of
 
 Scope = Callable[[int | None, int | None], bool]
 """(position of the cause, position of the consequence) in forward order -> linked?

@@ -22,10 +22,8 @@ from gradinspect.measure.stats import (
     merge_shapes,
 )
 from gradinspect.measure.verify import VerifyAccumulator, closed_form_delta, logits_delta
-from gradinspect.report import (
-    ExecutionInfo,
-    GradValues,
-)
+from gradinspect.records import GradValues
+from gradinspect.report import ExecutionInfo
 
 
 @dataclass

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from gradinspect.report import PerSampleStats, SampleNorm
+from gradinspect.records import PerSampleStats, SampleNorm
 
 
 def per_sample_stats(sq_norms: npt.ArrayLike, mean_grad_sq_norm: float, top: int = 5,

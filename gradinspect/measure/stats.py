@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from gradinspect.report import GradStats, Shape, WeightStats
+from gradinspect.records import GradStats, Shape, WeightStats
 
 Array = npt.NDArray[np.floating]
 

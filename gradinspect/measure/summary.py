@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from gradinspect import __version__
 from gradinspect.config import Thresholds
 from gradinspect.diagnose import diagnose
 from gradinspect.diagnose.figures import LayerFigures, RunFigures
@@ -27,26 +26,29 @@ from gradinspect.measure.stats import (
     safe_ratio,
     weight_stats,
 )
-from gradinspect.report import (
+from gradinspect.records import (
     ActivationStats,
-    ArrayInfo,
-    ArrayStats,
-    ChecksInfo,
-    Coverage,
-    DataInfo,
     ForwardStats,
     GradcheckStats,
     LayerGrads,
     LayerReport,
     LayerWeights,
+    PerSampleStats,
+    is_offset,
+)
+from gradinspect.report import (
+    ArrayInfo,
+    ArrayStats,
+    ChecksInfo,
+    Coverage,
+    DataInfo,
     LossInfo,
     ModelInfo,
-    PerSampleStats,
     Report,
     SkippedInfo,
     ToolInfo,
-    is_offset,
 )
+from gradinspect.version import __version__
 
 
 def _batched(shape: Sequence[int | None] | None, samples: int) -> tuple[int | None, ...]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gradinspect.report import ErrorStats, VerifyStats
+from gradinspect.records import ErrorStats, VerifyStats
 
 F64 = npt.NDArray[np.float64]
 

@@ -14,7 +14,8 @@ from rich.text import Text
 
 from gradinspect.errors import UsageError
 from gradinspect.plaintext import plain
-from gradinspect.report import LayerReport, Report, Severity
+from gradinspect.records import LayerReport, Severity
+from gradinspect.report import Report
 
 MARK = {Severity.INFO: "·", Severity.WARNING: "!", Severity.ERROR: "✗"}
 STYLE = {Severity.INFO: "cyan", Severity.WARNING: "yellow", Severity.ERROR: "bold red"}

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from gradinspect.plaintext import plain
+from gradinspect.records import Finding, LayerReport, Severity, is_offset
 from gradinspect.render.table import (
     KIND_LABEL,
     STATUS_LABEL,
@@ -30,7 +31,7 @@ from gradinspect.render.table import (
     fmt_shape,
     main_shape,
 )
-from gradinspect.report import Finding, LayerReport, Report, Severity, is_offset, reach_of
+from gradinspect.report import Report, reach_of
 
 _BREAKS = re.compile("\r\n|[\r\n\t\u2028\u2029]")
 # CommonMark lets any ASCII punctuation be backslash-escaped; these are the ones that could

@@ -15,15 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from gradinspect.plaintext import plain
-from gradinspect.report import (
-    Finding,
-    GradStats,
-    LayerReport,
-    Report,
-    Severity,
-    Shape,
-    reach_of,
-)
+from gradinspect.records import Finding, GradStats, LayerReport, Severity, Shape
+from gradinspect.report import Report, reach_of
 
 SEVERITY_STYLE = {Severity.INFO: "cyan", Severity.WARNING: "yellow", Severity.ERROR: "bold red"}
 STATUS_LABEL = {Severity.INFO: "info", Severity.WARNING: "warn", Severity.ERROR: "ERROR"}
@@ -103,7 +96,7 @@ KIND_LABEL = {"dense": "dense", "einsum_dense": "einsum", "conv": "conv", "embed
 
 def main_shape(layer: LayerReport) -> str:
     """The shape of the entry's first non-offset variable (Dense: the kernel)."""
-    from gradinspect.report import is_offset
+    from gradinspect.records import is_offset
 
     for name, w in layer.weights.variables.items():
         if w is not None and not is_offset(name):

@@ -9,11 +9,7 @@ from __future__ import annotations
 from gradinspect.config import Thresholds
 from gradinspect.diagnose.figures import LayerFigures, RunFigures
 from gradinspect.diagnose.rules.common import meaningful, pct, units_part
-from gradinspect.report import (
-    ActivationStats,
-    Finding,
-    Severity,
-)
+from gradinspect.records import ActivationStats, Finding, Severity
 
 CODES: dict[str, str] = {
     "saturated_units": "squashing units (sigmoid, tanh ...) sit where their derivative is ~0",

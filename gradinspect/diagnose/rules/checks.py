@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from gradinspect.diagnose.figures import LayerFigures
 from gradinspect.diagnose.rules.common import fmt3
-from gradinspect.report import (
-    Finding,
-    Severity,
-)
+from gradinspect.records import Finding, Severity
 
 CODES: dict[str, str] = {
     "gradient_mismatch": "--verify: the tape disagrees with the closed-form Dense formulas",

@@ -12,10 +12,7 @@ from collections.abc import Sequence
 from gradinspect.config import Thresholds
 from gradinspect.diagnose.figures import LayerFigures, RunFigures
 from gradinspect.diagnose.rules.common import fmt3
-from gradinspect.report import (
-    Finding,
-    Severity,
-)
+from gradinspect.records import Finding, Severity
 
 CODES: dict[str, str] = {
     "unscaled_input": "an input array is far from standardised (e.g. 0..255 pixels) and the "

@@ -14,10 +14,7 @@ from dataclasses import replace
 from gradinspect.config import Thresholds
 from gradinspect.diagnose.figures import LayerFigures, RunFigures
 from gradinspect.diagnose.rules.common import fmt3, scaled
-from gradinspect.report import (
-    Finding,
-    Severity,
-)
+from gradinspect.records import Finding, Severity
 
 CODES: dict[str, str] = {
     "zero_gradient": "every entry of a layer's weight gradients (dL/dW, dL/db ...) is exactly "

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 from gradinspect.diagnose.figures import LayerFigures, RunFigures
 from gradinspect.diagnose.rules.common import grad_label, pct
-from gradinspect.report import (
-    Finding,
-    GradStats,
-    Severity,
-)
+from gradinspect.records import Finding, GradStats, Severity
 
 CODES: dict[str, str] = {
     "nan_gradient": "a gradient contains NaN",

@@ -7,10 +7,7 @@ output that cannot vary (a softmax over one unit), and a kernel that is exactly 
 from __future__ import annotations
 
 from gradinspect.diagnose.figures import LayerFigures
-from gradinspect.report import (
-    Finding,
-    Severity,
-)
+from gradinspect.records import Finding, Severity
 
 CODES: dict[str, str] = {
     "logits_mismatch": "a crossentropy loss expects logits but the output is a probability, "
