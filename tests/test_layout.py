@@ -1,0 +1,77 @@
+"""The house stays in its rooms (issue 24): no module of the package over 500 lines, no function
+body over 80, no import circle among its modules (lazy and type-checking imports included), the
+records import nothing above them, and every package says what it owns in a docstring."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "gradinspect"
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for f in sorted(PACKAGE.rglob("*.py")):
+        parts = f.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = f
+    return found
+
+
+def _imports(f: Path, known: dict[str, Path]) -> set[str]:
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(f.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and \
+                node.module.startswith("gradinspect"):
+            targets.add(node.module)
+            targets.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            targets.update(a.name for a in node.names if a.name.startswith("gradinspect"))
+    return {t for t in targets if t in known}
+
+
+def test_modules_and_functions_are_small() -> None:
+    big, long_ = [], []
+    for f in _modules().values():
+        text = f.read_text()
+        if len(text.splitlines()) > 500:
+            big.append(f.name)
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno is not None
+                if node.end_lineno - node.body[0].lineno + 1 > 80:
+                    long_.append(f"{f.name}:{node.name}")
+    assert big == []
+    assert long_ == []
+
+
+def test_no_import_circle() -> None:
+    modules = _modules()
+    graph = {m: _imports(f, modules) - {m} for m, f in modules.items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            assert state.get(n) != 1, " -> ".join([*path, m, n])
+            if n not in state:
+                visit(n, [*path, m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
+def test_records_import_nothing_above_them() -> None:
+    modules = _modules()
+    for name in ("gradinspect.records", "gradinspect.report"):
+        assert _imports(modules[name], modules) <= {"gradinspect.records"}, name
+
+
+def test_every_package_says_what_it_owns() -> None:
+    for f in PACKAGE.rglob("__init__.py"):
+        doc = ast.get_docstring(ast.parse(f.read_text()))
+        assert doc, f
+        assert len(doc) > 80, f
