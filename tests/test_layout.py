@@ -75,3 +75,32 @@ def test_every_package_says_what_it_owns() -> None:
         doc = ast.get_docstring(ast.parse(f.read_text()))
         assert doc, f
         assert len(doc) > 80, f
+
+
+def test_every_rule_family_declares_the_figures_it_reads_and_the_codes_it_emits() -> None:
+    """``READS`` is every field of ``LayerFigures``/``RunFigures`` a family's module reads as an
+    attribute (a superset: the field names, on any object), and ``CODES`` every code its
+    ``Finding``s carry; ``diagnose.CODES`` is their union."""
+    import importlib
+
+    from gradinspect.diagnose import CODES
+    from gradinspect.diagnose.figures import LayerFigures, RunFigures
+
+    fields = set(LayerFigures.__dataclass_fields__) | set(RunFigures.__dataclass_fields__)
+    emitted: dict[str, str] = {}
+    for f in sorted((PACKAGE / "diagnose" / "rules").glob("*.py")):
+        if f.name == "__init__.py":
+            continue
+        module = importlib.import_module(f"gradinspect.diagnose.rules.{f.stem}")
+        tree = ast.parse(f.read_text())
+        read = {n.attr for n in ast.walk(tree)
+                if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+                and n.attr in fields}
+        assert read == module.READS, f.name
+        codes = {n.args[0].value for n in ast.walk(tree)
+                 if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Finding"
+                 and n.args and isinstance(n.args[0], ast.Constant)}
+        codes |= {t[0] for t in getattr(module, "NONFINITE_GRADIENT", ())}
+        assert codes == set(getattr(module, "CODES", {})), f.name
+        emitted.update(getattr(module, "CODES", {}))
+    assert emitted == CODES

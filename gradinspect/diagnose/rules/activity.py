@@ -18,6 +18,11 @@ CODES: dict[str, str] = {
     "(an output with labels: confident and wrong)",
 }
 
+READS: frozenset[str] = frozenset({
+    "activity", "is_output", "kind", "units", "activations", "layer_classes", "samples"
+})
+"""The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
+
 
 def activity_rule(layer: LayerFigures, run: RunFigures, t: Thresholds) -> list[Finding]:
     act = layer.activity

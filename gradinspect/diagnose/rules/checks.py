@@ -15,6 +15,9 @@ CODES: dict[str, str] = {
     "gradcheck_mismatch": "--gradcheck: the tape disagrees with float64 finite differences",
 }
 
+READS: frozenset[str] = frozenset({"forward", "gradcheck", "verify"})
+"""The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
+
 
 def checks_rule(layer: LayerFigures) -> list[Finding]:
     found = []

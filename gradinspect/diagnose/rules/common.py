@@ -6,6 +6,9 @@ import math
 
 from gradinspect.diagnose.figures import LayerFigures, RunFigures
 
+READS: frozenset[str] = frozenset({"forward", "weights_nonfinite", "loss_reduction", "samples"})
+"""The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
+
 
 def fmt3(x: float) -> str:
     return f"{x:.3g}"

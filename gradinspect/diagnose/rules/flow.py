@@ -19,6 +19,11 @@ CODES: dict[str, str] = {
     "constant_loss": "the loss does not depend on the weights (e.g. sum of softmax outputs)",
 }
 
+READS: frozenset[str] = frozenset({
+    "backward_gain", "kernel_zero", "path", "constant_loss", "loss_name", "loss_value"
+})
+"""The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
+
 
 def collapse_rule(layers: Sequence[LayerFigures], t: Thresholds) -> list[Finding]:
     """The first layer, walking backwards from the output, whose backward gain is tiny."""

@@ -23,6 +23,9 @@ CODES: dict[str, str] = {
     "describe the data (never trained, or after one training call)",
 }
 
+READS: frozenset[str] = frozenset({"forward", "moving_initial", "path", "arrays"})
+"""The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
+
 
 def batchnorm_rule(layer: LayerFigures, run: RunFigures, t: Thresholds) -> list[Finding]:
     """BatchNormalization in inference whose moving statistics do not describe the data: it

@@ -23,6 +23,12 @@ CODES: dict[str, str] = {
     "exploding_gradient": "a layer's gradient is huge, absolutely or next to its weights",
 }
 
+READS: frozenset[str] = frozenset({
+    "constant_output", "grad_to_weight", "grads", "kernel_zero", "path", "single_unit_softmax",
+    "weight_grad", "activations", "constant_loss", "layer_classes", "loss_name"
+})
+"""The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
+
 
 def magnitude_rule(
     layer: LayerFigures, largest: float, run: RunFigures, t: Thresholds

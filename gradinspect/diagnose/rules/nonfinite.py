@@ -17,6 +17,11 @@ CODES: dict[str, str] = {
     "nonfinite_input": "the data contains NaN or Inf",
 }
 
+READS: frozenset[str] = frozenset({
+    "grads", "weight_norm", "weights_nonfinite", "data_entries", "data_nonfinite"
+})
+"""The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
+
 
 NONFINITE_GRADIENT = (
     ("nan_gradient", "nan", "NaN entries",

@@ -19,6 +19,12 @@ CODES: dict[str, str] = {
     "until its first update",
 }
 
+READS: frozenset[str] = frozenset({
+    "activation", "activity", "kernel_zero", "logits_mismatch", "loss_activation",
+    "single_unit_softmax", "weight_norm"
+})
+"""The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
+
 
 def logits_rule(layer: LayerFigures) -> list[Finding]:
     if layer.logits_mismatch is None:
