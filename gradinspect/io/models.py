@@ -168,17 +168,9 @@ def load_model(
             raise ModelLoadError(f"{p}: damaged model file ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''})",
                                  "save or download it again") from exc
-        try:
-            with _safe_mode(keras, unsafe), weight_budget(keras, str(p), budget):
-                model = keras.models.load_model(str(link), compile=False, safe_mode=not unsafe,
-                                                custom_objects=dict(custom_objects or {}))
-        except ModelLoadError:
-            raise
-        except RecursionError as exc:
-            raise ModelLoadError(f"{p}: the model config is nested too deeply",
-                                 "refused: no real model nests this deep") from exc
-        except Exception as exc:
-            raise _explain_load_failure(p, exc) from exc
+        with _load_errors(p), _safe_mode(keras, unsafe), weight_budget(keras, str(p), budget):
+            model = keras.models.load_model(str(link), compile=False, safe_mode=not unsafe,
+                                            custom_objects=dict(custom_objects or {}))
     if not hasattr(model, "inputs") or not model.inputs:
         raise ModelLoadError(
             f"{p}: the model has no defined inputs", "save a model built with an Input shape"
@@ -188,6 +180,21 @@ def load_model(
                        compile_config=meta.compile_config,
                        custom_objects=dict(custom_objects or {}),
                        keras_version=meta.keras_version)
+
+
+@contextmanager
+def _load_errors(p: Path) -> Iterator[None]:
+    """Keras' failures while it builds a model, as one ``ModelLoadError``: nesting too deep,
+    or what Keras said (a missing custom class, a Lambda in safe mode ...)."""
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except RecursionError as exc:
+        raise ModelLoadError(f"{p}: the model config is nested too deeply",
+                             "refused: no real model nests this deep") from exc
+    except Exception as exc:
+        raise _explain_load_failure(p, exc) from exc
 
 
 @contextmanager
@@ -225,29 +232,21 @@ def _load_json_model(
     _scan(p, config, unsafe, custom_objects)
     _, keras = _tf()
     keras2 = str(config.get("keras_version", "")).startswith("2.") or "module" not in config
-    with tempfile.TemporaryDirectory(prefix="gradinspect-") as tmp:
-        try:
-            with _safe_mode(keras, unsafe), weight_budget(keras, str(p), budget):
-                if keras2:
-                    staged = Path(tmp) / "model.h5"
-                    keras2_json_to_h5(config, wp, staged)
-                    model = keras.models.load_model(str(staged), compile=False,
-                                                    safe_mode=not unsafe,
-                                                    custom_objects=dict(custom_objects or {}))
-                else:
-                    model = keras.models.model_from_json(
-                        json.dumps(config), custom_objects=dict(custom_objects or {}))
-                    link = Path(tmp) / ("model.weights.h5" if sniff(wp) == "hdf5"
-                                        and not is_legacy_weights(wp) else "model.h5")
-                    link.symlink_to(wp.resolve())
-                    model.load_weights(str(link))
-        except ModelLoadError:
-            raise
-        except RecursionError as exc:
-            raise ModelLoadError(f"{p}: the model config is nested too deeply",
-                                 "refused: no real model nests this deep") from exc
-        except Exception as exc:
-            raise _explain_load_failure(p, exc) from exc
+    with tempfile.TemporaryDirectory(prefix="gradinspect-") as tmp, _load_errors(p), \
+            _safe_mode(keras, unsafe), weight_budget(keras, str(p), budget):
+        if keras2:
+            staged = Path(tmp) / "model.h5"
+            keras2_json_to_h5(config, wp, staged)
+            model = keras.models.load_model(str(staged), compile=False,
+                                            safe_mode=not unsafe,
+                                            custom_objects=dict(custom_objects or {}))
+        else:
+            model = keras.models.model_from_json(
+                json.dumps(config), custom_objects=dict(custom_objects or {}))
+            link = Path(tmp) / ("model.weights.h5" if sniff(wp) == "hdf5"
+                                and not is_legacy_weights(wp) else "model.h5")
+            link.symlink_to(wp.resolve())
+            model.load_weights(str(link))
     return LoadedModel(model=model, path=str(p), format="json", inputs=_model_inputs(model),
                        outputs=_model_outputs(model), compile_config=None,
                        custom_objects=dict(custom_objects or {}),
