@@ -115,6 +115,7 @@ class Keras:
         self.module_objects: tuple[Mapping[str, Any], ...] = tuple(
             m.ALL_OBJECTS_DICT for m in (activations, constraints, dtype_policies, initializers,
                                          losses, metrics, optimizers, quantizers, regularizers))
+        self.layer: type = keras.layers.Layer
         self.modelling_bases: tuple[type, ...] = (
             keras.layers.Layer, keras.losses.Loss, keras.metrics.Metric,
             keras.optimizers.Optimizer, keras.optimizers.schedules.LearningRateSchedule,
@@ -343,6 +344,5 @@ class Resolver:
 
     def is_layer(self, found: Iterable[Found]) -> bool:
         """Whether an entry builds a layer or model (its ``name`` then names it in messages)."""
-        from keras import layers
-
-        return any(inspect.isclass(f.obj) and issubclass(f.obj, layers.Layer) for f in found)
+        return any(inspect.isclass(f.obj) and issubclass(f.obj, self.keras.layer)
+                   for f in found)

@@ -29,9 +29,12 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gradinspect.errors import DataError, ModelLoadError
+
+if TYPE_CHECKING:
+    from gradinspect.io.resolve import Found, Refusal
 
 MAX_DEPTH = 200
 """Deepest nesting of a model config (a Functional model 20 levels deep is about 120)."""
@@ -182,9 +185,9 @@ class ConfigJudge(Protocol):
     """What ``scan_config`` asks of a resolver (``gradinspect.io.resolve.Resolver``, which needs
     Keras; this module does not)."""
 
-    def judge(self, node: Mapping[str, Any]) -> tuple[Sequence[Any], Any]: ...
-    def judge_string(self, value: str, config_value: bool) -> Any: ...
-    def is_layer(self, found: Sequence[Any]) -> bool: ...
+    def judge(self, node: Mapping[str, Any]) -> tuple[Sequence[Found], Refusal | None]: ...
+    def judge_string(self, value: str, config_value: bool) -> Refusal | None: ...
+    def is_layer(self, found: Sequence[Found]) -> bool: ...
 
 
 def scan_config(config: Any, label: str, judge: ConfigJudge) -> None:
@@ -232,17 +235,17 @@ def _wrapped(node: Mapping[str, Any], judge: ConfigJudge) -> str | None:
     if not isinstance(fn, dict) or not isinstance(fn.get("class_name"), str):
         return None
     found, _ = judge.judge(fn)
-    resolved = getattr(found[0], "how", "") if found else ""
+    resolved = found[0].how if found else ""
     return spelling(fn) + (f", which resolves to {resolved}" if resolved else "")
 
 
-def _refuse(label: str, layer: str, spelled: str, refusal: Any, wrapped: str | None) -> None:
+def _refuse(label: str, layer: str, spelled: str, refusal: Refusal,
+            wrapped: str | None) -> None:
     where = f"{layer}: " if layer else ""
-    resolved = str(getattr(refusal, "resolved", "") or "")
-    what = f"{spelled} resolves to {resolved}, which" if resolved else spelled
+    what = f"{spelled} resolves to {refusal.resolved}, which" if refusal.resolved else spelled
     extra = f" (it wraps the function {wrapped})" if wrapped else ""
     raise ModelLoadError(f"{label}: {where}{what} {refusal.reason}{extra}; refused",
-                         UNKNOWN_HINT if getattr(refusal, "unknown", False) else UNSAFE_HINT)
+                         UNKNOWN_HINT if refusal.unknown else UNSAFE_HINT)
 
 
 def spelling(node: Mapping[str, Any]) -> str:
