@@ -28,7 +28,7 @@ from gradinspect.io.safety import (
     scan_config,
     weight_budget,
 )
-from gradinspect.io.sniff import check_readable, detect_model_format, sniff
+from gradinspect.io.sniff import check_readable, detect_model, sniff
 
 
 def _model_inputs(model: Any) -> tuple[InputSpec, ...]:
@@ -125,11 +125,12 @@ def import_custom_objects(specs: Sequence[str]) -> dict[str, Any]:
 def _scan(p: Path, config: Any, unsafe: bool, custom_objects: Mapping[str, Any] | None) -> None:
     """The config allow-list (``safety.scan_config`` judged by ``resolve.Resolver``), unless
     ``unsafe``. Keras is imported first: names resolve against its own tables."""
-    if unsafe:
-        return
-    from gradinspect.io.resolve import Resolver
+    from gradinspect.io.resolve import Resolver, import_model_packages
 
     _tf()
+    import_model_packages(config)  # Keras' loader would import them; the scan must see them
+    if unsafe:
+        return
     if isinstance(config, dict):
         # the compile config is never deserialized (models load with compile=False); its loss
         # names are only looked up among --custom-objects, Keras' registry and Keras' losses
@@ -148,13 +149,16 @@ def load_model(
     """Load a full Keras model (``.keras`` or ``.h5``, Keras 2 or 3), or an architecture JSON
     with a weights file, without compiling it. Safe mode and the config allow-list stay on
     unless ``unsafe``; the weights the model creates may not pass ``max_model_bytes`` (default:
-    the memory the machine has available)."""
+    the memory the machine has available, and about what the file stores: see
+    ``safety.stored_weight_limit``)."""
     p = Path(path)
-    fmt = detect_model_format(p)
+    fmt, stored = detect_model(p)
     budget = max_model_bytes if max_model_bytes is not None else available_memory()
+    if max_model_bytes is not None:
+        stored = None  # the user's figure: they know the model and the machine
     if fmt == "json":
         return _load_json_model(p, weights, unsafe=unsafe, custom_objects=custom_objects,
-                                budget=budget)
+                                budget=budget, bound_by_file=max_model_bytes is None)
     meta = read_model_file(p, fmt)
     _scan(p, meta.config, unsafe, custom_objects)
     if weights is not None:
@@ -168,7 +172,8 @@ def load_model(
             raise ModelLoadError(f"{p}: damaged model file ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''})",
                                  "save or download it again") from exc
-        with _load_errors(p), _safe_mode(keras, unsafe), weight_budget(keras, str(p), budget):
+        with _load_errors(p), _safe_mode(keras, unsafe), weight_budget(keras, str(p), budget,
+                                                                         stored):
             model = keras.models.load_model(str(link), compile=False, safe_mode=not unsafe,
                                             custom_objects=dict(custom_objects or {}))
     if not hasattr(model, "inputs") or not model.inputs:
@@ -213,7 +218,7 @@ def _safe_mode(keras: Any, unsafe: bool) -> Iterator[None]:
 
 def _load_json_model(
     p: Path, weights: str | os.PathLike[str] | None, *, unsafe: bool,
-    custom_objects: Mapping[str, Any] | None, budget: int,
+    custom_objects: Mapping[str, Any] | None, budget: int, bound_by_file: bool,
 ) -> LoadedModel:
     import json
 
@@ -222,8 +227,8 @@ def _load_json_model(
                              "pass the weights too: --weights model_weights.h5")
     wp = Path(weights)
     check_readable(wp, "weights", ModelLoadError)
-    if sniff(wp) == "hdf5":
-        check_hdf5(wp, str(wp), ModelLoadError)
+    stored = check_hdf5(wp, str(wp), ModelLoadError) if sniff(wp) == "hdf5" else None
+    stored = stored if bound_by_file else None
     meta = read_model_file(p, "json")
     config = meta.config
     if not isinstance(config, dict) or "class_name" not in config:
@@ -233,7 +238,7 @@ def _load_json_model(
     _, keras = _tf()
     keras2 = str(config.get("keras_version", "")).startswith("2.") or "module" not in config
     with tempfile.TemporaryDirectory(prefix="gradinspect-") as tmp, _load_errors(p), \
-            _safe_mode(keras, unsafe), weight_budget(keras, str(p), budget):
+            _safe_mode(keras, unsafe), weight_budget(keras, str(p), budget, stored):
         if keras2:
             staged = Path(tmp) / "model.h5"
             keras2_json_to_h5(config, wp, staged)

@@ -14,11 +14,17 @@ than one of these paths, every object any path yields must be admitted.
 
 Admitted:
 
-- **classes** that Keras defines (``keras.src…``) and that are modelling objects: layers and
-  models, losses, metrics, optimizers and learning-rate schedules, initializers, regularizers,
-  constraints, dtype policies, quantizers — except ``Lambda``, ``TFSMLayer``,
-  ``TorchModuleWrapper``, ``JaxLayer``/``FlaxLayer`` (each runs code the file names or holds),
-  and lookup layers whose vocabulary is a file path;
+- **classes** that Keras or its model packages (keras-hub, keras-cv, keras-nlp: the packages
+  Keras' own safe mode takes classes from) define and that are modelling objects: layers and
+  models (keras-hub's backbones, tasks, tokenizers and preprocessors among them), losses,
+  metrics, optimizers and learning-rate schedules, initializers, regularizers, constraints,
+  dtype policies, quantizers — except ``Lambda``, ``TFSMLayer``, ``TorchModuleWrapper``,
+  ``JaxLayer``/``FlaxLayer`` (each runs code the file names or holds), and layers whose
+  vocabulary, merges or proto argument is a file path (lookup layers, tokenizers; a saved
+  model keeps these among its own assets);
+- **operations**: the classes Keras saves for ``x + y``, ``x[:, 0]`` or a ``keras.ops`` call in
+  a functional model (``Add``, ``GetItem``, ``Mean`` from ``keras.src.ops``), each admitted
+  through its function (below), so the control-flow ops stay out;
 - **functions** from a closed list: Keras activations, losses, metrics, initializers,
   regularizers and constraints, ``keras.ops`` (without the control-flow ops, which call
   functions they are given) and the functional forms of the merge layers; nothing in Keras'
@@ -44,9 +50,14 @@ KERAS_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")
 FUNCTION_NAMESPACES = ("activations", "losses", "metrics", "initializers", "regularizers",
                        "constraints", "ops")
 """``keras.<namespace>.*``: where admitted functions are exported."""
-CALLBACK_OPS = frozenset({"associative_scan", "cond", "custom_gradient", "fori_loop", "map",
-                          "scan", "switch", "vectorized_map", "while_loop"})
+CALLBACK_OPS = frozenset({"associative_scan", "cond", "custom_gradient", "fori_loop", "jvp",
+                          "map", "scan", "switch", "vectorized_map", "while_loop"})
 """``keras.ops`` that call functions they are given: control flow, not a modelling step."""
+OPS_PREFIX = "keras.src.ops."
+"""Where Keras defines its operations; a functional model saves ``x + y`` as ``Add`` from here."""
+FILE_ARGUMENTS = frozenset({"vocabulary", "merges", "proto"})
+"""Config keys of lookup layers and tokenizers (Keras' and keras-hub's) that take either the data
+itself or the path of a file to read it from; a string there is a path."""
 NOT_MODELLING_NAMES = frozenset({"get", "serialize", "deserialize"})
 MERGE_FUNCTIONS = ("add", "average", "concatenate", "dot", "maximum", "minimum", "multiply",
                    "subtract")
@@ -76,6 +87,8 @@ class Refusal:
     """The dotted path it resolved to; empty when nothing resolved."""
     unknown: bool = False
     """Nothing resolved it: an object the user may own (then ``--custom-objects`` is the fix)."""
+    hint: str = ""
+    """What to do instead of the usual hint, when that is known (install a package)."""
 
 
 class Keras:
@@ -116,6 +129,7 @@ class Keras:
             m.ALL_OBJECTS_DICT for m in (activations, constraints, dtype_policies, initializers,
                                          losses, metrics, optimizers, quantizers, regularizers))
         self.layer: type = keras.layers.Layer
+        self.operation: type = keras.Operation  # layers, models and the op layers
         self.modelling_bases: tuple[type, ...] = (
             keras.layers.Layer, keras.losses.Loss, keras.metrics.Metric,
             keras.optimizers.Optimizer, keras.optimizers.schedules.LearningRateSchedule,
@@ -129,6 +143,7 @@ class Keras:
         self.code_classes = tuple(code)
         self.lookup_classes: tuple[type, ...] = (IndexLookup, TextVectorization)
         self.functions = self._modelling_functions()
+        self.operations = self._modelling_operations()
 
     def _modelling_functions(self) -> dict[int, str]:
         """id -> exported name of every admitted function."""
@@ -150,6 +165,31 @@ class Keras:
                 admitted.setdefault(id(obj), f"keras.layers.{key}")
         return admitted
 
+    def _modelling_operations(self) -> dict[int, str]:
+        """id -> the admitted function behind each operation class Keras saves for a tensor
+        operator or a ``keras.ops`` call in a functional model (``Add`` is what ``ops.add``
+        creates on a symbolic tensor). A class is admitted through its function: the function of
+        its module whose name, without underscores, is the class name (``GetItem`` ->
+        ``get_item``, ``RGBToHSV`` -> ``rgb_to_hsv``) and that is itself admitted, so the
+        control-flow ops (``Cond``, ``WhileLoop`` ...), which call functions they are given, and
+        everything on Keras' non-modelling list stay out."""
+        from keras.src.ops.operation import Operation
+
+        admitted: dict[int, str] = {}
+        for name, module in list(sys.modules.items()):
+            if not name.startswith(OPS_PREFIX) or module is None:
+                continue
+            members = vars(module)
+            by_key = {k.replace("_", "").lower(): v for k, v in members.items()
+                      if inspect.isfunction(v) and id(v) in self.functions}
+            for cls_name, cls in members.items():
+                if inspect.isclass(cls) and issubclass(cls, Operation) and \
+                        cls.__module__ == name and not issubclass(cls, self.layer):
+                    fn = by_key.get(cls_name.lower())
+                    if fn is not None:
+                        admitted[id(cls)] = self.functions[id(fn)]
+        return admitted
+
     def path(self, obj: Any) -> str:
         """The public dotted name of ``obj`` where Keras exports it, else its definition."""
         from keras.src import api_export
@@ -161,10 +201,51 @@ class Keras:
         return f"{module}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
 
 
+PACKAGE_DISTRIBUTIONS = {"keras_hub": "pip install keras-hub", "keras_cv": "pip install keras-cv",
+                         "keras_nlp": "pip install keras-nlp"}
+
+
+def import_model_packages(config: Any) -> None:
+    """Import the Keras model packages (keras-hub, keras-cv, keras-nlp) that ``config`` names in
+    a ``module`` or ``registered_name`` and that are installed: their classes register and their
+    modules load, so the allow-list finds them where Keras' loader would. Installed packages
+    are the user's own code; the file only picks among them."""
+    import importlib
+    import importlib.util
+
+    wanted: set[str] = set()
+    stack: list[Any] = [config]
+    budget = 1_000_000  # entries looked at; a bigger config is refused by the scan anyway
+    while stack and budget > 0:
+        node = stack.pop()
+        budget -= 1
+        if isinstance(node, dict):
+            for key in ("module", "registered_name"):
+                value = node.get(key)
+                if isinstance(value, str):
+                    wanted.add(value.split(">", 1)[0].split(".", 1)[0])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    for package in sorted(wanted & set(KERAS_PACKAGES) - {"keras"}):
+        if package not in sys.modules and importlib.util.find_spec(package) is not None:
+            importlib.import_module(package)
+
+
 @functools.cache
 def keras_tables() -> Keras:
     """The tables of the Keras that is imported (read once per process)."""
     return Keras()
+
+
+def _file_argument(inner: Any) -> tuple[str, str] | None:
+    """The first of ``FILE_ARGUMENTS`` that ``inner`` (an object's config) sets to a string."""
+    if not isinstance(inner, dict):
+        return None
+    for key in sorted(FILE_ARGUMENTS):
+        if isinstance(inner.get(key), str):
+            return key, inner[key]
+    return None
 
 
 class Resolver:
@@ -292,15 +373,20 @@ class Resolver:
             if issubclass(obj, k.code_classes):
                 return Refusal("runs code stored in or named by the file when the model is "
                                "loaded or called", where)
-            if issubclass(obj, k.lookup_classes) and isinstance(inner, dict) and \
-                    isinstance(inner.get("vocabulary"), str):
-                return Refusal(f"reads its vocabulary from the file {inner['vocabulary']!r} "
-                               "(no outside file is read)", where)
-            if str(obj.__module__).startswith("keras.") and issubclass(
+            named_file = _file_argument(inner)
+            if named_file is not None and issubclass(obj, k.layer):
+                key, value = named_file
+                return Refusal(f"reads its {key} from the file {value!r} (no file outside the "
+                               "model is read; a saved model keeps it among its own assets)",
+                               where)
+            if id(obj) in k.operations:
+                return None  # the class behind an admitted keras.ops function
+            package = str(obj.__module__).split(".", 1)[0]
+            if package in KERAS_PACKAGES and "." in str(obj.__module__) and issubclass(
                     obj, k.modelling_bases):
                 return None
-            return Refusal("is not a Keras layer, model, loss, metric, optimizer, initializer, "
-                           "regularizer, constraint or dtype policy", where)
+            return Refusal("is not a Keras layer, model, operation, loss, metric, optimizer, "
+                           "initializer, regularizer, constraint or dtype policy", where)
         if callable(obj) and id(obj) in k.functions:
             return None
         if callable(obj):
@@ -318,6 +404,12 @@ class Resolver:
         found, needs = self.resolve(node)
         if not found:
             if needs is not None:
+                package = needs.split(".", 1)[0]
+                if package in KERAS_PACKAGES and package not in sys.modules:
+                    return [], Refusal(
+                        f"comes from {package}, which is not installed",
+                        hint=f"install it ({PACKAGE_DISTRIBUTIONS.get(package, package)}; "
+                             "pip install 'gradinspect[hub]' brings keras-hub)")
                 return [], Refusal(f"can only be found by importing the module {needs!r}, "
                                    "which is not loaded (nothing a config names is imported)")
             return [], Refusal("resolves to nothing Keras or --custom-objects provides",
@@ -343,6 +435,7 @@ class Resolver:
         return None if obj is None else self.judge_object(obj, None)
 
     def is_layer(self, found: Iterable[Found]) -> bool:
-        """Whether an entry builds a layer or model (its ``name`` then names it in messages)."""
-        return any(inspect.isclass(f.obj) and issubclass(f.obj, self.keras.layer)
+        """Whether an entry builds a layer, model or operation of a functional graph (its
+        ``name`` then names it in messages)."""
+        return any(inspect.isclass(f.obj) and issubclass(f.obj, self.keras.operation)
                    for f in found)
