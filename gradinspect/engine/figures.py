@@ -5,6 +5,7 @@ figure into one float64 vector per batch, and the tensor helpers these need."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -233,6 +234,53 @@ def units_last(tf: Any, t: Any, axis: int) -> Any:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_KERAS_CALL = re.compile(r"Exception encountered when calling (?:layer )?(.+?)\.?$")
+MAX_SAID = 400
+"""Characters of Keras' explanation kept in the one-line message (``--traceback`` has all)."""
+
+
+def what_keras_said(exc: BaseException) -> str:
+    """The cause of a failure inside ``call()`` on one line. Keras puts "Exception encountered
+    when calling X.call()." first and the cause (a structure mismatch, an incompatible shape)
+    after it, then the arguments it received; this returns ``X.call(): <the cause>``, colour
+    codes removed. Other errors give their first line."""
+    text = _ANSI.sub("", str(exc)).strip()
+    if not text:
+        return type(exc).__name__
+    lines = [line.strip() for line in text.splitlines()]
+    if lines[0].startswith("Graph execution error"):
+        return _graph_error(lines)
+    found = _KERAS_CALL.match(lines[0])
+    if found is None:
+        return lines[0]
+    said: list[str] = []
+    for line in lines[1:]:
+        if line.startswith("Arguments received by"):
+            break
+        if line:
+            said.append(line)
+    if not said:
+        return lines[0]
+    return f"{found.group(1)}: {_clipped(' '.join(said))}"
+
+
+def _graph_error(lines: list[str]) -> str:
+    """TensorFlow's "Graph execution error:" text: the operation's own message after the
+    Python stack where it was defined, and the node it names."""
+    node = ""
+    for line in lines[1:]:
+        if line.startswith("Detected at node "):
+            node = line.removeprefix("Detected at node ").split(" defined at", 1)[0]
+        elif line and not line.startswith(("File ", "[[", "Detected at")):
+            return _clipped(line) + (f" (at node {node})" if node else "")
+    return lines[0]
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= MAX_SAID else text[:MAX_SAID] + " ..."
 
 
 def replica_context(tf: Any) -> Any:

@@ -17,8 +17,8 @@ from gradinspect.engine.figures import (
     COUNT_MERGES,
     DOUBLE_LAST,
     batch_tensor,
-    first_line,
     replica_context,
+    what_keras_said,
 )
 from gradinspect.engine.gradcheck import fd_derivative
 from gradinspect.engine.hooks import instrumented
@@ -172,7 +172,7 @@ class Probe(TracedPass):
 
     @staticmethod
     def _failed(exc: BaseException) -> ProbeError:
-        return ProbeError(f"the forward/backward pass failed: {first_line(exc)}",
+        return ProbeError(f"the forward/backward pass failed: {what_keras_said(exc)}",
                           "run with --traceback for details")
 
     def _bounds(self, rows: int) -> Any:

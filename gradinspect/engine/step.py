@@ -291,8 +291,7 @@ class TracedPass:
                     tape.watch(v)
             recorder.tape = tape
             try:
-                model_in = inputs if len(inputs) > 1 else inputs[0]
-                outputs = self.model(model_in, training=self.training)
+                outputs = self.model(call_structure(self.model, inputs), training=self.training)
             finally:
                 recorder.tape = None
             terms = self.loss.terms(tf, tf.nest.flatten(outputs), labels)
@@ -465,3 +464,22 @@ class TracedPass:
                 return z >= hi
             return tf.logical_or(z <= lo, z >= hi)
         return tf.logical_or(z <= tf.cast(a, z.dtype), z >= tf.cast(b, z.dtype))
+
+
+def call_structure(model: Any, inputs: list[Any]) -> Any:
+    """The model's inputs in the structure it was built with: a dict keyed by input name for a
+    model built on ``{"token_ids": ..., "padding_mask": ...}`` (keras-hub backbones and tasks),
+    any nesting a functional model declares, else one tensor or the flat list. ``inputs`` are
+    in the order of ``model.inputs``, which is that structure flattened."""
+    from keras import tree
+
+    struct = getattr(model, "_inputs_struct", None)
+    nested = isinstance(struct, dict) or (
+        isinstance(struct, list | tuple)
+        and any(isinstance(s, dict | list | tuple) for s in struct))
+    if nested:
+        try:
+            return tree.pack_sequence_as(struct, inputs)
+        except (ValueError, TypeError):
+            pass  # a structure that does not take these inputs: Keras says why below
+    return inputs if len(inputs) > 1 else inputs[0]
