@@ -158,10 +158,12 @@ def _label_step(where: str, y: Any, out: Any, loss_name: str) -> tuple[
         return ids
 
     if loss_name.startswith("sparse_"):
-        if y_shape not in ((), (1,), out_shape[:-1], (*out_shape[:-1], 1)):
+        ids_shape = (None, *out_shape[:-1])
+        if not (_fits(y_shape, out_shape[:-1]) or _fits(y_shape, (*out_shape[:-1], 1))
+                or (len(out_shape) <= 1 and y_shape in ((), (1,)))):
             raise DataError(f"{label} have shape {tuple(y.shape)}; "
-                            f"{loss_name} takes class ids of shape (N,) for output "
-                            f"{tuple(out.shape)}",
+                            f"{loss_name} takes class ids of shape {_shape_text(ids_shape)} "
+                            f"for output {tuple(out.shape)}",
                             "pass integer class ids, or use categorical_crossentropy for "
                             "one-hot labels")
         return (lambda b, start: in_range(b.astype(np.float64), start).astype(np.int32)), None
@@ -172,13 +174,28 @@ def _label_step(where: str, y: Any, out: Any, loss_name: str) -> tuple[
             return np.eye(int(classes), dtype=np.float32)[ids]
         return one_hot, (f"labels for output '{out.name}': integer class ids one-hot encoded "
                          f"({classes} classes) for categorical_crossentropy")
-    if y_shape != out_shape and out_shape and out_shape[-1] == 1 and y_shape == out_shape[:-1]:
+    if not _fits(y_shape, out_shape) and out_shape and out_shape[-1] == 1 and \
+            _fits(y_shape, out_shape[:-1]):
         # (N,) labels for an (N, 1) output: Keras trains with them (it expands the last axis)
         return (lambda b, start: np.asarray(b, dtype=np.float32)[..., None]), None
-    if y_shape != out_shape:
+    if not _fits(y_shape, out_shape):
         hint = "labels need the output's shape"
         if loss_name == "categorical_crossentropy" and y_shape in ((), (1,)):
             hint = "integer class ids are one-hot encoded automatically; these are not integers"
         raise DataError(f"{label} have shape {tuple(y.shape)}, the output is "
                         f"{tuple(out.shape)}", hint)
     return (lambda b, start: np.asarray(b, dtype=np.float32)), None
+
+
+def _fits(shape: tuple[Any, ...], declared: tuple[Any, ...]) -> bool:
+    """Whether a label shape fits an output's declared shape: same rank, and every axis equal
+    where the output's is known (a ``None`` axis, as in ``Input((None, None, 3))`` or a
+    sequence of any length, takes any size)."""
+    return len(shape) == len(declared) and all(
+        d is None or int(s) == int(d) for s, d in zip(shape, declared, strict=True))
+
+
+def _shape_text(shape: tuple[Any, ...]) -> str:
+    """``(N, T)``: a shape for a message, the batch axis as N and unknown axes as ``?``."""
+    parts = ["N", *("?" if d is None else str(d) for d in shape[1:])]
+    return f"({', '.join(parts)}{',' if len(parts) == 1 else ''})"
