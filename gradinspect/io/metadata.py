@@ -63,7 +63,7 @@ def read_model_file(path: Path, fmt: str) -> ModelFile:
     if fmt == "keras":
         found = config.get("compile_config") if isinstance(config, dict) else None
     else:
-        found = _training_config(training)
+        found = _training_config(training, path)
     return ModelFile(path=path, format=fmt, config=config,
                      compile_config=found if isinstance(found, dict) else None,
                      keras_version=_version(version))
@@ -82,10 +82,15 @@ def _json_member(z: zipfile.ZipFile, name: str) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def _training_config(raw: Any) -> Any:
+def _training_config(raw: Any, path: Path) -> Any:
+    """The training configuration, ``None`` when missing or damaged (the loss then comes from
+    the options); nested too deeply to parse is refused like a model config that deep."""
     try:
         return json.loads(_text(raw)) if raw else None
-    except (ValueError, RecursionError):
+    except RecursionError as exc:
+        raise ModelLoadError(f"{path}: the training configuration is nested too deeply to "
+                             "read", "refused: no real model nests this deep") from exc
+    except (ValueError, UnicodeDecodeError):
         return None
 
 

@@ -66,14 +66,15 @@ def require_regular_file(path: Path, kind: str, error: ErrorType) -> None:
 # ---------------------------------------------------------------- HDF5
 
 
-def check_hdf5(source: Any, label: str, error: ErrorType) -> None:
+def check_hdf5(source: Any, label: str, error: ErrorType) -> int:
     """Walk every link of an HDF5 file (a path or an open binary file object) and refuse what
-    would read outside it or inflate from nothing; raise ``error`` naming the object."""
+    would read outside it or inflate from nothing; raise ``error`` naming the object. Returns
+    the bytes its datasets declare (what the file can give a model as weights)."""
     import h5py
 
     try:
         with h5py.File(source, "r") as f:
-            _walk_hdf5(f, label, error)
+            return _walk_hdf5(f, label, error)
     except (ModelLoadError, DataError):
         raise
     except Exception as exc:  # h5py raises OSError, RuntimeError, KeyError ... on damage
@@ -81,13 +82,13 @@ def check_hdf5(source: Any, label: str, error: ErrorType) -> None:
                     "save or download it again") from exc
 
 
-def _walk_hdf5(f: Any, label: str, error: ErrorType) -> None:
+def _walk_hdf5(f: Any, label: str, error: ErrorType) -> int:
     import h5py
 
     hint = "refused: it would make gradinspect read another file; save the data into this file"
     seen: set[Any] = set()
     stack: list[tuple[Any, str]] = [(f, "/")]
-    count = 0
+    count = declared = 0
     while stack:
         group, where = stack.pop()
         for name in group:
@@ -107,9 +108,10 @@ def _walk_hdf5(f: Any, label: str, error: ErrorType) -> None:
                 continue
             seen.add(key)
             if isinstance(obj, h5py.Dataset):
-                _check_dataset(obj, path, label, error, hint)
+                declared += _check_dataset(obj, path, label, error, hint)
             elif isinstance(obj, h5py.Group):
                 stack.append((obj, path))
+    return declared
 
 
 def _check_soft_link(f: Any, path: str, target: str, label: str, error: ErrorType,
@@ -133,7 +135,7 @@ def _check_soft_link(f: Any, path: str, target: str, label: str, error: ErrorTyp
         node = node.get(part)
 
 
-def _check_dataset(ds: Any, path: str, label: str, error: ErrorType, hint: str) -> None:
+def _check_dataset(ds: Any, path: str, label: str, error: ErrorType, hint: str) -> int:
     plist = ds.id.get_create_plist()
     if getattr(ds, "is_virtual", False):
         raise error(f"{label}: {path} is a virtual dataset (its data lives in other files)",
@@ -147,15 +149,18 @@ def _check_dataset(ds: Any, path: str, label: str, error: ErrorType, hint: str) 
             raise error(f"{label}: {path} declares {declared:,} bytes but stores {stored:,}: "
                         "an implausible ratio (chunks never written); refused",
                         "write the data into the file in full")
+    return declared
 
 
-def check_keras_archive(path: Path, error: ErrorType = ModelLoadError) -> None:
-    """The HDF5 weights inside a ``.keras`` zip, under the same rules. Each member is copied
-    once into an anonymous temporary file first: HDF5 seeks back and forth, and a zip member
-    seeks backwards by decompressing from its start again (0.7 s on MobileNetV2's weights)."""
+def check_keras_archive(path: Path, error: ErrorType = ModelLoadError) -> int:
+    """The HDF5 weights inside a ``.keras`` zip, under the same rules; returns the bytes their
+    datasets declare. Each member is copied once into an anonymous temporary file first: HDF5
+    seeks back and forth, and a zip member seeks backwards by decompressing from its start
+    again (0.7 s on MobileNetV2's weights)."""
     import shutil
     import tempfile
 
+    declared = 0
     try:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
@@ -163,13 +168,14 @@ def check_keras_archive(path: Path, error: ErrorType = ModelLoadError) -> None:
                     with z.open(info) as member, tempfile.TemporaryFile() as copy:
                         shutil.copyfileobj(member, copy, 1 << 20)
                         copy.seek(0)
-                        check_hdf5(copy, f"{path} ({info.filename})", error)
+                        declared += check_hdf5(copy, f"{path} ({info.filename})", error)
     except (ModelLoadError, DataError):
         raise
     except Exception as exc:  # zip and zlib raise many kinds on damaged bytes
         raise error(f"{path}: damaged zip archive ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0] if str(exc) else ''})",
                     "save or download it again") from exc
+    return declared
 
 
 # ---------------------------------------------------------------- model configs
@@ -245,7 +251,7 @@ def _refuse(label: str, layer: str, spelled: str, refusal: Refusal,
     what = f"{spelled} resolves to {refusal.resolved}, which" if refusal.resolved else spelled
     extra = f" (it wraps the function {wrapped})" if wrapped else ""
     raise ModelLoadError(f"{label}: {where}{what} {refusal.reason}{extra}; refused",
-                         UNKNOWN_HINT if refusal.unknown else UNSAFE_HINT)
+                         refusal.hint or (UNKNOWN_HINT if refusal.unknown else UNSAFE_HINT))
 
 
 def spelling(node: Mapping[str, Any]) -> str:
@@ -282,11 +288,25 @@ def available_memory() -> int:
     return 8 << 30
 
 
+STORED_SLACK = 64 << 20
+"""Bytes a model may create beyond twice what its file stores (state Keras creates and does not
+save, a float16 file read into float32 variables)."""
+
+
+def stored_weight_limit(stored: int) -> int:
+    """The most weight bytes a model whose file stores ``stored`` bytes of datasets may create:
+    a model cannot need much more than the weights it carries, so a config that declares a
+    50000 x 50000 Dense in a file of kilobytes is refused before ``build`` allocates 10 GB."""
+    return 2 * stored + STORED_SLACK
+
+
 @contextmanager
-def weight_budget(keras: Any, label: str, limit: int) -> Iterator[None]:
+def weight_budget(keras: Any, label: str, limit: int,
+                  stored: int | None = None) -> Iterator[None]:
     """Count the bytes of every weight the model creates while it is built (Keras builds the
     layers from the config before reading a single stored weight) and stop the build before
-    the total passes ``limit``."""
+    the total passes ``limit`` (the memory the machine has, or ``--max-model-bytes``) or, when
+    ``stored`` (the bytes the file's weights declare) is given, ``stored_weight_limit``."""
     import numpy as np
 
     layer_class = keras.layers.Layer
@@ -302,6 +322,13 @@ def weight_budget(keras: Any, label: str, limit: int) -> Iterator[None]:
             itemsize = 4
         dims = [int(d) for d in (shape or ()) if d is not None]
         total[0] += math.prod(dims) * itemsize
+        if stored is not None and total[0] > min(limit, stored_weight_limit(stored)):
+            raise ModelLoadError(
+                f"{label}: the model's config declares more weights than the file stores "
+                f"(layer {getattr(self, 'name', '?')!r} asks for a {tuple(dims)} weight, "
+                f"{human_bytes(total[0])} so far; the file holds {human_bytes(stored)}); "
+                "refused before allocating it",
+                "the file is damaged or not what it claims; save or download it again")
         if total[0] > limit:
             raise ModelLoadError(
                 f"{label}: the model's weights need more than {human_bytes(limit)} "

@@ -85,7 +85,15 @@ def _h5_model_kind(path: Path) -> str:
 
 
 def detect_model_format(path: Path) -> str:
-    """``keras`` or ``h5``, or raise a ``ModelLoadError`` that says what the file is instead."""
+    """``keras``, ``h5``, ``json`` or ``savedmodel``, or raise a ``ModelLoadError`` that says
+    what the file is instead."""
+    return detect_model(path)[0]
+
+
+def detect_model(path: Path) -> tuple[str, int | None]:
+    """The model format and the bytes of weights the file stores (``None`` where that is not
+    known before loading: an architecture JSON, a SavedModel directory), after the safety
+    checks of its format; or raise a ``ModelLoadError`` that says what the file is instead."""
     check_readable(path, "model", ModelLoadError)
     kind = sniff(path)
     if kind == "savedmodel":
@@ -108,8 +116,7 @@ def detect_model_format(path: Path) -> str:
     if kind == "zip":
         names = zip_names(path)
         if "config.json" in names:
-            check_keras_archive(path)
-            return "keras"
+            return "keras", check_keras_archive(path)
         if names and all(n.endswith(".npy") for n in names):
             raise ModelLoadError(
                 f"{path}: is a NumPy .npz archive, not a model",
@@ -119,12 +126,12 @@ def detect_model_format(path: Path) -> str:
             f"{path}: zip archive without a Keras config.json", "pass a .keras or .h5 model file"
         )
     if kind == "json":
-        return "json"
+        return "json", None
     if kind == "hdf5":
-        check_hdf5(path, str(path), ModelLoadError)
+        stored = check_hdf5(path, str(path), ModelLoadError)
         h5kind = _h5_model_kind(path)
         if h5kind == "model":
-            return "h5"
+            return "h5", stored
         if h5kind == "weights":
             raise ModelLoadError(
                 f"{path}: holds weights only, no architecture",
