@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
+from gradinspect.report import Report
+
 IMAGE_BLOCKS = ("conv", "conv_bn_relu", "depthwise", "separable", "transpose", "residual",
                 "group_norm", "custom")
 SEQUENCE_BLOCKS = ("lstm", "gru", "simple_rnn", "bidirectional", "conv1d", "attention",
@@ -139,10 +141,38 @@ def kinds_data(arch: KindArch) -> np.ndarray:
 
 
 def tape_by_path(tf: Any, model: Any, x: Any, loss: str = "sum") -> dict[str, np.ndarray]:
-    """dL/dvariable by one plain tape over ``model.trainable_variables``, keyed by path."""
+    """dL/dvariable by one plain tape over ``model.trainable_variables``, keyed by path; ``x``
+    one array or a dict by input name (keras-hub models)."""
+    inputs = {k: tf.constant(v) for k, v in x.items()} if isinstance(x, dict) \
+        else tf.constant(x)
     with tf.GradientTape() as tape:
-        out = model(tf.constant(x))
+        flat = [tf.reshape(o, [-1]) for o in tf.nest.flatten(model(inputs))]
+        out = tf.concat(flat, 0)  # every output entry, as gradinspect's sum and mean take them
         total = tf.reduce_sum(out) if loss == "sum" else tf.reduce_mean(out)
     grads = tape.gradient(total, model.trainable_variables)
     return {v.path: np.asarray(tf.convert_to_tensor(g), dtype=np.float64)
             for v, g in zip(model.trainable_variables, grads, strict=True)}
+
+
+def assert_matches_tape(report: Report, reference: dict[str, np.ndarray],
+                        rel: float = 1e-5) -> None:
+    """Every variable of every entry against the plain tape, by Keras variable path; entries
+    whose true gradient is zero (a key bias in attention) are compared on the model's scale."""
+    got = {w.path: (entry, name) for entry in report.layers
+           for name, w in entry.weights.variables.items() if w is not None}
+    assert set(got) == set(reference), "the report must cover exactly the trainable variables"
+    scale = max((float(np.abs(g).max(initial=0.0)) for g in reference.values()), default=0.0)
+    floor = 1e-6 * max(scale, 1e-30)
+    for path, want in reference.items():
+        entry, name = got[path]
+        stats = entry.grads.variables[name]
+        assert stats is not None
+        assert stats.shape == want.shape, path
+        norm = float(np.linalg.norm(want))
+        assert abs(stats.norm - norm) <= rel * norm + floor * np.sqrt(want.size), path
+        assert abs(stats.max_abs - float(np.abs(want).max())) <= rel * norm + floor, path
+        assert abs(stats.mean_abs - float(np.abs(want).mean())) <= rel * norm + floor, path
+    coverage = report.coverage
+    assert coverage is not None
+    assert coverage.inspected_params == coverage.trainable_params
+    assert coverage.skipped == ()

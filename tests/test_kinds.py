@@ -17,11 +17,18 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kinds import KindArch, build_kinds, kind_archs, kinds_data, scale_layer, tape_by_path
+from kinds import (
+    KindArch,
+    assert_matches_tape,
+    build_kinds,
+    kind_archs,
+    kinds_data,
+    scale_layer,
+    tape_by_path,
+)
 
 import gradinspect
 from gradinspect.pipeline import ACTIVATION_COPIES, activation_bytes_per_sample
-from gradinspect.report import Report
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_KIND = {
@@ -31,30 +38,6 @@ EXPECTED_KIND = {
     "BatchNormalization": "normalization", "LayerNormalization": "normalization",
     "GroupNormalization": "normalization", "PReLU": "generic", "Scale": "generic",
 }
-
-
-def assert_matches_tape(report: Report, reference: dict[str, np.ndarray],
-                        rel: float = 1e-5) -> None:
-    """Every variable of every entry against the plain tape, by Keras variable path; entries
-    whose true gradient is zero (a key bias in attention) are compared on the model's scale."""
-    got = {w.path: (entry, name) for entry in report.layers
-           for name, w in entry.weights.variables.items() if w is not None}
-    assert set(got) == set(reference), "the report must cover exactly the trainable variables"
-    scale = max((float(np.abs(g).max(initial=0.0)) for g in reference.values()), default=0.0)
-    floor = 1e-6 * max(scale, 1e-30)
-    for path, want in reference.items():
-        entry, name = got[path]
-        stats = entry.grads.variables[name]
-        assert stats is not None
-        assert stats.shape == want.shape, path
-        norm = float(np.linalg.norm(want))
-        assert abs(stats.norm - norm) <= rel * norm + floor * np.sqrt(want.size), path
-        assert abs(stats.max_abs - float(np.abs(want).max())) <= rel * norm + floor, path
-        assert abs(stats.mean_abs - float(np.abs(want).mean())) <= rel * norm + floor, path
-    coverage = report.coverage
-    assert coverage is not None
-    assert coverage.inspected_params == coverage.trainable_params
-    assert coverage.skipped == ()
 
 
 PROPERTY_EXAMPLES = max(6, settings.default.max_examples // 4)

@@ -1,0 +1,326 @@
+"""Reach: every model Keras itself loads safely is inspected without ``--unsafe``.
+
+Functional models with tensor operators (saved as op layers), keras-hub backbones and tasks
+built from small configs (random weights, no presets, no downloads), dict inputs at the top
+and inside nested models; each checked against one plain ``tf.GradientTape`` over
+``model.trainable_variables``. And the doors these open stay shut to what they must not admit:
+control-flow ops, tokenizers that would read a file, packages that are not installed, configs
+that declare more weights than the file holds, configurations nested too deep.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from kinds import assert_matches_tape, tape_by_path
+from typer.testing import CliRunner
+
+import gradinspect
+from gradinspect import cli
+from gradinspect.errors import ExitStatus, ModelLoadError, ProbeError
+
+runner = CliRunner()
+
+
+def invoke(*args: Any) -> Any:
+    return runner.invoke(cli.app, [str(a) for a in args])
+
+
+def one_line(result: Any, status: ExitStatus, *needles: str) -> str:
+    assert result.exit_code == status, (result.exit_code, result.stderr, result.stdout)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def edit_keras_config(src: Path, dst: Path, edit: Any) -> Path:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "config.json":
+                config = json.loads(data)
+                edit(config)
+                data = json.dumps(config).encode()
+            zout.writestr(info, data)
+    return dst
+
+
+# ---------------------------------------------------------------- Keras 3 op layers
+
+
+@pytest.fixture(scope="module")
+def ops_model(tfk: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A functional model as people write them: a residual ``h + i``, ``ops.tanh(h) * 2.0``,
+    last-position slicing ``h[:, -1, :]`` and ``ops.mean(h, axis=1)``."""
+    _, keras = tfk
+    keras.utils.set_random_seed(11)
+    x = keras.Input((5, 6))
+    h = keras.layers.Dense(6, activation="relu")(x)
+    i = keras.layers.Dense(6)(x)
+    y = keras.layers.Dense(4)(h + i)
+    z = keras.layers.Dense(3)(keras.ops.mean(keras.ops.tanh(y) * 2.0, axis=1))
+    w = keras.layers.Dense(2)(y[:, -1, :] - keras.ops.square(y[:, 0, :]))
+    model = keras.Model(x, [z, w])
+    where = tmp_path_factory.mktemp("ops")
+    model.save(where / "ops.keras")
+    np.save(where / "x.npy", np.random.default_rng(1).normal(size=(9, 5, 6)).astype("float32"))
+    return where / "ops.keras", where / "x.npy"
+
+
+def test_op_layers_load_without_unsafe_and_match_a_plain_tape(tfk: Any,
+                                                              ops_model: tuple[Path, Path]
+                                                              ) -> None:
+    tf, keras = tfk
+    path, xp = ops_model
+    config = json.loads(zipfile.ZipFile(path).read("config.json"))
+    ops = {layer["class_name"] for layer in config["config"]["layers"]
+           if str(layer.get("module", "")).startswith("keras.src.ops")}
+    assert {"Add", "Tanh", "Multiply", "Mean", "GetItem", "Subtract", "Square"} <= ops
+    result = invoke(path, xp, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["coverage"]["skipped"] == []
+    report = gradinspect.inspect_files(path, xp, gradinspect.InspectOptions(loss="sum"))
+    model = keras.models.load_model(path)
+    assert_matches_tape(report, tape_by_path(tf, model, np.load(xp)))
+
+
+@pytest.mark.parametrize(("module", "class_name"), [
+    ("keras.src.ops.core", "Cond"),            # calls the functions it is given
+    ("keras.src.ops.core", "VectorizedMap"),
+    ("keras.src.ops.core", "WhileLoop"),
+    ("keras.src.ops.function", "Function"),    # a graph, not an operation
+    ("keras.src.ops.operation", "Operation"),  # the base class
+])
+def test_operations_that_are_not_modelling_steps_are_refused(
+        ops_model: tuple[Path, Path], tmp_path: Path, module: str, class_name: str) -> None:
+    path, xp = ops_model
+
+    def edit(config: dict[str, Any]) -> None:
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "Tanh":
+                layer.update(module=module, class_name=class_name, registered_name=class_name)
+
+    hostile = edit_keras_config(path, tmp_path / "hostile.keras", edit)
+    one_line(invoke(hostile, xp), ExitStatus.MODEL_ERROR, "'tanh'", class_name, "refused")
+
+
+# ---------------------------------------------------------------- dict inputs
+
+
+def test_dict_inputs_reach_the_model_and_nested_models_as_dicts(tfk: Any) -> None:
+    tf, keras = tfk
+    keras.utils.set_random_seed(3)
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    inner = keras.Model({"a": a, "b": b},
+                        keras.layers.Dense(5, activation="tanh")(
+                            keras.layers.Concatenate()([a, b])), name="inner")
+    a2, b2 = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    outer = keras.Model({"a": a2, "b": b2},
+                        keras.layers.Dense(2)(inner({"a": a2, "b": b2}) + keras.ops.sum(b2)))
+    rng = np.random.default_rng(0)
+    x = {"a": rng.normal(size=(6, 4)).astype("float32"),
+         "b": rng.normal(size=(6, 3)).astype("float32")}
+    report = gradinspect.inspect(outer, x)
+    assert_matches_tape(report, tape_by_path(tf, outer, x))
+
+
+# ---------------------------------------------------------------- failures of the pass
+
+
+def test_a_failure_inside_call_says_what_keras_said(tfk: Any) -> None:
+    _, keras = tfk
+    x = keras.Input((4,))
+    # builds symbolically (None broadcasts), fails on a batch of 5 rows against 3
+    model = keras.Model(x, keras.layers.Dense(2)(x) + keras.ops.ones((3, 2)))
+    with pytest.raises(ProbeError) as info:
+        gradinspect.inspect(model, np.ones((5, 4), "float32"))
+    message = info.value.message
+    assert "Exception encountered" not in message
+    assert "Graph execution error" not in message
+    assert "Incompatible shapes" in message, message
+    assert "\n" not in message
+    assert "\x1b" not in message
+
+
+def test_what_keras_said_takes_the_cause_from_keras_call_errors() -> None:
+    from gradinspect.engine.figures import what_keras_said
+
+    exc = ValueError("Exception encountered when calling BertTextClassifier.call().\n\n"
+                     "\x1b[1mThe structure of `inputs` doesn't match the expected structure.\n"
+                     "Expected: {'token_ids': 'token_ids'}\nReceived: inputs=['Tensor']\x1b[0m"
+                     "\n\nArguments received by BertTextClassifier.call():\n  • inputs=[...]")
+    assert what_keras_said(exc) == (
+        "BertTextClassifier.call(): The structure of `inputs` doesn't match the expected "
+        "structure. Expected: {'token_ids': 'token_ids'} Received: inputs=['Tensor']")
+    assert what_keras_said(ValueError("plain\nmore")) == "plain"
+
+
+# ---------------------------------------------------------------- keras-hub
+
+
+@pytest.fixture(scope="module")
+def hub(tfk: Any) -> Any:
+    return pytest.importorskip("keras_hub", reason="keras-hub is the [hub] extra; "
+                               "pip install 'gradinspect[hub]'")
+
+
+def _token_data(rng: np.random.Generator, n: int, t: int, vocab: int,
+                segments: bool) -> dict[str, np.ndarray]:
+    x = {"token_ids": rng.integers(0, vocab, (n, t)).astype("int32"),
+         "padding_mask": np.ones((n, t), "int32")}
+    x["padding_mask"][0, t - 3:] = 0
+    if segments:
+        x["segment_ids"] = np.zeros((n, t), "int32")
+    return x
+
+
+@pytest.fixture(scope="module")
+def bert(hub: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    import keras
+
+    keras.utils.set_random_seed(5)
+    backbone = hub.models.BertBackbone(vocabulary_size=50, num_layers=2, num_heads=2,
+                                       hidden_dim=16, intermediate_dim=32,
+                                       max_sequence_length=12)
+    model = hub.models.BertTextClassifier(backbone, num_classes=3, preprocessor=None)
+    where = tmp_path_factory.mktemp("bert")
+    model.save(where / "bert.keras")
+    rng = np.random.default_rng(2)
+    x = _token_data(rng, 6, 10, 50, segments=True)
+    np.savez(where / "x.npz", **x, y=rng.integers(0, 3, 6))
+    return where / "bert.keras", where / "x.npz"
+
+
+@pytest.fixture(scope="module")
+def gpt2(hub: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    import keras
+
+    keras.utils.set_random_seed(6)
+    backbone = hub.models.GPT2Backbone(vocabulary_size=60, num_layers=2, num_heads=2,
+                                       hidden_dim=16, intermediate_dim=32,
+                                       max_sequence_length=12)
+    model = hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    where = tmp_path_factory.mktemp("gpt2")
+    model.save(where / "gpt2.keras")
+    rng = np.random.default_rng(3)
+    x = _token_data(rng, 5, 10, 60, segments=False)
+    np.savez(where / "x.npz", **x, y=rng.integers(0, 60, (5, 10)))
+    return where / "gpt2.keras", where / "x.npz"
+
+
+@pytest.mark.parametrize("which", ["bert", "gpt2"])
+def test_keras_hub_models_are_inspected_in_full_without_unsafe(
+        tfk: Any, request: pytest.FixtureRequest, which: str) -> None:
+    tf, keras = tfk
+    path, xp = request.getfixturevalue(which)
+    result = invoke(path, xp, "--json")
+    assert result.exit_code in (0, 1), result.stderr
+    plain = json.loads(result.stdout)
+    coverage = plain["coverage"]
+    assert coverage["inspected_params"] == coverage["trainable_params"] > 0
+    assert coverage["skipped"] == []
+    assert plain["loss"]["name"] == "sparse_categorical_crossentropy"
+    report = gradinspect.inspect_files(path, xp, gradinspect.InspectOptions(loss="sum"))
+    model = keras.models.load_model(path)
+    with np.load(xp) as data:
+        x = {k: data[k] for k in data.files if k != "y"}
+    assert_matches_tape(report, tape_by_path(tf, model, x))
+
+
+def test_a_keras_hub_backbone_takes_a_dict_from_the_api(tfk: Any, hub: Any) -> None:
+    tf, _ = tfk
+    backbone = hub.models.GPT2Backbone(vocabulary_size=40, num_layers=1, num_heads=2,
+                                       hidden_dim=8, intermediate_dim=16,
+                                       max_sequence_length=8)
+    x = _token_data(np.random.default_rng(4), 3, 6, 40, segments=False)
+    report = gradinspect.inspect(backbone, x)
+    assert_matches_tape(report, tape_by_path(tf, backbone, x))
+
+
+def test_a_tokenizer_whose_vocabulary_names_a_file_is_refused(
+        hub: Any, tmp_path: Path) -> None:
+    import keras
+
+    secret = tmp_path / "vocab.txt"
+    secret.write_text("[PAD]\nTOP-SECRET\n")
+    tokenizer = hub.tokenizers.WordPieceTokenizer(vocabulary=["[PAD]", "[UNK]", "a", "b"])
+    inp = keras.Input((), dtype="string")
+    model = keras.Model(inp, keras.layers.Embedding(4, 2)(tokenizer(inp)))
+    try:
+        model.save(tmp_path / "tok.keras")
+    except Exception as exc:  # string inputs do not save on every keras-hub version
+        pytest.skip(f"cannot save a tokenizer model here: {exc}")
+
+    def edit(config: dict[str, Any]) -> None:
+        for layer in config["config"]["layers"]:
+            if "Tokenizer" in layer["class_name"]:
+                layer["config"]["vocabulary"] = str(secret)
+
+    hostile = edit_keras_config(tmp_path / "tok.keras", tmp_path / "hostile.keras", edit)
+    np.save(tmp_path / "x.npy", np.array(["a b"]))
+    before = secret.stat().st_atime_ns
+    line = one_line(invoke(hostile, tmp_path / "x.npy"), ExitStatus.MODEL_ERROR,
+                    "vocabulary", str(secret), "refused")
+    assert "TOP-SECRET" not in line
+    assert secret.stat().st_atime_ns == before
+
+
+def test_a_model_package_that_is_not_installed_says_so(tfk: Any) -> None:
+    import importlib.util
+
+    from gradinspect.io.resolve import Resolver
+    from gradinspect.io.safety import scan_config
+
+    if importlib.util.find_spec("keras_cv") is not None:
+        pytest.skip("keras-cv is installed here")
+    config = {"module": "keras_cv.src.models.yolo", "class_name": "YOLOV8Detector",
+              "config": {"name": "det"}, "registered_name": "keras_cv>YOLOV8Detector"}
+    with pytest.raises(ModelLoadError) as info:
+        scan_config(config, "m.keras", Resolver())
+    assert "keras_cv, which is not installed" in info.value.message
+    assert info.value.hint is not None
+    assert "pip install keras-cv" in info.value.hint
+
+
+# ---------------------------------------------------------------- budgets and depth
+
+
+def test_a_config_declaring_more_weights_than_the_file_holds_is_refused(
+        ops_model: tuple[Path, Path], tmp_path: Path) -> None:
+    path, xp = ops_model
+
+    def edit(config: dict[str, Any]) -> None:
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "InputLayer":
+                layer["config"]["batch_shape"] = [None, 5, 50_000]
+            if layer["class_name"] == "Dense" and layer["config"]["units"] == 6:
+                layer["config"]["units"] = 50_000
+                layer["build_config"]["input_shape"] = [None, 5, 50_000]
+
+    hostile = edit_keras_config(path, tmp_path / "huge.keras", edit)
+    # no --max-model-bytes: the machine may well have 10 GB; the file does not
+    one_line(invoke(hostile, xp), ExitStatus.MODEL_ERROR, "(50000, 50000)",
+             "declares more weights than the file stores", "before allocating")
+
+
+def test_a_training_configuration_nested_too_deep_is_refused(
+        tfk: Any, tmp_path: Path) -> None:
+    _, keras = tfk
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.save(tmp_path / "m.h5")
+    shutil.copy(tmp_path / "m.h5", tmp_path / "deep.h5")
+    with h5py.File(tmp_path / "deep.h5", "r+") as f:
+        f.attrs["training_config"] = '{"loss": ' + "[" * 200_000 + "]" * 200_000 + "}"
+    np.save(tmp_path / "x.npy", np.ones((2, 3), "float32"))
+    one_line(invoke(tmp_path / "deep.h5", tmp_path / "x.npy"), ExitStatus.MODEL_ERROR,
+             "nested too deeply")
