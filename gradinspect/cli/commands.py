@@ -120,7 +120,8 @@ def _child_status(config: CliConfig, beat: Callable[[str], None]) -> int:
 @app.command(epilog=EXIT_CODES_HELP)
 def inspect(
     model: Annotated[Path, typer.Argument(
-        metavar="MODEL", help="Keras model file (.keras, or .h5/.hdf5 from Keras 2 or 3).",
+        metavar="MODEL", help="Keras model: .keras, .h5/.hdf5 (Keras 2 or 3), a Keras 2 "
+        "SavedModel directory, or model.to_json() output with --weights.",
         show_default=False)],
     data: Annotated[str, typer.Argument(
         metavar="DATA", help="Input sample: .npy (streamed), .npz keyed by input name "

@@ -93,27 +93,75 @@ def _keras2_sequential_inputs(config: Any) -> bool:
     return changed
 
 
-def _keras2_fixed_config(meta: ModelFile) -> str | None:
-    """The model config of a Keras 2 .h5 rewritten for Keras 3, or None when none is needed."""
+_RNN_CLASSES = frozenset({"LSTM", "GRU", "SimpleRNN", "RNN", "ConvLSTM1D", "ConvLSTM2D",
+                          "ConvLSTM3D", "CuDNNLSTM", "CuDNNGRU"})
+_WRAPPERS = frozenset({"Bidirectional", "TimeDistributed"})
+_WRAPPED_KEYS = ("layer", "backward_layer")
+
+
+def _keras2_layer_arguments(config: Any) -> bool:
+    """Keras 2 layer configs Keras 3 rejects, made readable; True if any changed: recurrent
+    layers' ``time_major`` (always False in saved Keras 2 models; Keras 3 has no such
+    argument) is dropped, and a wrapped layer (``Bidirectional``, ``TimeDistributed``) written
+    without ``module`` — as Keras <= 2.12 and every Keras 2 SavedModel write it — gets
+    ``keras.layers``, where Keras 3's deserializer then finds it (the allow-list still judges
+    what it resolves to)."""
+    changed = False
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        stack.extend(node.values())
+        inner = node.get("config")
+        if not isinstance(inner, dict):
+            continue
+        if node.get("class_name") in _RNN_CLASSES and "time_major" in inner:
+            if inner.pop("time_major") is True:
+                raise ModelLoadError(f"layer {inner.get('name')!r} was saved with "
+                                     "time_major=True, which Keras 3 cannot run",
+                                     "re-save the model with time_major=False")
+            changed = True
+        if node.get("class_name") in _WRAPPERS:
+            for key in _WRAPPED_KEYS:
+                wrapped = inner.get(key)
+                if isinstance(wrapped, dict) and "module" not in wrapped:
+                    wrapped["module"] = "keras.layers"
+                    changed = True
+    return changed
+
+
+def keras2_fixed_config(meta: ModelFile, label: str) -> dict[str, Any] | None:
+    """The model config of a Keras 2 file rewritten for Keras 3 (the repairs above, and the
+    TensorFlow operator layers translated into Keras 3 op layers: ``io.tfop``), or ``None``
+    when none is needed. Operators without a Keras 3 equivalent are refused here."""
     import copy
-    import json
+
+    from gradinspect.io.tfop import translate_tf_ops
 
     if not str(meta.keras_version or "").startswith("2.") or meta.config is None:
         return None
     config = copy.deepcopy(meta.config)
-    changed = _keras2_sequential_inputs(config)  # before the node indices: it adds inputs
+    changed = translate_tf_ops(config, label)
+    changed = _keras2_layer_arguments(config) or changed
+    changed = _keras2_sequential_inputs(config) or changed  # before node indices: adds inputs
     changed = _fix_keras2_node_indices(config) or changed
-    return json.dumps(config) if changed else None
+    return config if changed else None
 
 
-def staged_model_file(meta: ModelFile, tmp: Path) -> Path:
+def staged_model_file(meta: ModelFile, tmp: Path, fixed: dict[str, Any] | None) -> Path:
     """A path Keras can load: a symlink under the right extension, or, for a Keras 2 .h5 whose
-    graph needs rewriting, a private copy with the rewritten config. The original is only read."""
+    graph needs rewriting (``fixed``, from ``keras2_fixed_config``), a private copy with the
+    rewritten config. The original is only read."""
+    import json
+
     p, fmt = meta.path, meta.format
     suffix = ".keras" if fmt == "keras" else ".h5"
     staged = tmp / f"model{suffix}"
-    fixed = _keras2_fixed_config(meta) if fmt == "h5" else None
-    if fixed is None:
+    if fixed is None or fmt != "h5":
         staged.symlink_to(p.resolve())
         return staged
     import shutil
@@ -122,7 +170,7 @@ def staged_model_file(meta: ModelFile, tmp: Path) -> Path:
 
     shutil.copyfile(p, staged)
     with h5py.File(staged, "r+") as f:
-        f.attrs["model_config"] = fixed
+        f.attrs["model_config"] = json.dumps(fixed)
     return staged
 
 
@@ -141,18 +189,29 @@ def _legacy_layer_entries(entry: dict[str, Any]) -> None:
             _legacy_layer_entries(layer)
 
 
-def keras2_json_to_h5(config: dict[str, Any], weights: Path, out: Path) -> None:
-    """A Keras 2 architecture JSON + Keras 2 weights .h5 -> one full-model .h5 (temporary),
-    the layout Keras 3's legacy loader reads. The inputs are only read."""
-    import json
-
-    import h5py
+def keras2_json_repaired(config: dict[str, Any], label: str) -> dict[str, Any]:
+    """A Keras 2 architecture JSON's config with the repairs of a Keras 2 ``.h5`` (and the
+    class name ``Model`` and the Keras-3-style keys newer tf-keras writes), in place."""
+    from gradinspect.io.tfop import translate_tf_ops
 
     if config.get("class_name") in _KERAS2_CLASS_NAMES:
         config["class_name"] = _KERAS2_CLASS_NAMES[config["class_name"]]
     _legacy_layer_entries(config)
+    translate_tf_ops(config, label)
+    _keras2_layer_arguments(config)
     _keras2_sequential_inputs(config)
     _fix_keras2_node_indices(config)
+    return config
+
+
+def keras2_json_to_h5(config: dict[str, Any], weights: Path, out: Path) -> None:
+    """A Keras 2 architecture config (repaired: ``keras2_json_repaired``) + Keras 2 weights .h5
+    -> one full-model .h5 (temporary), the layout Keras 3's legacy loader reads. The inputs
+    are only read."""
+    import json
+
+    import h5py
+
     with h5py.File(weights, "r") as src, h5py.File(out, "w") as dst:
         if "layer_names" not in src.attrs:
             raise ModelLoadError(f"{weights}: not a Keras 2 weights file (no layer_names)",

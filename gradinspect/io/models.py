@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from gradinspect.errors import ModelLoadError
-from gradinspect.io.legacy import is_legacy_weights, keras2_json_to_h5, staged_model_file
+from gradinspect.io.legacy import (
+    is_legacy_weights,
+    keras2_fixed_config,
+    keras2_json_repaired,
+    keras2_json_to_h5,
+    staged_model_file,
+)
 from gradinspect.io.loaded import InputSpec, LoadedModel
 from gradinspect.io.metadata import read_model_file
 from gradinspect.io.safety import (
@@ -146,11 +152,11 @@ def load_model(
     weights: str | os.PathLike[str] | None = None,
     max_model_bytes: int | None = None,
 ) -> LoadedModel:
-    """Load a full Keras model (``.keras`` or ``.h5``, Keras 2 or 3), or an architecture JSON
-    with a weights file, without compiling it. Safe mode and the config allow-list stay on
-    unless ``unsafe``; the weights the model creates may not pass ``max_model_bytes`` (default:
-    the memory the machine has available, and about what the file stores: see
-    ``safety.stored_weight_limit``)."""
+    """Load a full Keras model (``.keras`` or ``.h5``, Keras 2 or 3; a Keras 2 SavedModel
+    directory), or an architecture JSON with a weights file, without compiling it. Safe mode
+    and the config allow-list stay on unless ``unsafe``; the weights the model creates may not
+    pass ``max_model_bytes`` (default: the memory the machine has available, and about what
+    the file stores: see ``safety.stored_weight_limit``)."""
     p = Path(path)
     fmt, stored = detect_model(p)
     budget = max_model_bytes if max_model_bytes is not None else available_memory()
@@ -159,15 +165,21 @@ def load_model(
     if fmt == "json":
         return _load_json_model(p, weights, unsafe=unsafe, custom_objects=custom_objects,
                                 budget=budget, bound_by_file=max_model_bytes is None)
-    meta = read_model_file(p, fmt)
-    _scan(p, meta.config, unsafe, custom_objects)
     if weights is not None:
         raise ModelLoadError(f"{p}: --weights goes with an architecture JSON file",
                              "drop --weights: this file is a full model")
-    _, keras = _tf()
     with tempfile.TemporaryDirectory(prefix="gradinspect-") as tmp:
+        if fmt == "savedmodel":
+            source, stored = _savedmodel_as_h5(p, Path(tmp), budget,
+                                               bounded=max_model_bytes is None)
+            meta = read_model_file(source, "h5")
+        else:
+            meta = read_model_file(p, fmt)
+        fixed = keras2_fixed_config(meta, str(p))
+        _scan(p, meta.config if fixed is None else fixed, unsafe, custom_objects)
+        _, keras = _tf()
         try:
-            link = staged_model_file(meta, Path(tmp))
+            link = staged_model_file(meta, Path(tmp), fixed)
         except Exception as exc:  # damaged HDF5 metadata surfaces as many exception types
             raise ModelLoadError(f"{p}: damaged model file ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''})",
@@ -216,6 +228,19 @@ def _safe_mode(keras: Any, unsafe: bool) -> Iterator[None]:
         global_state.set_global_attribute("safe_mode_saving", before)
 
 
+def _savedmodel_as_h5(p: Path, tmp: Path, budget: int, bounded: bool) -> tuple[Path, int | None]:
+    """A Keras 2 SavedModel directory as the Keras 2 ``.h5`` it would have been (its layer
+    configs from ``keras_metadata.pb``, its weights from the variables checkpoint; the graph
+    is never run: ``io.savedmodel``), in ``tmp``; and the bytes of weights it stores when the
+    build is bounded by them."""
+    from gradinspect.io.savedmodel import read_savedmodel, write_keras2_h5
+
+    out = tmp / "savedmodel.h5"
+    write_keras2_h5(read_savedmodel(p), out, budget)
+    stored = check_hdf5(out, str(p), ModelLoadError)
+    return out, stored if bounded else None
+
+
 def _load_json_model(
     p: Path, weights: str | os.PathLike[str] | None, *, unsafe: bool,
     custom_objects: Mapping[str, Any] | None, budget: int, bound_by_file: bool,
@@ -234,9 +259,11 @@ def _load_json_model(
     if not isinstance(config, dict) or "class_name" not in config:
         raise ModelLoadError(f"{p}: JSON without a Keras model config",
                              "pass the output of model.to_json()")
+    keras2 = str(config.get("keras_version", "")).startswith("2.") or "module" not in config
+    if keras2:
+        config = keras2_json_repaired(config, str(p))
     _scan(p, config, unsafe, custom_objects)
     _, keras = _tf()
-    keras2 = str(config.get("keras_version", "")).startswith("2.") or "module" not in config
     with tempfile.TemporaryDirectory(prefix="gradinspect-") as tmp, _load_errors(p), \
             _safe_mode(keras, unsafe), weight_budget(keras, str(p), budget, stored):
         if keras2:

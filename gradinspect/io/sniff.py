@@ -97,11 +97,7 @@ def detect_model(path: Path) -> tuple[str, int | None]:
     check_readable(path, "model", ModelLoadError)
     kind = sniff(path)
     if kind == "savedmodel":
-        raise ModelLoadError(
-            f"{path}: TensorFlow SavedModel directories cannot be inspected with Keras 3",
-            "load it in the code that made it and save with model.save('model.keras'), "
-            "or pass the original .keras/.h5 file",
-        )
+        return "savedmodel", None  # io.savedmodel tells a Keras one from a plain tf.Module
     if kind == "directory":
         raise ModelLoadError(
             f"{path}: is a directory, not a model file", "pass a .keras or .h5 file"
