@@ -324,3 +324,72 @@ def test_a_training_configuration_nested_too_deep_is_refused(
     np.save(tmp_path / "x.npy", np.ones((2, 3), "float32"))
     one_line(invoke(tmp_path / "deep.h5", tmp_path / "x.npy"), ExitStatus.MODEL_ERROR,
              "nested too deeply")
+
+
+# ---------------------------------------------------------------- Keras 2 operators, SavedModel
+
+
+@pytest.fixture(scope="module")
+def keras2_ops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tf.keras functional model with operators (saved as TFOpLambda / SlicingOpLambda),
+    BatchNormalization and an LSTM, as a Keras 2 .h5 and as a SavedModel directory, with a
+    data sample and tf-keras' own outputs on it."""
+    tf_keras = pytest.importorskip("tf_keras")
+    import tensorflow as tf
+
+    tf_keras.utils.set_random_seed(21)
+    layers = tf_keras.layers
+    inp = tf_keras.Input((5, 3))
+    seq = layers.LSTM(6, return_sequences=True)(inp)
+    h = layers.Dense(6, activation="tanh")(seq)
+    h = layers.BatchNormalization()(h + layers.Dense(6)(inp))
+    pooled = tf.reduce_mean(h, axis=1) * 2.0 - h[:, 0]
+    model = tf_keras.Model(inp, layers.Dense(3)(tf.nn.relu(pooled)))
+    model.compile(loss="mse")
+    where = tmp_path_factory.mktemp("keras2ops")
+    model.save(where / "ops.h5")
+    model.save(where / "saved", save_format="tf")
+    x = np.random.default_rng(7).normal(size=(8, 5, 3)).astype("float32")
+    np.save(where / "x.npy", x)
+    np.save(where / "want.npy", model.predict(x, verbose=0))
+    config = json.loads(h5py.File(where / "ops.h5", "r").attrs["model_config"])
+    assert {"TFOpLambda", "SlicingOpLambda"} <= {
+        layer["class_name"] for layer in config["config"]["layers"]}
+    return {"h5": where / "ops.h5", "savedmodel": where / "saved", "x": where / "x.npy",
+            "want": where / "want.npy"}
+
+
+@pytest.mark.parametrize("form", ["h5", "savedmodel"])
+def test_keras2_operator_models_load_without_unsafe_and_match(
+        tfk: Any, keras2_ops: dict[str, Path], form: str) -> None:
+    tf, _ = tfk
+    from gradinspect.io.models import load_model
+
+    path, xp = keras2_ops[form], keras2_ops["x"]
+    before = sorted((q, q.stat().st_mtime_ns) for q in [path, *path.rglob("*")])
+    result = invoke(path, xp, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["model"]["format"] == form
+    loaded = load_model(path)
+    x = np.load(xp)
+    np.testing.assert_allclose(np.asarray(loaded.model(x)), np.load(keras2_ops["want"]),
+                               rtol=1e-5, atol=1e-6)
+    report = gradinspect.inspect_files(path, xp, gradinspect.InspectOptions(loss="sum"))
+    assert_matches_tape(report, tape_by_path(tf, loaded.model, x))
+    assert sorted((q, q.stat().st_mtime_ns) for q in [path, *path.rglob("*")]) == before
+
+
+@pytest.mark.parametrize("function", ["io.write_file", "py_func", "numpy_function",
+                                      "compat.v1.py_func", "summary.scalar"])
+def test_a_tensorflow_function_outside_the_table_is_refused_by_name(
+        keras2_ops: dict[str, Path], tmp_path: Path, function: str) -> None:
+    hostile = tmp_path / "hostile.h5"
+    shutil.copy(keras2_ops["h5"], hostile)
+    with h5py.File(hostile, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "TFOpLambda" and \
+                    layer["config"]["function"] == "math.reduce_mean":
+                layer["config"]["function"] = function
+        f.attrs["model_config"] = json.dumps(config)
+    one_line(invoke(hostile, keras2_ops["x"]), ExitStatus.MODEL_ERROR, function, "refused")
