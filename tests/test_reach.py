@@ -393,3 +393,31 @@ def test_a_tensorflow_function_outside_the_table_is_refused_by_name(
                 layer["config"]["function"] = function
         f.attrs["model_config"] = json.dumps(config)
     one_line(invoke(hostile, keras2_ops["x"]), ExitStatus.MODEL_ERROR, function, "refused")
+
+
+# ---------------------------------------------------------------- layers never built
+
+
+def test_a_sublayer_created_and_never_called_owns_nothing_and_breaks_nothing(tfk: Any) -> None:
+    """keras.io's GatedResidualNetwork creates a projection Dense used only when the widths
+    differ; unbuilt, it has no variables and its ``kernel`` raises."""
+    tf, keras = tfk
+
+    class Gated(keras.layers.Layer):
+        def __init__(self, units: int, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.units = units
+            self.dense = keras.layers.Dense(units, activation="elu")
+            self.project = keras.layers.Dense(units)
+
+        def call(self, x: Any) -> Any:
+            h = self.dense(x)
+            return h + self.project(x) if x.shape[-1] != self.units else h + x
+
+    keras.utils.set_random_seed(8)
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.layers.Dense(2)(Gated(4)(x)))
+    data = np.random.default_rng(1).normal(size=(5, 4)).astype("float32")
+    report = gradinspect.inspect(model, data)
+    assert_matches_tape(report, tape_by_path(tf, model, data))
+    assert all("project" not in entry.path for entry in report.layers)

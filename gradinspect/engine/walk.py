@@ -351,7 +351,11 @@ def walk_model(model: Any) -> Walk:
             return
         seen_layers.add(id(layer))
         adapter = _adapter_for(layer, keras)
-        owned = [(n, v) for n, v in adapter.variables(layer) if id(v) not in seen_vars]
+        # a layer created and never called (keras.io's GatedResidualNetwork keeps a projection
+        # it uses only when widths differ) owns no variables, and its adapter's attributes
+        # (``kernel`` ...) raise until it is built: nothing to inspect, nothing skipped
+        owned = [(n, v) for n, v in adapter.variables(layer) if id(v) not in seen_vars] \
+            if getattr(layer, "weights", None) else []
         if owned:
             seen_vars.update(id(v) for _, v in owned)
             sites.append(_site(tf, keras, layer, adapter, prefix, owned, outputs))
