@@ -40,11 +40,22 @@ def inspect_files(
         loaded = load_model(model_path, unsafe=load.unsafe, custom_objects=custom,
                             weights=load.weights, max_model_bytes=load.max_model_bytes)
     data = load_data(data_path, loaded.inputs, options.samples, labels_path=labels_path,
-                     outputs=loaded.outputs)
+                     outputs=_outputs_taking_labels(loaded, options.loss))
     try:
         return run_inspection(loaded, data, options, progress, strategy=strategy)
     finally:
         data.close()
+
+
+def _outputs_taking_labels(loaded: Any, loss: str | None) -> tuple[Any, ...]:
+    """The outputs that take labels: every one under ``--loss NAME``; under the compiled loss,
+    those it covers (an output compiled with no loss takes none, as in Keras)."""
+    from gradinspect.losses import outputs_in_loss
+
+    if loss not in (None, "compiled"):
+        return tuple(loaded.outputs)
+    covered = outputs_in_loss(loaded.compile_config, [o.name for o in loaded.outputs])
+    return tuple(o for o, keep in zip(loaded.outputs, covered, strict=True) if keep)
 
 
 def _scope(strategy: Any) -> Any:
@@ -109,8 +120,9 @@ def inspect(
     arrays = _arrays_by_name(x, names, "array", "input", split=True)
     labels = None
     if y is not None:
-        labels = _arrays_by_name(y, [o.name for o in loaded.outputs], "labels", "output",
-                                 split=len(loaded.outputs) > 1)
+        labelled = _outputs_taking_labels(loaded, loss)
+        labels = _arrays_by_name(y, [o.name for o in labelled], "labels", "output",
+                                 split=len(labelled) > 1)
     data = validate_arrays(None, names, arrays, loaded.inputs, samples, labels=labels,
                            label_source="<labels>" if labels is not None else None)
     options = InspectOptions(

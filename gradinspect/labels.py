@@ -34,15 +34,18 @@ def loss_semantics_for(loaded: LoadedModel, options: InspectOptions, notes: list
 PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid", "hard_sigmoid")
 
 
+def _spec_at(loss: Any, output_index: int | None) -> Any:
+    """The loss of one model output (``None``: not an output, or not in the loss)."""
+    spec_for = getattr(loss, "spec_for", None)
+    return None if output_index is None or spec_for is None else spec_for(output_index)
+
+
 def find_logits_mismatch(loss: Any, site: Any) -> tuple[str, bool] | None:
     """(loss name, from_logits) when a crossentropy loss and the output activation disagree."""
     from gradinspect.losses import CROSSENTROPY
 
-    per_output = getattr(loss, "per_output", ())
-    if site.output_index is None or site.output_index >= len(per_output):
-        return None
-    spec = per_output[site.output_index]
-    if spec.name not in CROSSENTROPY:
+    spec = _spec_at(loss, site.output_index)
+    if spec is None or spec.name not in CROSSENTROPY:
         return None
     from_logits = bool(spec.from_logits)
     measured = site.measured
@@ -71,13 +74,11 @@ def logits_spec(loss: Any, site: Any) -> Any:
     (see ``losses.SEMANTICS``). ``None`` otherwise."""
     from gradinspect.losses import CROSSENTROPY, KERAS2_RULES
 
-    per_output = getattr(loss, "per_output", ())
     profile = site.profile
-    if (site.output_index is None or site.output_index >= len(per_output) or profile is None
-            or profile.name not in KEPT_LOGITS or site.follower is not None):
+    if (profile is None or profile.name not in KEPT_LOGITS or site.follower is not None):
         return None
-    spec = per_output[site.output_index]
-    if spec.name not in CROSSENTROPY:
+    spec = _spec_at(loss, site.output_index)
+    if spec is None or spec.name not in CROSSENTROPY:
         return None
     if getattr(loss, "semantics", "keras3") == "keras2" and spec.name in KERAS2_RULES \
             and not spec.from_logits:
@@ -88,12 +89,9 @@ def logits_spec(loss: Any, site: Any) -> Any:
 def find_loss_activation_mismatch(loss: Any, site: Any) -> tuple[str, str] | None:
     """(activation, loss) for a sigmoid output under categorical crossentropy, or a softmax
     over several units under binary crossentropy (probabilities taken as such)."""
-    per_output = getattr(loss, "per_output", ())
     measured = site.measured
-    if site.output_index is None or site.output_index >= len(per_output) or measured is None:
-        return None
-    spec = per_output[site.output_index]
-    if spec.from_logits:
+    spec = _spec_at(loss, site.output_index)
+    if spec is None or measured is None or spec.from_logits:
         return None
     if spec.name == "categorical_crossentropy" and measured.name == "sigmoid":
         return "sigmoid", spec.name
@@ -122,11 +120,17 @@ def prepare_labels(loss: Any, loaded: LoadedModel, data: LoadedData,
             f"the loss {loss.name!r} needs labels",
             "pass --labels FILE, or put a 'y' array in the .npz/HDF5 data file",
         )
-    if len(data.labels) != len(loaded.outputs):
+    outputs = [loaded.outputs[k] for k in loss.output_indices()]
+    if len(data.labels) != len(outputs):
         raise DataError(f"{where}: {len(data.labels)} label arrays for "
-                        f"{len(loaded.outputs)} model outputs", "one label array per output")
+                        f"{len(outputs)} model outputs in the loss",
+                        "one label array per output in the loss")
+    for k, out in enumerate(loaded.outputs):
+        if k not in loss.output_indices():
+            notes.append(f"output '{out.name}' has no loss (compiled with none): it takes no "
+                         "labels and adds nothing to the loss")
     steps = []
-    for y, out, spec in zip(data.labels, loaded.outputs, loss.per_output, strict=True):
+    for y, out, spec in zip(data.labels, outputs, loss.per_output, strict=True):
         step, note = _label_step(where, y, out, spec.name)
         steps.append(step)
         if note:

@@ -146,15 +146,30 @@ class KerasLoss:
     name: str
     reduction: str
     per_output: tuple[OutputLoss, ...]
+    """One loss per output in the loss (``covered``), in that order."""
     source: str
     """``flag`` (``--loss``) or ``compiled`` (from the model file)."""
     needs_labels: bool = True
     semantics: str = "keras3"
     """``keras2`` or ``keras3``: see ``SEMANTICS``."""
+    covered: tuple[int, ...] | None = None
+    """Indices of the model outputs in the loss (``None``: every output). An output compiled
+    with no loss (``loss=[fn, None]``, or left out of a dict) takes no labels and adds
+    nothing, as in Keras."""
+
+    def output_indices(self) -> tuple[int, ...]:
+        return self.covered if self.covered is not None else tuple(range(len(self.per_output)))
+
+    def spec_for(self, output_index: int) -> OutputLoss | None:
+        """The loss of model output ``output_index``; ``None`` when it is not in the loss."""
+        indices = self.output_indices()
+        return self.per_output[indices.index(output_index)] if output_index in indices \
+            else None
 
     def terms(self, tf: Any, outputs: list[Any], labels: Any) -> Any:
         total = None
-        for output, y, spec in zip(outputs, labels, self.per_output, strict=True):
+        chosen = [outputs[k] for k in self.output_indices()]
+        for output, y, spec in zip(chosen, labels, self.per_output, strict=True):
             if self.semantics == "keras2" and spec.name in KERAS2_RULES \
                     and not spec.from_logits:
                 values = keras2_crossentropy(
@@ -255,13 +270,22 @@ def _output_loss(keras: Any, spec: Any, weight: float, from_logits: bool | None,
                       weight=float(weight))
 
 
+def outputs_in_loss(compile_config: Mapping[str, Any] | None,
+                    output_names: Sequence[str]) -> tuple[bool, ...]:
+    """Which model outputs the compiled loss covers: every one, except where the loss is a list
+    with ``None`` entries or a dict that leaves outputs out (Keras trains those without a
+    loss: the miniature GPT's ``loss=[loss_fn, None]``)."""
+    loss = (compile_config or {}).get("loss")
+    if isinstance(loss, Mapping) and "class_name" not in loss:
+        return tuple(loss.get(n) is not None for n in output_names)
+    if isinstance(loss, list | tuple) and len(loss) == len(output_names):
+        return tuple(v is not None for v in loss)
+    return (True,) * len(output_names)
+
+
 def _per_output(value: Any, output_names: Sequence[str], what: str) -> list[Any]:
     if isinstance(value, Mapping) and "class_name" not in value:
-        missing = [n for n in output_names if n not in value]
-        if missing:
-            raise UsageError(f"the compiled {what} has no entry for output(s) {missing}",
-                             "pass --loss NAME to use one loss for every output")
-        return [value[n] for n in output_names]
+        return [value.get(n) for n in output_names]  # a missing output: no loss for it
     if isinstance(value, (list, tuple)):
         if len(value) != len(output_names):
             raise UsageError(
@@ -317,16 +341,18 @@ def resolve_loss(
         weights_cfg = compile_config.get("loss_weights")
         weights = _per_output(weights_cfg, output_names, "loss_weights") if weights_cfg \
             else [1.0] * len(output_names)
-        per = tuple(_output_loss(keras, s, w, request.from_logits, custom_objects)
-                    for s, w in zip(specs, weights, strict=True))
-        source = "compiled"
-    else:
-        one = _output_loss(keras, name, 1.0, request.from_logits, custom_objects)
-        per = tuple(one for _ in output_names)
-        source = "flag"
-    label = "+".join(dict.fromkeys(p.name for p in per))
-    return KerasLoss(name=label, reduction=reduction, per_output=per, source=source,
-                     semantics=semantics)
+        covered = tuple(k for k, spec in enumerate(specs) if spec is not None)
+        if not covered:
+            raise UsageError("the compiled loss covers none of the model's outputs",
+                             "pass --loss NAME")
+        per = tuple(_output_loss(keras, specs[k], 1.0 if weights[k] is None else weights[k],
+                                 request.from_logits, custom_objects) for k in covered)
+        return KerasLoss(name="+".join(dict.fromkeys(p.name for p in per)), reduction=reduction,
+                         per_output=per, source="compiled", semantics=semantics,
+                         covered=None if len(covered) == len(specs) else covered)
+    one = _output_loss(keras, name, 1.0, request.from_logits, custom_objects)
+    return KerasLoss(name=one.name, reduction=reduction, per_output=(one,) * len(output_names),
+                     source="flag", semantics=semantics)
 
 
 def get_loss(name: str) -> Loss:

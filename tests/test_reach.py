@@ -421,3 +421,45 @@ def test_a_sublayer_created_and_never_called_owns_nothing_and_breaks_nothing(tfk
     report = gradinspect.inspect(model, data)
     assert_matches_tape(report, tape_by_path(tf, model, data))
     assert all("project" not in entry.path for entry in report.layers)
+
+
+# ---------------------------------------------------------------- outputs without a loss
+
+
+@pytest.mark.parametrize("form", ["list", "dict"])
+def test_an_output_compiled_without_a_loss_takes_no_labels(tfk: Any, tmp_path: Path,
+                                                           form: str) -> None:
+    """The miniature GPT of keras.io returns its logits and its embeddings and compiles
+    ``loss=[loss_fn, None]``: only the logits take labels and enter the loss."""
+    tf, keras = tfk
+    keras.utils.set_random_seed(9)
+    x = keras.Input((6,), dtype="int32")
+    emb = keras.layers.Embedding(20, 8, name="emb")(x)
+    logits = keras.layers.Dense(20, name="logits")(emb)
+    if form == "list":
+        model = keras.Model(x, [logits, emb])
+        model.compile(loss=[keras.losses.SparseCategoricalCrossentropy(from_logits=True), None])
+    else:
+        model = keras.Model(x, {"logits": logits, "emb": emb})
+        model.compile(loss={"logits": keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True)})
+    model.save(tmp_path / "m.keras")
+    rng = np.random.default_rng(4)
+    tokens, y = rng.integers(0, 20, (5, 6)).astype("int32"), rng.integers(0, 20, (5, 6))
+    np.savez(tmp_path / "d.npz", x=tokens, y=y)
+    result = invoke(tmp_path / "m.keras", tmp_path / "d.npz", "--json")
+    assert result.exit_code in (0, 1), result.stderr
+    plain = json.loads(result.stdout)
+    assert plain["loss"]["name"] == "sparse_categorical_crossentropy"
+    assert any("has no loss" in note for note in plain["data"]["notes"])
+    loaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    with tf.GradientTape() as tape:
+        out = loaded(tf.constant(tokens))
+        first = out["logits"] if isinstance(out, dict) else out[0]
+        total = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+            tf.constant(y), first, from_logits=True))
+    grads = tape.gradient(total, loaded.trainable_variables)
+    reference = {v.path: np.asarray(tf.convert_to_tensor(g), dtype=np.float64)
+                 for v, g in zip(loaded.trainable_variables, grads, strict=True)}
+    report = gradinspect.inspect_files(tmp_path / "m.keras", tmp_path / "d.npz")
+    assert_matches_tape(report, reference)
