@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gradinspect.errors import ModelLoadError
-from gradinspect.io.metadata import ModelFile
+from gradinspect.io.metadata import ModelFile, config_dicts
 
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
 
@@ -55,15 +55,7 @@ def _keras2_sequential_inputs(config: Any) -> bool:
     ``(None, 128)``, or rejects ``input_dim``; tf-keras builds the input Keras 2 built.
     Sequential models nested anywhere in the config are repaired too."""
     changed = False
-    stack = [config]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        stack.extend(node.values())
+    for node in config_dicts(config):
         inner = node.get("config")
         layers = inner.get("layers") if isinstance(inner, dict) else None
         if node.get("class_name") != "Sequential" or not isinstance(layers, list) or not layers:
@@ -107,15 +99,7 @@ def _keras2_layer_arguments(config: Any) -> bool:
     ``keras.layers``, where Keras 3's deserializer then finds it (the allow-list still judges
     what it resolves to)."""
     changed = False
-    stack = [config]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        stack.extend(node.values())
+    for node in config_dicts(config):
         inner = node.get("config")
         if not isinstance(inner, dict):
             continue

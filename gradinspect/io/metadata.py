@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,18 @@ def _version(found: Any) -> str | None:
     if isinstance(found, bytes):
         found = found.decode("utf-8", "replace")
     return str(found) if isinstance(found, str) and found else None
+
+
+def config_dicts(config: Any) -> Iterator[dict[str, Any]]:
+    """Every dict in a config (JSON data), depth first, with an explicit stack (a hostile
+    config may nest deeper than Python's recursion limit). A dict's values are taken before it
+    is yielded, so a caller may rewrite the dict it is given; what it adds inside a value it
+    has not changed (a list it inserts into) is still visited."""
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+            yield node
