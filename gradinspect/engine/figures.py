@@ -231,11 +231,6 @@ def units_last(tf: Any, t: Any, axis: int) -> Any:
     return tf.transpose(t, [0, *range(2, rank), 1])
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _KERAS_CALL = re.compile(r"Exception encountered when calling (?:layer )?(.+?)\.?$")
 MAX_SAID = 400
