@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 import pytest
 from kinds import assert_matches_tape, tape_by_path
+from refusals import one_plain_line, rewrite_keras_config
 from typer.testing import CliRunner
 
 import gradinspect
@@ -31,28 +32,6 @@ runner = CliRunner()
 
 def invoke(*args: Any) -> Any:
     return runner.invoke(cli.app, [str(a) for a in args])
-
-
-def one_line(result: Any, status: ExitStatus, *needles: str) -> str:
-    assert result.exit_code == status, (result.exit_code, result.stderr, result.stdout)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
-def edit_keras_config(src: Path, dst: Path, edit: Any) -> Path:
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for info in zin.infolist():
-            data = zin.read(info)
-            if info.filename == "config.json":
-                config = json.loads(data)
-                edit(config)
-                data = json.dumps(config).encode()
-            zout.writestr(info, data)
-    return dst
 
 
 # ---------------------------------------------------------------- Keras 3 op layers
@@ -110,8 +89,8 @@ def test_operations_that_are_not_modelling_steps_are_refused(
             if layer["class_name"] == "Tanh":
                 layer.update(module=module, class_name=class_name, registered_name=class_name)
 
-    hostile = edit_keras_config(path, tmp_path / "hostile.keras", edit)
-    one_line(invoke(hostile, xp), ExitStatus.MODEL_ERROR, "'tanh'", class_name, "refused")
+    hostile = rewrite_keras_config(path, tmp_path / "hostile.keras", edit)
+    one_plain_line(invoke(hostile, xp), ExitStatus.MODEL_ERROR, "'tanh'", class_name, "refused")
 
 
 # ---------------------------------------------------------------- dict inputs
@@ -266,10 +245,10 @@ def test_a_tokenizer_whose_vocabulary_names_a_file_is_refused(
             if "Tokenizer" in layer["class_name"]:
                 layer["config"]["vocabulary"] = str(secret)
 
-    hostile = edit_keras_config(tmp_path / "tok.keras", tmp_path / "hostile.keras", edit)
+    hostile = rewrite_keras_config(tmp_path / "tok.keras", tmp_path / "hostile.keras", edit)
     np.save(tmp_path / "x.npy", np.array(["a b"]))
     before = secret.stat().st_atime_ns
-    line = one_line(invoke(hostile, tmp_path / "x.npy"), ExitStatus.MODEL_ERROR,
+    line = one_plain_line(invoke(hostile, tmp_path / "x.npy"), ExitStatus.MODEL_ERROR,
                     "vocabulary", str(secret), "refused")
     assert "TOP-SECRET" not in line
     assert secret.stat().st_atime_ns == before
@@ -307,9 +286,9 @@ def test_a_config_declaring_more_weights_than_the_file_holds_is_refused(
                 layer["config"]["units"] = 50_000
                 layer["build_config"]["input_shape"] = [None, 5, 50_000]
 
-    hostile = edit_keras_config(path, tmp_path / "huge.keras", edit)
+    hostile = rewrite_keras_config(path, tmp_path / "huge.keras", edit)
     # no --max-model-bytes: the machine may well have 10 GB; the file does not
-    one_line(invoke(hostile, xp), ExitStatus.MODEL_ERROR, "(50000, 50000)",
+    one_plain_line(invoke(hostile, xp), ExitStatus.MODEL_ERROR, "(50000, 50000)",
              "declares more weights than the file stores", "before allocating")
 
 
@@ -322,7 +301,7 @@ def test_a_training_configuration_nested_too_deep_is_refused(
     with h5py.File(tmp_path / "deep.h5", "r+") as f:
         f.attrs["training_config"] = '{"loss": ' + "[" * 200_000 + "]" * 200_000 + "}"
     np.save(tmp_path / "x.npy", np.ones((2, 3), "float32"))
-    one_line(invoke(tmp_path / "deep.h5", tmp_path / "x.npy"), ExitStatus.MODEL_ERROR,
+    one_plain_line(invoke(tmp_path / "deep.h5", tmp_path / "x.npy"), ExitStatus.MODEL_ERROR,
              "nested too deeply")
 
 
@@ -392,7 +371,7 @@ def test_a_tensorflow_function_outside_the_table_is_refused_by_name(
                     layer["config"]["function"] == "math.reduce_mean":
                 layer["config"]["function"] = function
         f.attrs["model_config"] = json.dumps(config)
-    one_line(invoke(hostile, keras2_ops["x"]), ExitStatus.MODEL_ERROR, function, "refused")
+    one_plain_line(invoke(hostile, keras2_ops["x"]), ExitStatus.MODEL_ERROR, function, "refused")
 
 
 # ---------------------------------------------------------------- layers never built

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_untrusted import invoke, one_plain_line, rewrite_keras_config, sha
+from refusals import rewrite_keras_config
+from test_untrusted import invoke, one_plain_line, sha
 
 from gradinspect.errors import ExitStatus
 

@@ -21,6 +21,8 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+import refusals
+from refusals import rewrite_keras_config
 from typer.testing import CliRunner
 
 from gradinspect import cli
@@ -37,32 +39,13 @@ def invoke(*args: Any) -> Any:
 
 
 def one_plain_line(result: Any, status: ExitStatus, *needles: str) -> None:
-    """The documented exit code, one line on stderr, no traceback, no raw escape byte."""
-    assert result.exit_code == status, (result.exit_code, result.stderr)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert "\x1b" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+    """``refusals.one_plain_line``, and no secret in any output."""
+    refusals.one_plain_line(result, status, *needles)
     assert SECRET not in result.stdout + result.stderr
 
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def rewrite_keras_config(src: Path, dst: Path, edit: Any) -> Path:
-    """A copy of a .keras archive whose config.json went through ``edit``."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for info in zin.infolist():
-            data = zin.read(info)
-            if info.filename == "config.json":
-                config = json.loads(data)
-                edit(config)
-                data = json.dumps(config).encode()
-            zout.writestr(info, data)
-    return dst
 
 
 @pytest.fixture(scope="module")
