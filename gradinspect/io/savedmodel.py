@@ -20,8 +20,8 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,8 @@ class SavedKeras:
     """What ``compile`` was given, or None when the model was not compiled."""
     keras_version: str | None
     backend: str | None
+    layer_nodes: Mapping[str, str] = field(default_factory=dict)
+    """Top-level layer name -> its child of the root in the object graph (``layer-3``)."""
 
 
 class _Damaged(ValueError):
@@ -267,10 +269,9 @@ def _model_config(meta: dict[str, Any], label: str) -> dict[str, Any]:
 
 
 def read_savedmodel(path: Path) -> SavedKeras:
-    """The model config, training config and versions of the Keras 2 SavedModel directory
-    ``path``, from its Keras metadata only (nothing of the graph is read or run). Raises
-    ``ModelLoadError`` for a plain ``tf.Module`` SavedModel, a subclassed model without a
-    config, damaged or oversized metadata, and files that are not regular or lead outside."""
+    """What the Keras 2 SavedModel ``path`` says of its model, from its Keras metadata only (the
+    graph is never read or run); ``ModelLoadError`` for a plain ``tf.Module``, a subclassed
+    model, damaged or oversized metadata, files not regular or leading outside."""
     label = str(path)
     nodes = _keras_nodes(_directory(path), label)
     root = next((text for node_path, _, text in nodes if node_path == _ROOT), None)
@@ -279,13 +280,22 @@ def read_savedmodel(path: Path) -> SavedKeras:
     meta = _plain(_json(root, label, "the model"))
     if not isinstance(meta, dict):
         raise _damaged(label, "the model's metadata is not a JSON object")
+    tracked: dict[str, str] = {}  # layer name -> the root's child it is, one level down
+    for node_path, identifier, text in nodes:
+        parts = node_path.split(".")
+        if len(parts) == 2 and parts[0] == _ROOT and identifier in _LAYER_KINDS:
+            layer = _json(text, label, f"the layer at {node_path}")
+            name = layer.get("name") if isinstance(layer, dict) else None
+            if isinstance(name, str) and tracked.setdefault(name, parts[1]) != parts[1]:
+                raise ModelLoadError(f"{label}: two layers named {name!r}", _DAMAGED_HINT)
     training = meta.get("training_config")
     version, backend = meta.get("keras_version"), meta.get("backend")
     return SavedKeras(
         path=path, config=_model_config(meta, label),
         training_config=training if isinstance(training, dict) else None,
         keras_version=version if isinstance(version, str) else None,
-        backend=backend if isinstance(backend, str) else None)
+        backend=backend if isinstance(backend, str) else None,
+        layer_nodes=tracked)
 
 
 def _open_checkpoint(path: Path, label: str) -> tuple[Any, Any]:
@@ -372,14 +382,7 @@ def _plan(saved: SavedKeras, graph: Any, reader: Any,
     """``(layer name, [(weight name, checkpoint key)])`` for each layer of the config, in the
     config's order; a layer the object graph does not track must be an InputLayer."""
     shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
-    tracked: dict[str, str] = {}
-    for node_path, identifier, text in _keras_nodes(saved.path, label):
-        parts = node_path.split(".")
-        if len(parts) == 2 and parts[0] == _ROOT and identifier in _LAYER_KINDS:
-            meta = _json(text, label, f"the layer at {node_path}")
-            name = meta.get("name") if isinstance(meta, dict) else None
-            if isinstance(name, str) and tracked.setdefault(name, parts[1]) != parts[1]:
-                raise ModelLoadError(f"{label}: two layers named {name!r}", _DAMAGED_HINT)
+    tracked = saved.layer_nodes
     layers = saved.config.get("config", {}).get("layers")
     plan: list[tuple[str, list[tuple[str, str]]]] = []
     for entry in layers if isinstance(layers, list) else ():
@@ -440,9 +443,9 @@ def _put_names(group: Any, key: str, names: list[str]) -> None:
 
 def write_keras2_h5(saved: SavedKeras, out: Path, max_bytes: int) -> None:
     """Write ``out``, a Keras 2 full-model ``.h5`` of ``saved`` (its config as given, repairs
-    included) with the weights of ``saved.path``'s checkpoint, each layer's in tf.keras' order.
-    Their declared sizes are summed first: past ``max_bytes`` none is read. The SavedModel
-    directory is only read."""
+    included; its layers found by ``saved.layer_nodes``) with the weights of the checkpoint,
+    each layer's in tf.keras' order, their sizes summed first: past ``max_bytes`` none is
+    read. The SavedModel directory is only read."""
     import h5py
 
     label = str(saved.path)
