@@ -84,12 +84,6 @@ def _h5_model_kind(path: Path) -> str:
         ) from exc
 
 
-def detect_model_format(path: Path) -> str:
-    """``keras``, ``h5``, ``json`` or ``savedmodel``, or raise a ``ModelLoadError`` that says
-    what the file is instead."""
-    return detect_model(path)[0]
-
-
 def detect_model(path: Path) -> tuple[str, int | None]:
     """The model format and the bytes of weights the file stores (``None`` where that is not
     known before loading: an architecture JSON, a SavedModel directory), after the safety
