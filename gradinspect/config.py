@@ -55,6 +55,14 @@ class Thresholds:
     at learning rate 0.1 would change W by more than its own size."""
     collapse_gain: float = 1e-3
     """Backward signal collapses at a layer whose ||dL/dinput|| / ||dL/doutput|| is below this."""
+    collapse_below: float = 1e-2
+    """...and only when every entry before it receives less than this fraction of the signal
+    that reaches it (||dL/doutput||): a parallel path that carries the signal past the layer
+    (a residual, an added position embedding) is no collapse."""
+    near_zero_weight: float = 0.1
+    """Weights whose RMS is below this fraction of their Glorot scale sqrt(2 / (fan_in +
+    fan_out)) are near zero (a zero initialisation and the first steps after it): their
+    ||dL/dW|| / ||W|| is not a finding."""
     verify_tolerance: float = 1e-3
     """``--verify``: largest error relative to the reference's largest entry before a
     ``gradient_mismatch`` (float32 tape vs float64 closed form agree to ~1e-6)."""

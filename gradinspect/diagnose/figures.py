@@ -53,6 +53,15 @@ class LayerFigures:
     """BatchNormalization whose moving statistics are still at their initial values."""
     is_output: bool = False
     """The entry produces a model output."""
+    output_grad_norm: float = float("nan")
+    """||dL/doutput|| over all calls: the backward signal that reaches the entry."""
+    kernel_near_zero: bool = False
+    """The weights but the offsets are (nearly) zero: their RMS is below
+    ``Thresholds.near_zero_weight`` times their Glorot scale (a zero initialisation, and the
+    few steps after it), so ratios to ||W|| say nothing."""
+    normalized: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    """A normalisation layer's (axes, sizes): what one of its statistics is taken over
+    (``None``: not a normalisation, or not known)."""
 
 
 @dataclass(frozen=True)
@@ -73,3 +82,5 @@ class RunFigures:
     """Activation names used by the inspected entries (to keep hints to what is missing)."""
     layer_classes: frozenset[str] = frozenset()
     """Class names of every layer in the model."""
+    optimizer: str | None = None
+    """The optimizer the model was compiled with, lowercase class name (``adam``), if known."""

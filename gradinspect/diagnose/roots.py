@@ -94,6 +94,9 @@ RULES: tuple[Rule, ...] = (
           _first_entry),
     _rule("constant_output", "zero_gradient signal_collapse", _anywhere, any_severity=True),
     _rule("constant_output", "constant_loss", _model_level, any_severity=True),
+    _rule("degenerate_normalization", "zero_gradient vanishing_gradient signal_collapse "
+          "vanishing_activations", _at_or_before),
+    _rule("degenerate_normalization", "vanishing_activations", _after),
     _rule("zero_kernel", "zero_gradient", _before, any_severity=True),
     _rule("zero_kernel", "signal_collapse", _at_or_before, any_severity=True),
     _rule("constant_loss", "zero_gradient", _anywhere),
@@ -165,6 +168,19 @@ def link(findings: Sequence[Finding], positions: dict[str, int]) -> list[Finding
               for f in findings]
     severity = {f.id: f.severity for f in linked}
     reach = reach_of(linked)
-    return [f if not f.root else replace(f, severity=max(
-        [f.severity, *(severity[e] for e in reach[f.id])], key=lambda s: s.rank))
-        for f in linked]
+    by_id = {f.id: f for f in linked}
+    return [replace(f, severity=max([f.severity, *(severity[e] for e in reach[f.id])],
+                                    key=lambda s: s.rank)) if f.root
+            else replace(f, hint=_root_hint(f, by_id)) for f in linked]
+
+
+def _root_hint(f: Finding, by_id: dict[str, Finding]) -> str:
+    """A consequence's hint is its root's, so that no finding advises what its cause rules
+    out (no "larger initialisation" for a gradient that an untrained BatchNormalization
+    cuts): following the first cause back to a root."""
+    seen = {f.id}
+    cause = by_id[f.caused_by[0]]
+    while not cause.root and cause.caused_by and cause.caused_by[0] not in seen:
+        seen.add(cause.id)
+        cause = by_id[cause.caused_by[0]]
+    return f"fix {cause.id} first: {cause.hint}"

@@ -36,6 +36,31 @@ class LoadedModel:
     keras_version: str | None = None
     """The Keras version that saved the file (``None`` when the file does not say)."""
 
+    @property
+    def optimizer(self) -> str | None:
+        """The optimizer it was compiled with, as a lowercase class name (``adam``): Keras 3's
+        ``optimizer`` (a name or a serialised object), Keras 2's ``optimizer_config``; the
+        optimizer inside a ``LossScaleOptimizer``; ``None`` when not compiled or not said."""
+        config = self.compile_config or {}
+        found: Any = config.get("optimizer", config.get("optimizer_config"))
+        for _ in range(4):  # a loss-scale wrapper holds the real one
+            if isinstance(found, str):
+                return _class_part(found)
+            if not isinstance(found, dict):
+                return None
+            name = found.get("class_name")
+            inner = found.get("config")
+            if name == "LossScaleOptimizer" and isinstance(inner, dict):
+                found = inner.get("inner_optimizer")
+                continue
+            return _class_part(name) if isinstance(name, str) else None
+        return None
+
+
+def _class_part(name: str) -> str | None:
+    """``Custom>Adam``, ``keras.optimizers.Adam``, ``adam`` -> ``adam``."""
+    return name.rsplit(">", 1)[-1].rsplit(".", 1)[-1].lower() or None
+
 
 @dataclass(frozen=True)
 class LoadedData:

@@ -135,6 +135,31 @@ def weight_stats(array: npt.ArrayLike, path: str = "") -> WeightStats:
     return WeightStats(shape=tuple(a.shape), norm=math.sqrt(sum_of_squares(flat)), path=path)
 
 
+def glorot_scale(shape: Sequence[int | None]) -> float:
+    """sqrt(2 / (fan_in + fan_out)), the RMS a Glorot initialisation gives a kernel of this
+    shape, with Keras' fans (a convolution's receptive field times its channels; a vector's
+    length as both fans); ``nan`` for a scalar or an unknown size."""
+    dims = [int(d) for d in shape if d is not None]
+    if len(dims) != len(shape) or not dims:
+        return math.nan
+    if len(dims) == 1:
+        fan_in = fan_out = dims[0]
+    else:
+        receptive = int(np.prod(dims[:-2], dtype=np.int64)) if len(dims) > 2 else 1
+        fan_in, fan_out = dims[-2] * receptive, dims[-1] * receptive
+    return math.sqrt(2.0 / (fan_in + fan_out)) if fan_in + fan_out > 0 else math.nan
+
+
+def near_zero(weights: Sequence[WeightStats], fraction: float) -> bool:
+    """Every one of ``weights`` has an RMS below ``fraction`` of its Glorot scale."""
+    def small(w: WeightStats) -> bool:
+        size = int(np.prod([d or 0 for d in w.shape], dtype=np.int64)) if w.shape else 1
+        scale = glorot_scale(w.shape)
+        return size > 0 and math.isfinite(scale) and w.norm / math.sqrt(size) < fraction * scale
+
+    return bool(weights) and all(small(w) for w in weights)
+
+
 def combined(stats: Sequence[GradStats]) -> GradStats:
     """The summary of several tensors taken as one flat vector (an entry's variables):
     norms add in squares, means weight by entry counts, NaN/Inf counts add."""

@@ -23,6 +23,7 @@ from gradinspect.measure.per_sample import per_sample_stats
 from gradinspect.measure.stats import (
     combined,
     grad_stats,
+    near_zero,
     safe_ratio,
     weight_stats,
 )
@@ -267,6 +268,10 @@ def _layer_figures(run: Run, i: int, constant_output: bool
         forward=_forward_stats(acc),
         moving_initial=_moving_initial(site.layer) if acc.moving_rows else False,
         is_output=site.is_output,
+        output_grad_norm=output_grad_norm,
+        kernel_near_zero=near_zero([weight_list[k] for k in kernel_like], t.near_zero_weight),
+        normalized=(site.adapter.normalized(site.layer, acc.input_shape)
+                    if acc.input_shape is not None else None),
     )
     return fig, LayerWeights(variables=by_name(site, weight_list)), combined(grad_list).norm
 
@@ -288,6 +293,7 @@ def _run_figures(run: Run, array_stats: list[ArrayStats | None],
         arrays=tuple(zip(data.names, array_stats, strict=True)),
         activations=frozenset(s.measured.name for s in run.sites if s.measured is not None),
         layer_classes=frozenset(layer_classes(run.loaded.model)),
+        optimizer=run.loaded.optimizer,
     )
 
 

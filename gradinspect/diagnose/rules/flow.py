@@ -20,30 +20,40 @@ CODES: dict[str, str] = {
 }
 
 READS: frozenset[str] = frozenset({
-    "backward_gain", "kernel_zero", "path", "constant_loss", "loss_name", "loss_value"
+    "backward_gain", "kernel_zero", "path", "constant_loss", "loss_name", "loss_value",
+    "output_grad_norm"
 })
 """The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
 
 
 def collapse_rule(layers: Sequence[LayerFigures], t: Thresholds) -> list[Finding]:
-    """The first layer, walking backwards from the output, whose backward gain is tiny."""
-    for layer in reversed(layers):
+    """The first layer, walking backwards from the output, whose backward gain is tiny and
+    past which no other path carries the signal: every entry before it receives less than
+    ``collapse_below`` of what reaches it. A layer that reads only its input's shape (a
+    position embedding added to its input) passes nothing back by construction, and the add
+    carries the signal on: no collapse."""
+    for k in range(len(layers) - 1, -1, -1):
+        layer = layers[k]
         gain = layer.backward_gain
-        if math.isfinite(gain) and 0.0 <= gain < t.collapse_gain:
-            return [
-                Finding(
-                    "signal_collapse",
-                    # a zero kernel passes nothing back until its first update: expected
-                    Severity.INFO if layer.kernel_zero else Severity.WARNING,
-                    (f"the backward signal shrinks {1 / gain:.3g}x through {layer.path} "
-                     if gain > 0 else f"the backward signal stops at {layer.path} ")
-                    + f"(||dL/dinput|| / ||dL/doutput|| = {fmt3(gain)})",
-                    "layers before this one barely learn: look at this layer's activation "
-                    "(saturation, dead units) and its weight scale",
-                    {"layer": layer.path, "backward_gain": gain},
-                    layer=layer.path,
-                )
-            ]
+        if not (math.isfinite(gain) and 0.0 <= gain < t.collapse_gain):
+            continue
+        below = [ly.output_grad_norm for ly in layers[:k] if math.isfinite(ly.output_grad_norm)]
+        if not below or max(below) >= t.collapse_below * layer.output_grad_norm:
+            continue
+        return [
+            Finding(
+                "signal_collapse",
+                # a zero kernel passes nothing back until its first update: expected
+                Severity.INFO if layer.kernel_zero else Severity.WARNING,
+                (f"the backward signal shrinks {1 / gain:.3g}x through {layer.path} "
+                 if gain > 0 else f"the backward signal stops at {layer.path} ")
+                + f"(||dL/dinput|| / ||dL/doutput|| = {fmt3(gain)})",
+                "layers before this one barely learn: look at this layer's activation "
+                "(saturation, dead units) and its weight scale",
+                {"layer": layer.path, "backward_gain": gain},
+                layer=layer.path,
+            )
+        ]
     return []
 
 

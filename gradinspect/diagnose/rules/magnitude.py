@@ -25,7 +25,8 @@ CODES: dict[str, str] = {
 
 READS: frozenset[str] = frozenset({
     "constant_output", "grad_to_weight", "grads", "kernel_zero", "path", "single_unit_softmax",
-    "weight_grad", "activations", "constant_loss", "layer_classes", "loss_name"
+    "weight_grad", "activations", "constant_loss", "layer_classes", "loss_name",
+    "kernel_near_zero", "optimizer"
 })
 """The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
 
@@ -63,27 +64,43 @@ def magnitude_rule(
         ]
     per_sample_mean = scaled(g.mean_abs, run)
     rel = g.norm / largest if largest > 0 else 1.0
+    adaptive = run.optimizer in ADAPTIVE
     found = []
     if per_sample_mean < t.vanishing_abs or rel < t.vanishing_rel:
+        absolute = per_sample_mean < t.vanishing_abs
         found.append(
             Finding(
                 "vanishing_gradient",
-                Severity.WARNING,
+                # an adaptive optimizer divides each gradient by its running RMS: a gradient
+                # small next to the others still moves its weights at the learning rate,
+                # unless it is small absolutely (at the optimizer's epsilon)
+                Severity.WARNING if absolute or not adaptive else Severity.INFO,
                 f"||dL/dW|| = {fmt3(g.norm)} (mean |g| per sample {fmt3(per_sample_mean)}), "
-                f"{fmt3(rel)} of the largest layer's",
+                f"{fmt3(rel)} of the largest layer's"
+                + ("" if absolute or not adaptive else
+                   f"; {run.optimizer} scales each step by the gradient's own size, so this "
+                   "layer still learns at the learning rate"),
                 vanishing_hint(run),
                 {"norm": g.norm, "mean_abs_per_sample": per_sample_mean, "relative": rel},
             )
         )
     per_sample_norm = scaled(g.norm, run)
     ratio = scaled(layer.grad_to_weight, run)
-    if per_sample_norm > t.exploding_abs or (math.isfinite(ratio) and ratio > t.exploding_ratio):
+    huge = per_sample_norm > t.exploding_abs
+    # ||W|| of a zero-initialised kernel (and of one a few steps later) is no yardstick
+    steep = math.isfinite(ratio) and ratio > t.exploding_ratio and not layer.kernel_near_zero
+    if huge or steep:
         found.append(
             Finding(
                 "exploding_gradient",
-                Severity.WARNING,
+                # the ratio matters for steps proportional to the gradient (SGD): an adaptive
+                # optimizer's step is the learning rate whatever the gradient's size
+                Severity.WARNING if huge or not adaptive else Severity.INFO,
                 f"||dL/dW|| = {fmt3(g.norm)} ({fmt3(per_sample_norm)} per sample), "
-                f"{fmt3(ratio)}x ||W|| per sample",
+                f"{fmt3(ratio)}x ||W|| per sample"
+                + ("" if huge or not adaptive else
+                   f"; {run.optimizer} steps by the learning rate whatever the gradient's "
+                   "size, so no step is this large"),
                 "clip gradients, lower the learning rate, scale the inputs or the loss",
                 {
                     "norm": g.norm,
@@ -93,6 +110,13 @@ def magnitude_rule(
             )
         )
     return found
+
+
+ADAPTIVE = frozenset({"adam", "adamw", "adamax", "nadam", "rmsprop", "adagrad", "adadelta",
+                      "adafactor", "lion", "lamb", "muon"})
+"""Optimizers whose step does not grow or shrink with the gradient's scale (each divides by a
+running RMS, or takes its sign): relative vanishing and ||dL/dW|| / ||W|| are no harm under
+them; absolute vanishing (at their epsilon) and absolute explosion still are."""
 
 
 SATURATING = frozenset({"sigmoid", "tanh", "hard_sigmoid", "softsign", "hard_tanh"})

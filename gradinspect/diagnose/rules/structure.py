@@ -6,6 +6,8 @@ output that cannot vary (a softmax over one unit), and a kernel that is exactly 
 
 from __future__ import annotations
 
+import math
+
 from gradinspect.diagnose.figures import LayerFigures
 from gradinspect.records import Finding, Severity
 
@@ -17,11 +19,13 @@ CODES: dict[str, str] = {
     "softmax over several units under binary crossentropy",
     "zero_kernel": "a layer's kernel is exactly zero: the layers before it get no gradient "
     "until its first update",
+    "degenerate_normalization": "a normalisation over axes of one entry in all: its output "
+    "does not depend on its input, so the layers behind it on that path get no gradient",
 }
 
 READS: frozenset[str] = frozenset({
     "activation", "activity", "kernel_zero", "logits_mismatch", "loss_activation",
-    "single_unit_softmax", "weight_norm"
+    "single_unit_softmax", "weight_norm", "normalized"
 })
 """The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
 
@@ -72,6 +76,7 @@ def structure_rule(layer: LayerFigures) -> list[Finding]:
             "(clipped probabilities vs the cached logits), and neither is the loss you meant",
             f"match them: {fix}",
             {"activation": act, "loss": loss}))
+    found += _degenerate_normalization(layer)
     if layer.kernel_zero:
         found.append(Finding(
             "zero_kernel", Severity.INFO,
@@ -81,3 +86,26 @@ def structure_rule(layer: LayerFigures) -> list[Finding]:
             "how the weights were loaded",
             {"weight_norm": layer.weight_norm}))
     return found
+
+
+def _degenerate_normalization(layer: LayerFigures) -> list[Finding]:
+    """A statistic over one entry: x - mean(x) is 0 (LayerNormalization, GroupNormalization
+    with one channel per group and nothing else to average over outputs its beta) and
+    x / rms(x) is the sign of x (RMS and unit normalisation): the output is the same whatever
+    the input, so ∂L/∂input is 0 and what only reaches the loss through it never learns."""
+    if layer.normalized is None:
+        return []
+    axes, sizes = layer.normalized
+    if math.prod(sizes) != 1:
+        return []
+    where = ", ".join(f"{a} (size {s})" for a, s in zip(axes, sizes, strict=True))
+    plural = "axes" if len(axes) > 1 else "axis"
+    return [Finding(
+        "degenerate_normalization", Severity.ERROR,
+        f"this layer normalises over {plural} {where} of its input: one entry per statistic, "
+        "so its output does not depend on its input (x - mean is 0: it outputs its beta) and "
+        "every layer whose only path to the loss runs through it gets zero gradient",
+        "normalise over an axis with more than one entry (a (time, 1) signal: over the time "
+        "axis), or project to more features first (Dense/Conv1D to a width > 1)",
+        {"axes": ",".join(map(str, axes)), "sizes": ",".join(map(str, sizes)),
+         "entries": 1})]

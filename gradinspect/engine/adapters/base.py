@@ -102,6 +102,15 @@ def no_dense_view(layer: Any) -> DenseView | None:
     return None
 
 
+Normalized = tuple[tuple[int, ...], tuple[int, ...]]
+"""(axes counted from the end, their sizes): what one statistic of a normalisation layer is
+taken over."""
+
+
+def not_normalizing(layer: Any, input_shape: tuple[int | None, ...]) -> Normalized | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Adapter:
     """One layer kind."""
@@ -131,6 +140,10 @@ class Adapter:
     per_sample: bool = False
     """``--per-sample`` norms can be derived from the single pass for this kind (layers with
     a ``dense_view``, when the kind has one)."""
+    normalized: Callable[[Any, tuple[int | None, ...]], Normalized | None] = not_normalizing
+    """(layer, input shape without the batch axis) -> the axes one statistic of the layer is
+    taken over and their sizes, for the kinds that normalise (``None``: not one, or not
+    known)."""
     note: str = ""
     """One line for the README/``--help`` listing of kinds."""
 
