@@ -131,7 +131,8 @@ def prepare_labels(loss: Any, loaded: LoadedModel, data: LoadedData,
                          "labels and adds nothing to the loss")
     steps = []
     for y, out, spec in zip(data.labels, outputs, loss.per_output, strict=True):
-        step, note = _label_step(where, y, out, spec.name)
+        step, note = _label_step(where, y, out, spec.name) if spec.builtin \
+            else _custom_label_step(out, spec.name)
         steps.append(step)
         if note:
             notes.append(note)
@@ -189,6 +190,17 @@ def _label_step(where: str, y: Any, out: Any, loss_name: str) -> tuple[
         raise DataError(f"{label} have shape {tuple(y.shape)}, the output is "
                         f"{tuple(out.shape)}", hint)
     return (lambda b, start: np.asarray(b, dtype=np.float32)), None
+
+
+def _custom_label_step(out: Any, loss_name: str) -> tuple[
+    Callable[[np.ndarray, int], np.ndarray], str
+]:
+    """Labels of a custom loss pass as they are, cast to float32 as Keras casts them for any
+    loss: Keras checks no shape for a loss whose code it does not know (the keras.io NER
+    model's loss reads sparse ``(N, T)`` tags of a ``(N, T, C)`` output)."""
+    return ((lambda b, start: np.asarray(b, dtype=np.float32)),
+            f"labels for output '{out.name}' go to the custom loss {loss_name!r} as they are "
+            "(float32, their shape unchecked, as Keras passes them)")
 
 
 def _fits(shape: tuple[Any, ...], declared: tuple[Any, ...]) -> bool:

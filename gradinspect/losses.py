@@ -93,6 +93,12 @@ class OutputLoss:
     weight: float = 1.0
 
     @property
+    def builtin(self) -> bool:
+        """Whether the function is one of Keras' own (Keras 3 or tf.keras), whose label shapes
+        are known; a custom loss takes whatever labels its code reads."""
+        return _builtin_module(self.fn)
+
+    @property
     def from_logits(self) -> bool | None:
         """The effective ``from_logits`` (given, or the function's default); ``None`` when the
         loss has no such parameter."""
@@ -179,11 +185,35 @@ class KerasLoss:
             else:
                 values = spec.fn(tf.cast(y, output.dtype) if not _sparse(spec.name) else y,
                                  output, **spec.kwargs)
+            mask = getattr(output, "_keras_mask", None)
+            if mask is not None:
+                values = masked(tf, values, mask, self.reduction)
+            if values.shape.rank == 0:  # a custom loss that reduces the batch itself
+                values = tf.fill(tf.shape(output)[:1], values)
             if len(values.shape) > 1:
                 values = tf.reduce_mean(tf.reshape(values, (tf.shape(values)[0], -1)), axis=1)
             values = values * tf.cast(spec.weight, values.dtype)
             total = values if total is None else total + values
         return total
+
+
+def masked(tf: Any, values: Any, mask: Any, reduction: str) -> Any:
+    """Loss values with an output's Keras mask applied, as Keras' compiled loss applies it
+    (``keras.losses.Loss.__call__``): masked entries weigh 0, and under ``mean`` the others
+    weigh ``entries / unmasked entries`` of the batch, so that the batch's mean is the mean over
+    its unmasked entries (a decoder's padding adds nothing). With several batches, each batch
+    is normalised by its own count, as Keras does for each training step."""
+    weight = tf.cast(mask, values.dtype)
+    if weight.shape.rank == values.shape.rank + 1 and weight.shape[-1] == 1:
+        weight = tf.squeeze(weight, -1)
+    elif values.shape.rank == weight.shape.rank + 1 and values.shape[-1] == 1:
+        values = tf.squeeze(values, -1)
+    elif values.shape.rank == weight.shape.rank - 1:
+        values = values[..., None]
+    if reduction == "mean":
+        total = tf.cast(tf.size(weight), values.dtype)
+        weight = weight * tf.math.divide_no_nan(total, tf.reduce_sum(weight))
+    return values * weight
 
 
 def _sparse(name: str) -> bool:
@@ -197,10 +227,12 @@ def _snake(class_name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
 
 
-def _keras_function(keras: Any, name: str,
-                    custom: Mapping[str, Any] | None = None) -> Callable[..., Any]:
+def _keras_function(keras: Any, name: str, custom: Mapping[str, Any] | None = None,
+                    config: Mapping[str, Any] | None = None) -> Callable[..., Any]:
     """A loss function by name: one of the user's (``--custom-objects``, by name or by its
-    registered ``package>name``), one registered with Keras, or a built-in Keras loss."""
+    registered ``package>name``), one registered with Keras, or a built-in Keras loss. A
+    ``Loss`` class of the user's is built from its ``config`` and gives its unreduced
+    ``call``, which the probe masks and reduces as Keras' ``Loss.__call__`` does."""
     short = name.rpartition(">")[2]
     fn = (custom or {}).get(name) or (custom or {}).get(short)
     if fn is None and ">" in name:
@@ -211,10 +243,7 @@ def _keras_function(keras: Any, name: str,
         except (ValueError, TypeError):
             fn = None
     if isinstance(fn, type):  # a Loss class: its instance carries the function
-        try:
-            fn = fn()
-        except TypeError:
-            fn = None
+        fn = _instance(fn, config)
     if fn is None or not callable(fn):
         raise UsageError(
             f"unknown loss {name!r}",
@@ -224,7 +253,39 @@ def _keras_function(keras: Any, name: str,
         )
     if hasattr(fn, "fn"):  # a Loss object (LossFunctionWrapper): use its function
         fn = fn.fn
-    return fn  # type: ignore[no-any-return]
+    elif hasattr(fn, "call") and hasattr(fn, "reduction"):  # a Loss subclass of the user's
+        fn = _unreduced(fn)
+    return fn
+
+
+def _instance(cls: type, config: Mapping[str, Any] | None) -> Any:
+    """A Loss class built from its stored config (a custom one's arguments matter: a focal
+    loss' gamma), or with its defaults where the config does not fit; ``None`` if neither."""
+    if config is not None and not _builtin_module(cls) and hasattr(cls, "from_config"):
+        try:
+            return cls.from_config(dict(config))
+        except (TypeError, ValueError):
+            pass
+    try:
+        return cls()
+    except TypeError:
+        return None
+
+
+def _builtin_module(obj: Any) -> bool:
+    module = str(getattr(obj, "__module__", "") or "")
+    return module.split(".", maxsplit=1)[0] in ("keras", "tf_keras", "tensorflow")
+
+
+def _unreduced(loss: Any) -> Callable[..., Any]:
+    """A ``keras.losses.Loss`` subclass as a function of its unreduced values (its ``call``),
+    named and placed as its class (a custom loss: its labels are not shape-checked)."""
+    def values(y_true: Any, y_pred: Any) -> Any:
+        return loss.call(y_true, y_pred)
+
+    values.__name__ = _snake(type(loss).__name__)
+    values.__module__ = type(loss).__module__
+    return values
 
 
 def _accepted(fn: Callable[..., Any], config: Mapping[str, Any]) -> dict[str, Any]:
@@ -251,7 +312,7 @@ def _output_loss(keras: Any, spec: Any, weight: float, from_logits: bool | None,
         for candidate in candidates:
             if isinstance(candidate, str):
                 try:
-                    found = _keras_function(keras, candidate, custom)
+                    found = _keras_function(keras, candidate, custom, config)
                     break
                 except UsageError:
                     continue

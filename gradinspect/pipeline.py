@@ -251,6 +251,8 @@ def _pass(run: Run, probe: Any, batch_size: int, progress: ProgressHook | None) 
                                  confidence=t.softmax_confidence,
                                  fresh=_fresh(data.arrays, raw, batch), global_rows=rows)
             run.loss_value += capture.loss
+            if capture.penalty is not None:
+                run.penalty_sum = (run.penalty_sum or 0.0) + capture.penalty
             merge_input_stats(run, capture.input_stats, capture.samples, batch)
             run.nonfinite += capture.nonfinite
             run.entries += capture.entries

@@ -175,6 +175,11 @@ class LossInfo:
     """For crossentropy losses: whether the loss takes logits; ``None`` otherwise."""
     labels: str | None = None
     """Where the labels came from (file path), or ``None`` for losses without labels."""
+    penalties: float | None = None
+    """The model's ``losses`` (weight and activity regularisation penalties, ``add_loss``
+    terms), which Keras adds to the training loss, averaged over the batches: they are not
+    part of the inspected loss ``value`` (its gradients are the data loss'); ``None`` when the
+    model has none."""
     semantics: str | None = None
     """Crossentropy rules: ``keras2`` (clipped, renormalised probabilities, as Keras 2.x
     trained its files) or ``keras3`` (the logits a softmax/sigmoid output keeps); ``None`` for

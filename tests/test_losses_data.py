@@ -5,6 +5,7 @@ by hand on the model."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -410,3 +411,151 @@ def test_progress_bar_goes_to_a_terminal_stderr_only(tfk: Any, tmp_path: Path,
     monkeypatch.setattr(cli_terminal, "stderr", Console(file=piped, force_terminal=False))
     assert runner.invoke(cli.app, args).exit_code == 0
     assert piped.getvalue() == ""
+
+
+# ---------------------------------------------------------------- as Keras' compiled loss
+
+
+def _compiled_tape(tf: Any, path: Path, x: np.ndarray, y: np.ndarray
+                   ) -> tuple[float, dict[str, np.ndarray]]:
+    """Keras' own compiled data loss (masks, reductions, custom Loss objects) and its
+    gradients, by variable path, on the saved model as Keras loads it."""
+    from gradinspect._tf import tf_modules
+
+    model = tf_modules()[1].saving.load_model(path)
+    with tf.GradientTape() as tape:
+        loss = model._compile_loss(tf.constant(y), model(tf.constant(x), training=False))
+    grads = tape.gradient(loss, model.trainable_variables)
+    return float(loss), {v.path: np.asarray(tf.convert_to_tensor(g)) for v, g in
+                         zip(model.trainable_variables, grads, strict=True)}
+
+
+def _assert_like_keras(report: Any, value: float, grads: dict[str, np.ndarray]) -> None:
+    assert report.loss.value == pytest.approx(value, rel=1e-5)
+    got = {w.path: entry.grads.variables[name] for entry in report.layers
+           for name, w in entry.weights.variables.items() if w is not None}
+    assert set(got) == set(grads)
+    for path, want in grads.items():
+        stats = got[path]
+        assert stats is not None
+        assert stats.norm == pytest.approx(float(np.linalg.norm(want)), rel=1e-4, abs=1e-9), path
+
+
+def _masked_tagger(keras: Any) -> Any:
+    keras.utils.set_random_seed(21)
+    tokens = keras.Input((7,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(30, 8, mask_zero=True, name="emb")(tokens)
+    h = keras.layers.LSTM(6, return_sequences=True, name="lstm")(h)
+    out = keras.layers.Dense(5, activation="softmax", name="tags")(h)
+    return keras.Model(tokens, out)
+
+
+def test_a_masked_output_is_averaged_over_its_unmasked_entries_as_keras_does(
+        tfk: Any, tmp_path: Path) -> None:
+    """``Embedding(mask_zero=True)`` masks the padding of every sequence: Keras' compiled
+    loss gives padded steps weight 0 and averages over the rest; so must the inspected loss
+    (without the mask it is another loss, and gradients up to 2x off on a decoder)."""
+    tf, keras = tfk
+    model = _masked_tagger(keras)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(3)
+    x = rng.integers(1, 30, (6, 7)).astype("int32")
+    for row, pad in enumerate([0, 2, 3, 5, 1, 4]):
+        x[row, 7 - pad:] = 0
+    y = rng.integers(0, 5, (6, 7))
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    value, grads = _compiled_tape(tf, tmp_path / "m.keras", x, y)
+    plain = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, model(x)))
+    assert abs(float(plain) - value) > 1e-4  # the same loss without the mask: far from it
+    np.savez(tmp_path / "d.npz", tokens=x, y=y)
+    _assert_like_keras(gradinspect.inspect_files(tmp_path / "m.keras", tmp_path / "d.npz"),
+                       value, grads)
+
+
+CUSTOM_LOSS = '''
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="tagging")
+class PaddedTagLoss(keras.losses.Loss):
+    """keras.io's NER loss: sparse crossentropy over the non-padding tags, reduced by itself."""
+
+    def __init__(self, pad=0, name="padded_tag_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.pad = pad
+
+    def call(self, y_true, y_pred):
+        each = keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+        mask = ops.cast(ops.not_equal(y_true, self.pad), each.dtype)
+        return ops.sum(each * mask) / ops.sum(mask)
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}
+'''
+
+
+def test_a_custom_loss_takes_sparse_sequence_labels_and_its_stored_config(
+        tfk: Any, tmp_path: Path) -> None:
+    """A custom compiled ``Loss`` subclass: its labels are not shape-checked (Keras checks
+    none), it is built from its stored config (``pad=4``, not the default), and its own
+    batch reduction is the batch's loss."""
+    tf, keras = tfk
+    (tmp_path / "tagging.py").write_text(CUSTOM_LOSS)
+    spec = importlib.util.spec_from_file_location("tagging", tmp_path / "tagging.py")
+    assert spec is not None
+    assert spec.loader is not None
+    tagging = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tagging)
+    keras.utils.set_random_seed(22)
+    model = keras.Sequential([keras.Input((7,), dtype="int32"),
+                              keras.layers.Embedding(30, 8, name="emb"),
+                              keras.layers.Dense(5, activation="softmax", name="tags")])
+    model.compile("adam", tagging.PaddedTagLoss(pad=4))
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 30, (6, 7)).astype("int32"), rng.integers(0, 5, (6, 7))
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    value, grads = _compiled_tape(tf, tmp_path / "m.keras", x, y)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    report = gradinspect.inspect_files(
+        tmp_path / "m.keras", tmp_path / "d.npz",
+        load=gradinspect.LoadOptions(custom_objects=(str(tmp_path / "tagging.py"),)))
+    assert report.loss.name == "padded_tag_loss"
+    assert any("custom loss" in note for note in report.data.notes)
+    _assert_like_keras(report, value, grads)
+
+
+def test_regularisation_penalties_are_named_beside_the_data_loss_not_differentiated(
+        tfk: Any, tmp_path: Path) -> None:
+    """Keras trains on the data loss plus ``model.losses``: the report gives their value
+    (``loss.penalties``) and differentiates the data loss only."""
+    tf, keras = tfk
+    keras.utils.set_random_seed(23)
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(6, activation="tanh", name="hidden",
+                           kernel_regularizer=keras.regularizers.L2(0.05),
+                           activity_regularizer=keras.regularizers.L1(0.01)),
+        keras.layers.Dense(3, activation="softmax", name="out")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    y = RNG.integers(0, 3, 12)
+    model.fit(X, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    value, grads = _compiled_tape(tf, tmp_path / "m.keras", X, y)
+    model(X, training=False)
+    penalties = sum(float(p) for p in model.losses)
+    w = np.asarray(model.get_layer("hidden").kernel)
+    hidden = np.tanh(X @ w + np.asarray(model.get_layer("hidden").bias))
+    by_hand = 0.05 * float(np.sum(w ** 2)) + 0.01 * float(np.abs(hidden).sum()) / len(X)
+    assert penalties == pytest.approx(by_hand, rel=1e-5)
+    np.savez(tmp_path / "d.npz", x=X, y=y)
+    for batch in (None, 5):  # averaged over uneven batches: the activity term is a mean
+        report = gradinspect.inspect_files(
+            tmp_path / "m.keras", tmp_path / "d.npz",
+            options=gradinspect.InspectOptions(batch_size=batch))
+        assert report.loss.penalties == pytest.approx(penalties, rel=1e-5)
+        _assert_like_keras(report, value, grads)
+    result = runner.invoke(cli.app, [str(tmp_path / "m.keras"), str(tmp_path / "d.npz")])
+    assert "model.losses (penalties, not inspected)" in " ".join(result.stdout.split())

@@ -114,6 +114,9 @@ class BatchCapture:
     input_stats: tuple[np.ndarray | None, ...] = ()
     """Per model input: ``[min, max, sum, sum of squares]`` of a float input (``None`` for
     integer inputs)."""
+    penalty: float | None = None
+    """The model's ``losses`` (regularisation penalties) times this batch's rows; ``None``
+    when it has none."""
     labels: tuple[np.ndarray, ...] | None = None
     """Under a strategy with full tensors (``--verify``/``--values``): the whole batch's
     labels, gathered from every replica in the order of the gathered tensors."""

@@ -235,6 +235,7 @@ class Probe(TracedPass):
         kept_labels = result.get("labels")
         return BatchCapture(
             loss=float(get("loss")[0]),
+            penalty=float(get("penalty")[0]) if ("penalty",) in layout else None,
             samples=rows,
             layers=tuple(layers),
             nonfinite=int(counts[0]) if counts is not None else 0,

@@ -230,7 +230,7 @@ class TracedPass:
         n_sites = len(self.sites)
         low, tail_a, tail_b = (rest[:n_sites], rest[n_sites:2 * n_sites],
                                rest[2 * n_sites:])
-        total, var_grads = self._tape_pass(recorder, inputs, labels, scale)
+        total, var_grads, penalty = self._tape_pass(recorder, inputs, labels, scale)
         calls = {i: recorder.calls.get(i, []) for i in range(len(self.sites))}
         has_xs = [bool(calls[i]) and all(c.x is not None for c in calls[i]) for i in calls]
         order = list(recorder.first_call)
@@ -245,6 +245,9 @@ class TracedPass:
                                              for gs in var_grads], options=self._options())
         pack = Packer(tf)
         out_sq = self._pack_inputs(pack, total, inputs, checked)
+        if penalty is not None:  # weighted by the batch's rows: their mean over the batches
+            pack.add(("penalty",), penalty * tf.cast(tf.shape(inputs[0])[0], penalty.dtype),
+                     "sum")
         measured = self._measured(recorder, calls)
         out_sq.update({id(c.out[0]): half_sumsq(tf, c.out[0]) for i in range(len(self.sites))
                        for c in calls[i] if c.out})
@@ -278,10 +281,12 @@ class TracedPass:
                            if labels is not None and self.full else None)}
 
     def _tape_pass(self, recorder: Recorder, inputs: list[Any], labels: Any,
-                   scale: Any) -> tuple[Any, Any]:
-        """The forward pass under the tape and the backward pass: the scaled loss, and the
+                   scale: Any) -> tuple[Any, Any, Any]:
+        """The forward pass under the tape and the backward pass: the scaled loss, the
         gradients of every owned variable (the layers' input, output and pre-activation
-        gradients reach the records through the taps while this runs)."""
+        gradients reach the records through the taps while this runs), and the sum of the
+        model's ``losses`` (regularisation penalties, ``add_loss``), which Keras adds to the
+        training loss and the inspected loss does not hold (``None``: the model has none)."""
         tf = self.tf
         # Only what is inspected is watched: the tape records no op upstream of the earliest
         # selected entry, so a filtered run's backward pass stops there.
@@ -297,9 +302,10 @@ class TracedPass:
             terms = self.loss.terms(tf, tf.nest.flatten(outputs), labels)
             total = tf.reduce_sum(terms)
             total = total * tf.cast(scale, total.dtype)  # float64 and float16 models too
+        penalties = [tf.reduce_sum(tf.cast(p, tf.float64)) for p in self.model.losses]
         var_grads = tape.gradient(total, self._tf_vars,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return total, var_grads
+        return total, var_grads, tf.add_n(penalties) if penalties else None
 
     def _counted(self, calls: dict[int, list[CallRecord]], has_xs: list[bool],
                  checked: list[Any], order: list[int]) -> dict[str, Any]:

@@ -74,6 +74,8 @@ class Run:
     walk: Any
     skipped: list[Any]
     loss_value: float = 0.0
+    penalty_sum: float | None = None
+    """The model's ``losses`` summed over the batches, each times its rows (``None``: none)."""
     nonfinite: int = 0
     entries: int = 0
     order: list[int] = field(default_factory=list)

@@ -206,6 +206,8 @@ def build_report(run: Run) -> Report:
             from_logits=crossentropy_from_logits(run.loss),
             labels=run.data.label_source if run.loss.needs_labels else None,
             semantics=getattr(run.loss, "semantics", None),
+            penalties=(run.penalty_sum / run.data.samples if run.penalty_sum is not None
+                       and run.data.samples else None),
         ),
         training=run.options.training,
         layers=layers,

@@ -68,6 +68,8 @@ def _header(report: Report) -> list[str]:
         *(f"- **note**: {md_text(note)}" for note in data.notes),
         f"- **loss**: {md_text(loss.name)} = {fmt(loss.value)}, {reduction} over "
         f"{data.samples} samples",
+        *([f"- **model.losses** (penalties, not inspected): {fmt(loss.penalties)}"]
+          if loss.penalties is not None else []),
         f"- **mode**: {'training' if report.training else 'inference'}",
     ]
     execution = report.execution

@@ -63,6 +63,8 @@ def _header(report: Report) -> Text:
         text.append(f"note: {plain(note)}\n", style="yellow")
     text.append(f"loss {plain(loss.name)} = {fmt(loss.value)}, {reduction} over "
                 f"{data.samples} samples; ")
+    if loss.penalties is not None:
+        text.append(f"model.losses (penalties, not inspected) = {fmt(loss.penalties)}; ")
     text.append("training mode" if report.training else "inference mode")
     execution = report.execution
     if execution.strategy != "none":
