@@ -39,7 +39,8 @@ class Thresholds:
     standardised (0..255 pixels: ~140), unless the model scales it before its first entry."""
     activation_collapse: float = 1e-3
     """The forward signal collapses at an entry whose input RMS is below this fraction of the
-    largest output RMS of the entries before it."""
+    largest output RMS of the entries before it (capped at 1: unit scale is never a
+    collapse)."""
     batchnorm_mismatch: float = 10.0
     """BatchNormalization in inference: its moving statistics do not describe the data when
     the RMS of (x - moving_mean) / sqrt(moving_variance) is above this or below its inverse

@@ -285,3 +285,94 @@ def test_near_zero_is_judged_against_the_glorot_scale() -> None:
     assert not near_zero([usual], 0.1)
     assert not near_zero([small, usual], 0.1)
     assert not near_zero([], 0.1)
+
+
+# ------------------------------------------------------ unscaled inputs: harm, not scale
+
+
+def test_unscaled_features_that_harm_nothing_are_information(tfk: Any) -> None:
+    """Raw numeric features (an age, an angle in degrees) into a Dense followed by
+    BatchNormalization, as keras.io's wide & deep network feeds them: named, as info, with
+    no consequence; the same features into a sigmoid layer that they saturate: a warning,
+    root of the saturation (the planted pixel case in test_diagnosis)."""
+    _, keras = tfk
+    L = keras.layers
+    keras.utils.set_random_seed(5)
+    x = np.stack([RNG.uniform(18, 80, 64), RNG.uniform(0, 360, 64)], 1).astype(np.float32)
+    calm = keras.Sequential([keras.Input((2,)), L.BatchNormalization(), L.Dense(8, "relu"),
+                             L.Dense(1)])
+    report = gradinspect.inspect(calm, x, training=True)
+    found = [f for f in _all(report) if f.code == "unscaled_input"]
+    assert [f.severity for f in found] == [Severity.INFO]
+    assert _codes(report) == set()
+    saturating = keras.Sequential([keras.Input((2,)), L.Dense(8, "sigmoid"), L.Dense(1)])
+    harmed = [f for f in _all(gradinspect.inspect(saturating, x)) if f.code == "unscaled_input"]
+    assert [f.severity for f in harmed] == [Severity.WARNING]
+    assert harmed[0].root
+
+
+def test_token_ids_in_a_float_input_read_by_an_embedding_are_not_unscaled(tfk: Any) -> None:
+    """keras.io's text Transformer declares ``Input(shape=(maxlen,))`` (float) and feeds its
+    token ids to an Embedding inside a custom layer: ids index a table, their scale means
+    nothing. Float features beside them are still judged."""
+    _, keras = tfk
+    L = keras.layers
+    keras.utils.set_random_seed(6)
+    tokens = keras.Input((10,), name="tokens")
+    extra = keras.Input((3,), name="extra")
+    h = L.GlobalAveragePooling1D()(L.Embedding(500, 8)(tokens))
+    out = L.Dense(2, activation="softmax")(L.Concatenate()([h, L.Dense(4, "sigmoid")(extra)]))
+    model = keras.Model([tokens, extra], out)
+    ids = RNG.integers(1, 500, (32, 10)).astype(np.float32)
+    scaled = RNG.standard_normal((32, 3)).astype(np.float32)
+    report = gradinspect.inspect(model, {"tokens": ids, "extra": scaled})
+    assert "unscaled_input" not in _codes(report, Severity.INFO)
+    raw = {"tokens": ids, "extra": 200 + 50 * scaled}
+    named = [f.figures["input"] for f in _all(gradinspect.inspect(model, raw))
+             if f.code == "unscaled_input"]
+    assert named == ["extra"]
+
+
+def test_a_signal_at_unit_scale_is_no_collapse_beside_a_huge_branch(tfk: Any) -> None:
+    """keras.io's deep & cross network: a cross layer multiplies raw features (RMS ~800),
+    a parallel branch normalises them and feeds its next Dense at unit scale: no collapse.
+    A signal that does fall to nothing is still found (test_diagnosis' planted case)."""
+    _, keras = tfk
+    L = keras.layers
+    keras.utils.set_random_seed(7)
+    x0 = keras.Input((4,))
+    cross = x0
+    for k in range(2):  # the second cross Dense reads x0 * Dense(x0): RMS in the thousands
+        cross = L.Add()([L.Multiply()([x0, L.Dense(4, name=f"cross_{k}")(cross)]), cross])
+    deep = L.Dense(8, name="deep_out")(L.ReLU()(L.BatchNormalization()(L.Dense(8)(x0))))
+    model = keras.Model(x0, L.Dense(2, name="head")(L.Concatenate()([cross, deep])))
+    x = (300 + 100 * RNG.standard_normal((64, 4))).astype(np.float32)
+    report = gradinspect.inspect(model, x, training=True)
+    figures = {ly.path: ly.forward for ly in report.layers}
+    assert figures["cross_1"].output_rms > 1e3 * figures["deep_out"].input_rms
+    assert "vanishing_activations" not in _codes(report, Severity.INFO)
+
+
+# ------------------------------------------------------ BatchNormalization on one-hot columns
+
+
+def test_one_hot_columns_that_never_fire_say_nothing_about_moving_statistics(tfk: Any) -> None:
+    """keras.io's wide & deep network normalises one-hot columns, most of which never fire in
+    a batch: constant at their moving mean, they leave the fit of the others to judge (the
+    median over every channel was 0, an "untrained" BatchNormalization that is trained)."""
+    _, keras = tfk
+    L = keras.layers
+    keras.utils.set_random_seed(8)
+    model = keras.Sequential([keras.Input((12,)), L.BatchNormalization(name="bn"),
+                              L.Dense(4, "relu"), L.Dense(1)])
+    x = np.zeros((64, 12), np.float32)
+    x[:, :4] = RNG.standard_normal((64, 4))  # 4 live columns, 8 one-hot columns never firing
+    bn = model.get_layer("bn")
+    bn.momentum = 0.0
+    model(x, training=True)  # moving statistics = this data's
+    report = gradinspect.inspect(model, x)
+    assert "untrained_batchnorm" not in _codes(report, Severity.INFO)
+    rms = report.layers[0].forward.moving_stats_rms
+    assert rms == pytest.approx(1.0, rel=1e-2)  # (x - mean) / sqrt(var + eps) on live columns
+    bn.moving_variance.assign(np.full(12, 1e4, np.float32))  # a misfit on the live columns
+    assert "untrained_batchnorm" in _codes(gradinspect.inspect(model, x))

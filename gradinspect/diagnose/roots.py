@@ -91,7 +91,7 @@ RULES: tuple[Rule, ...] = (
     _rule("untrained_batchnorm", "vanishing_gradient signal_collapse", _anywhere,
           first_only=True),
     _rule("unscaled_input", "saturated_units dead_units exploding_gradient softmax_saturated",
-          _first_entry),
+          _first_entry, any_severity=True),
     _rule("constant_output", "zero_gradient signal_collapse", _anywhere, any_severity=True),
     _rule("constant_output", "constant_loss", _model_level, any_severity=True),
     _rule("degenerate_normalization", "zero_gradient vanishing_gradient signal_collapse "
@@ -118,6 +118,12 @@ RULES: tuple[Rule, ...] = (
 )
 """Every cause -> consequence link. A consequence may have several causes; each rule links
 the nearest cause (in forward order) to each consequence it covers."""
+
+
+EXACT = frozenset({"nonfinite_input", "nonfinite_weights", "constant_output",
+                   "degenerate_normalization", "zero_kernel"})
+"""Causes whose consequences follow by construction, not by degree: where one explains a
+finding, the finding has no other cause."""
 
 
 def _nearest(causes: list[tuple[int | None, Finding]], effect: int | None,
@@ -157,6 +163,12 @@ def link(findings: Sequence[Finding], positions: dict[str, int]) -> list[Finding
                 cause = _nearest([c for c in candidates if c[1].id != f.id], p, rule.scope)
                 if cause is not None and cause.id not in causes_of[f.id]:
                     causes_of[f.id].append(cause.id)
+    # an exact structural cause (it zeroes the gradient by construction) is the whole cause:
+    # a sample that happens to saturate the softmax does not share the zero it explains
+    codes = {f.id: f.code for f in findings}
+    for fid, causes in causes_of.items():
+        if any(codes[c] in EXACT for c in causes):
+            causes_of[fid] = [c for c in causes if codes[c] in EXACT]
     # of two causes where one follows from the other, name the earlier one only: the zero
     # gradient below a dead layer follows from the dead units, not from the collapse they cause
     first = [replace(f, caused_by=tuple(causes_of[f.id])) for f in findings]

@@ -85,7 +85,13 @@ def _forward_stats(acc: LayerAccumulators) -> ForwardStats:
         variance = np.asarray(layer.moving_variance, dtype=np.float64).reshape(-1)
         epsilon = float(getattr(layer, "epsilon", 1e-3))
         m2 = acc.moving_moment / acc.moving_rows / (variance + epsilon)
-        moving = math.sqrt(float(np.median(m2))) if np.all(np.isfinite(m2)) else math.nan
+        # a channel constant at its moving mean (a one-hot column that never fires in this
+        # data) says nothing about how the statistics fit: left out of the median
+        informative = m2[acc.moving_moment != 0]
+        if not np.all(np.isfinite(m2)):
+            moving = math.nan
+        elif informative.size:
+            moving = math.sqrt(float(np.median(informative)))
     return ForwardStats(input_rms=_rms(acc.x_sumsq, acc.x_entries),
                         output_rms=_rms(acc.out_sumsq, acc.out_entries),
                         moving_stats_rms=moving)

@@ -13,6 +13,7 @@ from gradinspect.config import Thresholds
 from gradinspect.diagnose.figures import LayerFigures, RunFigures
 from gradinspect.diagnose.rules.common import fmt3
 from gradinspect.records import Finding, Severity
+from gradinspect.report import ArrayStats
 
 CODES: dict[str, str] = {
     "unscaled_input": "an input array is far from standardised (e.g. 0..255 pixels) and the "
@@ -23,7 +24,7 @@ CODES: dict[str, str] = {
     "describe the data (never trained, or after one training call)",
 }
 
-READS: frozenset[str] = frozenset({"forward", "moving_initial", "path", "arrays"})
+READS: frozenset[str] = frozenset({"forward", "moving_initial", "path", "arrays", "kind"})
 """The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
 
 
@@ -49,8 +50,10 @@ def batchnorm_rule(layer: LayerFigures, run: RunFigures, t: Thresholds) -> list[
 
 def vanishing_activations_rule(layers: Sequence[LayerFigures], t: Thresholds) -> list[Finding]:
     """The first entry whose input RMS is below ``activation_collapse`` times the largest
-    output RMS of the entries before it: one finding where the collapse is first seen, with
-    how far it goes."""
+    output RMS of the entries before it, capped at 1: one finding where the collapse is
+    first seen, with how far it goes. An input at unit scale is healthy whatever came before
+    (keras.io's deep & cross network: a cross layer outputs RMS ~800 from raw features, and a
+    parallel, normalised branch feeds the next Dense at 0.7)."""
     reference, where = 0.0, ""
     for k, layer in enumerate(layers):
         fwd = layer.forward
@@ -58,7 +61,7 @@ def vanishing_activations_rule(layers: Sequence[LayerFigures], t: Thresholds) ->
             continue
         x = fwd.input_rms
         if x is not None and math.isfinite(x) and reference > 0 \
-                and x < t.activation_collapse * reference:
+                and x < t.activation_collapse * min(reference, 1.0):
             later = [ly.forward.input_rms for ly in layers[k:] if ly.forward is not None
                      and ly.forward.input_rms is not None and math.isfinite(ly.forward.input_rms)]
             lowest = min(later, default=x)
@@ -83,18 +86,23 @@ def unscaled_input_rule(layers: Sequence[LayerFigures], run: RunFigures,
                     t: Thresholds) -> list[Finding]:
     """Float inputs far from standardised that reach the first entry as they are (a model
     with Rescaling/Normalization in front scales them itself: its first entry's input RMS
-    says so)."""
+    says so). Information by itself (a BatchNormalization or an adaptive optimizer often
+    copes: keras.io's wide & deep and deep & cross networks feed raw numeric features and
+    train well); a warning where it harms, through the findings it explains (saturated or
+    dead units, an exploding gradient at the first entry), which raise it as their root."""
     first = next((ly.forward.input_rms for ly in layers if ly.forward is not None
-                  and ly.forward.input_rms is not None), None)
+                  and ly.forward.input_rms is not None and ly.kind != "embedding"), None)
     if first is not None and math.isfinite(first) and first <= t.unscaled_input:
         return []
+    ids = [ly.forward.input_rms for ly in layers if ly.kind == "embedding"
+           and ly.forward is not None and ly.forward.input_rms is not None]
     found = []
     for name, stats in run.arrays:
         if stats is None or not all(map(math.isfinite, (stats.min, stats.max, stats.mean,
                                                           stats.std))):
             continue
         rms = math.hypot(stats.mean, stats.std)
-        if rms <= t.unscaled_input:
+        if rms <= t.unscaled_input or _read_as_ids(stats, rms, ids):
             continue
         pixels = stats.min >= 0 and 1 < stats.max <= 255 and float(stats.max).is_integer()
         hint = ("these look like 0..255 pixel values: divide by 255 (or put "
@@ -102,7 +110,7 @@ def unscaled_input_rule(layers: Sequence[LayerFigures], run: RunFigures,
                 "standardise per feature, (x - mean) / std with the training set's statistics, "
                 "or put an adapted keras.layers.Normalization first in the model")
         found.append(Finding(
-            "unscaled_input", Severity.WARNING,
+            "unscaled_input", Severity.INFO,
             f"input '{name}' is far from standardised: values {fmt3(stats.min)}..."
             f"{fmt3(stats.max)}, mean {fmt3(stats.mean)}, std {fmt3(stats.std)} "
             "(a standardised input has mean 0 and std 1), and the model does not scale it",
@@ -110,3 +118,11 @@ def unscaled_input_rule(layers: Sequence[LayerFigures], run: RunFigures,
             {"input": name, "min": stats.min, "max": stats.max, "mean": stats.mean,
              "std": stats.std, "rms": rms}))
     return found
+
+
+def _read_as_ids(stats: ArrayStats, rms: float, embedding_inputs: Sequence[float]) -> bool:
+    """Whether an array is token or category ids that an Embedding reads as they are (a float
+    ``Input`` of ids, as keras.io's text Transformer declares it): whole non-negative values,
+    the RMS of an Embedding's input. Ids index a table: their scale means nothing."""
+    whole = stats.min >= 0 and float(stats.min).is_integer() and float(stats.max).is_integer()
+    return whole and any(math.isclose(rms, x, rel_tol=1e-5) for x in embedding_inputs)
