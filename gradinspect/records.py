@@ -174,6 +174,8 @@ class ActivationStats:
     softmax_confident_wrong_fraction: float | None = None
     """For a softmax output with labels: fraction of samples that are confident (as above) on
     a class that is not their label's; ``None`` without labels."""
+    softmax_confident_wrong: int | None = None
+    """How many rows (samples, or positions of a sequence or image) that fraction counts."""
 
 
 @dataclass(frozen=True)

@@ -376,3 +376,23 @@ def test_one_hot_columns_that_never_fire_say_nothing_about_moving_statistics(tfk
     assert rms == pytest.approx(1.0, rel=1e-2)  # (x - mean) / sqrt(var + eps) on live columns
     bn.moving_variance.assign(np.full(12, 1e4, np.float32))  # a misfit on the live columns
     assert "untrained_batchnorm" in _codes(gradinspect.inspect(model, x))
+
+
+def test_one_confidently_wrong_sample_is_information_two_are_a_warning(tfk: Any) -> None:
+    """1 of 16 samples (6%, above ``softmax_wrong``) confidently wrong is an anecdote whose
+    label is the first suspect; two are a pattern."""
+    _, keras = tfk
+    keras.utils.set_random_seed(9)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    kernel, bias = model.layers[0].get_weights()
+    model.layers[0].set_weights([kernel * 300, bias])  # every sample >= 0.99 confident
+    x = RNG.standard_normal((16, 4)).astype(np.float32)
+    predicted = np.argmax(np.asarray(model(x)), axis=1)
+    assert float(np.asarray(model(x)).max(axis=1).min()) >= 0.99
+    for wrong, severity in ((1, Severity.INFO), (2, Severity.WARNING)):
+        y = predicted.copy()
+        y[:wrong] = (y[:wrong] + 1) % 3
+        report = gradinspect.inspect(model, x, y, loss="sparse_categorical_crossentropy")
+        (found,) = [f for f in _all(report) if f.code == "softmax_saturated"]
+        assert found.severity is severity
+        assert found.figures["confident_wrong_fraction"] == pytest.approx(wrong / 16)

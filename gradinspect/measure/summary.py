@@ -119,6 +119,8 @@ def _activity_stats(acc: LayerAccumulators, t: Thresholds) -> ActivationStats | 
         softmax_confident_wrong_fraction=(acc.confident_wrong / act.rows
                                           if kind == "softmax" and act.rows
                                           and acc.confident_wrong is not None else None),
+        softmax_confident_wrong=(int(acc.confident_wrong) if kind == "softmax"
+                                 and acc.confident_wrong is not None else None),
     )
 
 

@@ -98,8 +98,11 @@ def softmax_rule(layer: LayerFigures, act: ActivationStats, run: RunFigures, t: 
     few = run.samples < t.min_samples
     if layer.is_output and wrong is not None:
         if wrong > 0.0:
+            # one confidently wrong row is an anecdote (its label is the first suspect), not
+            # a harmed training: a warning takes at least two
+            rows = act.softmax_confident_wrong
             severity = (Severity.WARNING if wrong >= t.softmax_wrong and not few
-                        else Severity.INFO)
+                        and (rows is None or rows >= 2) else Severity.INFO)
             return [Finding(
                 "softmax_saturated", severity,
                 f"{pct(wrong)} of samples are confidently wrong: top probability >= "
