@@ -86,18 +86,20 @@ def logits_spec(loss: Any, site: Any) -> Any:
     return spec
 
 
-def find_loss_activation_mismatch(loss: Any, site: Any) -> tuple[str, str] | None:
-    """(activation, loss) for a sigmoid output under categorical crossentropy, or a softmax
-    over several units under binary crossentropy (probabilities taken as such)."""
+def find_loss_activation_mismatch(loss: Any, site: Any) -> tuple[str, str, str] | None:
+    """(activation, loss, semantics) for a sigmoid output under categorical crossentropy, or
+    a softmax over several units under binary crossentropy (probabilities taken as such);
+    ``semantics`` is the crossentropy rule the loss follows (``keras2`` or ``keras3``)."""
+    semantics = str(getattr(loss, "semantics", "keras3"))
     measured = site.measured
     spec = _spec_at(loss, site.output_index)
     if spec is None or measured is None or spec.from_logits:
         return None
     if spec.name == "categorical_crossentropy" and measured.name == "sigmoid":
-        return "sigmoid", spec.name
+        return "sigmoid", spec.name, semantics
     if spec.name == "binary_crossentropy" and measured.kind == "softmax" \
             and (site.units or 0) > 1:
-        return "softmax", spec.name
+        return "softmax", spec.name, semantics
     return None
 
 

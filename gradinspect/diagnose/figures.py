@@ -42,8 +42,9 @@ class LayerFigures:
     """(loss name, its from_logits) when they contradict this output layer's activation."""
     single_unit_softmax: bool = False
     """A model output that is a softmax over one unit: always 1, whatever the input."""
-    loss_activation: tuple[str, str] | None = None
-    """(activation, loss) of an output whose crossentropy does not fit its activation."""
+    loss_activation: tuple[str, str, str] | None = None
+    """(activation, loss, semantics) of an output whose crossentropy does not fit its
+    activation, with the crossentropy rule (``keras2``/``keras3``) the loss follows."""
     kernel_zero: bool = False
     """Every weight of the layer but the offsets is exactly zero."""
     forward: ForwardStats | None = None

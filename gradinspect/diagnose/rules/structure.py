@@ -64,18 +64,7 @@ def structure_rule(layer: LayerFigures) -> list[Finding]:
             "over one unit per class",
             {"activation": "softmax", "units": 1}))
     if layer.loss_activation is not None:
-        act, loss = layer.loss_activation
-        fix = ("categorical_crossentropy takes a softmax over the classes (one label per "
-               "sample); independent sigmoid outputs take binary_crossentropy"
-               if loss == "categorical_crossentropy" else
-               "binary_crossentropy takes independent sigmoid outputs; a softmax over the "
-               "classes takes categorical_crossentropy")
-        found.append(Finding(
-            "loss_activation_mismatch", Severity.WARNING,
-            f"a {act} output under {loss}: Keras 2 and Keras 3 compute this loss differently "
-            "(clipped probabilities vs the cached logits), and neither is the loss you meant",
-            f"match them: {fix}",
-            {"activation": act, "loss": loss}))
+        found.append(_loss_activation(*layer.loss_activation))
     found += _degenerate_normalization(layer)
     if layer.kernel_zero:
         found.append(Finding(
@@ -86,6 +75,44 @@ def structure_rule(layer: LayerFigures) -> list[Finding]:
             "how the weights were loaded",
             {"weight_norm": layer.weight_norm}))
     return found
+
+
+def _loss_activation(act: str, loss: str, semantics: str) -> Finding:
+    """A crossentropy that does not fit its output's activation. Under Keras 3's rule the loss
+    is computed from the logits the activation keeps, as the other activation's crossentropy:
+    training minimises a loss of another output than the one the model returns (a warning).
+    Under Keras 2's rule the probabilities are taken as they are (categorical crossentropy
+    renormalises sigmoid outputs to sum to 1; binary crossentropy scores each softmax
+    probability against its 0/1 target): a proper loss of the outputs the model returns, so
+    the model trains; what remains is that Keras 3 would train the same file differently
+    (info)."""
+    if loss == "categorical_crossentropy":
+        fix = ("categorical_crossentropy takes a softmax over the classes (one label per "
+               "sample); independent sigmoid outputs take binary_crossentropy")
+        trained = "softmax(logits) over the classes"
+        keras2 = ("renormalises the sigmoid outputs to sum to 1 and trains them as class "
+                  "probabilities")
+    else:
+        fix = ("binary_crossentropy takes independent sigmoid outputs; a softmax over the "
+               "classes takes categorical_crossentropy")
+        trained = "an independent sigmoid(logit) per class"
+        keras2 = ("scores each softmax probability against its 0/1 target, a proper loss of "
+                  "the softmax")
+    if semantics == "keras2":
+        return Finding(
+            "loss_activation_mismatch", Severity.INFO,
+            f"a {act} output under {loss}: under the Keras 2 rule this file follows, the loss "
+            f"{keras2}, so training is not harmed; Keras 3 computes it from the {act}'s logits "
+            f"as {trained}, so the same file trains differently there",
+            f"to make the file portable, match them: {fix}",
+            {"activation": act, "loss": loss, "semantics": semantics})
+    return Finding(
+        "loss_activation_mismatch", Severity.WARNING,
+        f"a {act} output under {loss}: Keras 3 computes this loss from the {act}'s logits, "
+        f"so training minimises the crossentropy of {trained}, not of the {act} outputs this "
+        "model returns: what it predicts is not what it is trained to predict",
+        f"match them: {fix}",
+        {"activation": act, "loss": loss, "semantics": semantics})
 
 
 def _degenerate_normalization(layer: LayerFigures) -> list[Finding]:
