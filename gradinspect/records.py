@@ -35,6 +35,10 @@ class Severity(StrEnum):
 _SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}
 
 
+MODEL_LEVEL = "model"
+"""Where a model-level finding is, in its ``id`` (``unscaled_input@model``)."""
+
+
 @dataclass(frozen=True)
 class Finding:
     """One verdict about a layer or the whole model."""
@@ -54,13 +58,14 @@ class Finding:
     root: bool = True
     """No other finding explains this one: a cause to fix first."""
     caused_by: tuple[str, ...] = ()
-    """The findings this one follows from, as ``code@layer`` (``code`` alone for a
+    """The findings this one follows from, as ``code@layer`` (``code@model`` for a
     model-level finding): fixing those is expected to fix this one."""
 
     @property
     def id(self) -> str:
-        """``code@layer``, or ``code`` for a model-level finding: how ``caused_by`` names it."""
-        return f"{self.code}@{self.layer}" if self.layer is not None else self.code
+        """``code@layer``, or ``code@model`` for a model-level finding: how ``caused_by``
+        names it (one form everywhere)."""
+        return f"{self.code}@{self.layer if self.layer is not None else MODEL_LEVEL}"
 
 
 @dataclass(frozen=True)

@@ -396,3 +396,32 @@ def test_one_confidently_wrong_sample_is_information_two_are_a_warning(tfk: Any)
         (found,) = [f for f in _all(report) if f.code == "softmax_saturated"]
         assert found.severity is severity
         assert found.figures["confident_wrong_fraction"] == pytest.approx(wrong / 16)
+
+
+# ------------------------------------------------------ one cause, one root
+
+
+def test_a_vanishing_chain_through_a_sigmoid_stack_is_one_root(tfk: Any) -> None:
+    """Ten sigmoid layers: the gradient shrinks by about x0.2 per layer on its way back, and
+    the first four from the input fall below the vanishing thresholds. One cause: one root,
+    the chain's layer nearest the output, which the others link to."""
+    _, keras = tfk
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    model = keras.Sequential([keras.Input((16,)),
+                              *(L.Dense(16, activation="sigmoid", name=f"h{i}") for i in range(10)),
+                              L.Dense(3, activation="softmax", name="out")])
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 3, 64)
+    report = gradinspect.inspect(model, x, y, loss="sparse_categorical_crossentropy")
+    vanishing = [f for f in _all(report) if f.code == "vanishing_gradient"]
+    assert len(vanishing) >= 3
+    order = [ly.path for ly in report.layers]
+    layers = sorted((f.layer or "" for f in vanishing), key=order.index)
+    assert [order.index(p) for p in layers] == list(range(len(layers)))  # h0, h1, ... adjacent
+    roots = [f for f in vanishing if f.root]
+    assert [f.layer for f in roots] == [layers[-1]]
+    for f in vanishing:
+        if not f.root:
+            assert f.caused_by == (roots[0].id,)
+            assert f.hint.startswith(f"fix {roots[0].id} first")

@@ -163,6 +163,7 @@ def link(findings: Sequence[Finding], positions: dict[str, int]) -> list[Finding
                 cause = _nearest([c for c in candidates if c[1].id != f.id], p, rule.scope)
                 if cause is not None and cause.id not in causes_of[f.id]:
                     causes_of[f.id].append(cause.id)
+    _link_chains(findings, pos, causes_of)
     # an exact structural cause (it zeroes the gradient by construction) is the whole cause:
     # a sample that happens to saturate the softmax does not share the zero it explains
     codes = {f.id: f.code for f in findings}
@@ -184,6 +185,42 @@ def link(findings: Sequence[Finding], positions: dict[str, int]) -> list[Finding
     return [replace(f, severity=max([f.severity, *(severity[e] for e in reach[f.id])],
                                     key=lambda s: s.rank)) if f.root
             else replace(f, hint=_root_hint(f, by_id)) for f in linked]
+
+
+BACKWARD_CHAINS = frozenset({"vanishing_gradient", "exploding_gradient"})
+"""Symptoms of the backward pass: in a run of adjacent entries with one of these, the signal
+shrinks (or grows) layer after layer on its way back from the output, so the entry nearest
+the output is where it starts."""
+FORWARD_CHAINS = frozenset({"dead_units", "saturated_units"})
+"""Symptoms of the forward pass: in a run of adjacent entries, the first one feeds the rest."""
+
+
+def _link_chains(findings: Sequence[Finding], pos: Callable[[Finding], int | None],
+                 causes_of: dict[str, list[str]]) -> None:
+    """One cause, one root: adjacent entries with the same harmful symptom and no other cause
+    (a sigmoid stack's gradient shrinking by x0.2 per layer on the way back) follow from the
+    first harmful one of the run in the direction the signal travels. A run of information
+    is not chained (a few dead relu units in two adjacent layers are two facts, not one
+    cause)."""
+    for code in BACKWARD_CHAINS | FORWARD_CHAINS:
+        placed = sorted(((p, f) for f in findings if f.code == code
+                         and (p := pos(f)) is not None), key=lambda pf: pf[0])
+        runs: list[list[Finding]] = []
+        for k, (p, f) in enumerate(placed):
+            if k and p == placed[k - 1][0] + 1:
+                runs[-1].append(f)
+            else:
+                runs.append([f])
+        for run in runs:
+            if code in BACKWARD_CHAINS:
+                run.reverse()  # in the direction the signal travels: from the output back
+            harmful = [k for k, f in enumerate(run) if f.severity is not Severity.INFO]
+            if not harmful:
+                continue
+            head = run[harmful[0]]
+            for f in run[harmful[0] + 1:]:
+                if not causes_of[f.id]:
+                    causes_of[f.id].append(head.id)
 
 
 def _root_hint(f: Finding, by_id: dict[str, Finding]) -> str:

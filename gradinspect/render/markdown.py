@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from gradinspect.plaintext import plain
-from gradinspect.records import Finding, LayerReport, Severity, is_offset
+from gradinspect.records import MODEL_LEVEL, Finding, LayerReport, Severity, is_offset
 from gradinspect.render.table import (
     KIND_LABEL,
     STATUS_LABEL,
@@ -164,8 +164,9 @@ def _item(f: Finding, explains: int) -> list[str]:
     if f.caused_by:
         causes = []
         for cause in f.caused_by:
-            code, at, layer = cause.partition("@")
-            causes.append(f"{_code(code)} at {md_text(layer)}" if at else _code(code))
+            code, _, layer = cause.partition("@")
+            causes.append(f"{_code(code)} at {md_text(layer)}" if layer != MODEL_LEVEL
+                          else f"{_code(code)} (model level)")
         lines.append(f"  - ← follows from {', '.join(causes)}")
     else:
         lines.append(f"  - → {md_text(f.hint)}")

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradinspect.plaintext import plain
-from gradinspect.records import Finding, GradStats, LayerReport, Severity, Shape
+from gradinspect.records import MODEL_LEVEL, Finding, GradStats, LayerReport, Severity, Shape
 from gradinspect.report import Report, reach_of
 
 SEVERITY_STYLE = {Severity.INFO: "cyan", Severity.WARNING: "yellow", Severity.ERROR: "bold red"}
@@ -308,7 +308,9 @@ def _findings_grid(rows: Sequence[_Row], diagnosis: bool) -> Table:
             n = row.explains
             text.append(f"\nexplains {n} other finding{'s' if n != 1 else ''}", style="bold")
         if f.caused_by:
-            causes = ", ".join(c.replace("@", " at ", 1) for c in f.caused_by[:3])
+            causes = ", ".join(c.replace("@", " at ", 1) if not c.endswith(f"@{MODEL_LEVEL}")
+                               else f"{c.rpartition('@')[0]} (model level)"
+                               for c in f.caused_by[:3])
             more = f" and {len(f.caused_by) - 3} more" if len(f.caused_by) > 3 else ""
             text.append("\n← " + plain(f"follows from {causes}{more}"), style="dim")
         else:
