@@ -181,6 +181,10 @@ class ActivationStats:
     a class that is not their label's; ``None`` without labels."""
     softmax_confident_wrong: int | None = None
     """How many rows (samples, or positions of a sequence or image) that fraction counts."""
+    derivative_gain: float | None = None
+    """A saturating activation inside the entry: ||dL/dz|| / ||dL/doutput|| divided by the
+    peak of activation' — how much the activation shrinks the backward signal against its
+    linear region (1: not at all; 0.1: tenfold). ``None`` otherwise."""
 
 
 @dataclass(frozen=True)

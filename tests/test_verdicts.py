@@ -425,3 +425,28 @@ def test_a_vanishing_chain_through_a_sigmoid_stack_is_one_root(tfk: Any) -> None
         if not f.root:
             assert f.caused_by == (roots[0].id,)
             assert f.hint.startswith(f"fix {roots[0].id} first")
+
+
+# ------------------------------------------------------ saturation, by what it does
+
+
+@pytest.mark.parametrize(("activation", "peak"), [("tanh", 1.0), ("sigmoid", 0.25)])
+def test_the_derivative_gain_is_what_the_activation_does_to_the_backward_signal(
+        tfk: Any, activation: str, peak: float) -> None:
+    """||dL/dz|| / ||dL/doutput|| of a saturating activation inside a Dense, against its
+    peak derivative, equals a plain tape of the same two gradients."""
+    tf, keras = tfk
+    keras.utils.set_random_seed(10)
+    hidden = keras.layers.Dense(8, activation=activation, name="hidden")
+    model = keras.Sequential([keras.Input((8,)), hidden, keras.layers.Dense(2, name="head")])
+    x = (3 * RNG.standard_normal((32, 8))).astype(np.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        z = tf.constant(x) @ hidden.kernel + hidden.bias
+        tape.watch(z)
+        a = getattr(tf.math, activation)(z)
+        total = tf.reduce_sum(model.layers[1](a))
+    want = float(tf.norm(tape.gradient(total, z)) / tf.norm(tape.gradient(total, a))) / peak
+    got = gradinspect.inspect(model, x).layers[0].activity
+    assert got is not None
+    assert got.derivative_gain == pytest.approx(want, rel=1e-5)
+    assert 0 < got.derivative_gain < 1

@@ -77,6 +77,9 @@ class LayerCapture:
     """``per_sample``: ||dl_i/dW||^2 + ||dl_i/db||^2 per sample (gradients of per-sample terms)."""
     confident_wrong: int | None = None
     """Softmax output with labels: confident rows whose top class is not the label's."""
+    delta_sumsq: float | None = None
+    """A saturating activation inside the entry: sum of (dL/dz)^2 over its calls, beside
+    their (dL/doutput)^2 (the activation-derivative factor the layer applies)."""
     moving_moment: np.ndarray | None = None
     """BatchNormalization in inference: per channel, the sum over the batch (every call and
     position) of (x - moving_mean)^2; divided by those rows and moving_variance + epsilon, it

@@ -301,6 +301,7 @@ class Probe(TracedPass):
                              if ("confident_wrong", i) in layout else None),
             moving_moment=(get("moving_moment", i).copy()
                            if ("moving_moment", i) in layout else None),
+            delta_sumsq=(2.0 * float(get("gz_sq", i)[0]) if ("gz_sq", i) in layout else None),
         )
 
     def _full_capture(self, site: Site, f: dict[str, Any], j: int) -> CallCapture:

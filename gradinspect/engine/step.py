@@ -100,7 +100,8 @@ class TracedPass:
         self._layout: Layout = {}
         self._want_z = frozenset(i for i, s in enumerate(self.sites) if s.profile is not None
                                  and (self.full or (per_sample and s.adapter.per_sample
-                                                    and s.dense_view is not None)))
+                                                    and s.dense_view is not None)
+                                      or s.saturating_inside))
         self._param_cache: tuple[tuple[float, ...], Any] | None = None
         self._weights: list[tuple[np.ndarray, ...]] | None = None
         self._sums: list[list[Any]] | None = None
@@ -262,6 +263,8 @@ class TracedPass:
             has_z = bool(cs) and i in recorder.want_z and all(c.z is not None for c in cs)
             deltas = [c.gz if c.gz is not None else tf.zeros_like(c.z) for c in cs] if has_z \
                 else []
+            if deltas and site.saturating_inside:  # |dL/dz|, beside |dL/doutput|
+                pack.add(("gz_sq", i), tf.add_n([half_sumsq(tf, d) for d in deltas]), "sum")
             view = site.dense_view
             if self.per_sample and site.adapter.per_sample and view is not None and has_z \
                     and has_x:

@@ -140,6 +140,13 @@ class Site:
         return None
 
     @property
+    def saturating_inside(self) -> bool:
+        """A saturating activation applied by the entry itself: its dL/dz is tapped, to
+        measure how much the activation shrinks the backward signal."""
+        return self.follower is None and self.profile is not None \
+            and self.profile.kind == "saturating"
+
+    @property
     def measured_source(self) -> str:
         """``layer`` or the path of the following activation layer."""
         return self.follower.path if self.follower is not None else "layer"

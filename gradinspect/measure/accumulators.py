@@ -48,6 +48,7 @@ class LayerAccumulators:
     out_sumsq: float = 0.0
     out_entries: int = 0
     confident_wrong: int | None = None
+    delta_sumsq: float | None = None
     moving_moment: np.ndarray | None = None
     moving_rows: int = 0
     kept_logits: Any = None
@@ -160,6 +161,8 @@ def accumulate(acc: LayerAccumulators, cap: Any, labels: Sequence[np.ndarray] | 
                                    full.x, full.z, delta, full.g_z, full.g_x)
     if cap.confident_wrong is not None:
         acc.confident_wrong = (acc.confident_wrong or 0) + cap.confident_wrong
+    if cap.delta_sumsq is not None:
+        acc.delta_sumsq = (acc.delta_sumsq or 0.0) + cap.delta_sumsq
     if cap.moving_moment is not None:
         acc.moving_moment = (cap.moving_moment if acc.moving_moment is None
                              else acc.moving_moment + cap.moving_moment)

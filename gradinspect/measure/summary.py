@@ -121,7 +121,20 @@ def _activity_stats(acc: LayerAccumulators, t: Thresholds) -> ActivationStats | 
                                           and acc.confident_wrong is not None else None),
         softmax_confident_wrong=(int(acc.confident_wrong) if kind == "softmax"
                                  and acc.confident_wrong is not None else None),
+        derivative_gain=_derivative_gain(acc),
     )
+
+
+def _derivative_gain(acc: LayerAccumulators) -> float | None:
+    """||dL/dz|| / ||dL/doutput|| over the peak of activation': the factor by which a
+    saturating activation shrinks the backward signal, relative to its linear region (1: no
+    entry saturated; sigmoid's peak is 1/4, so a sigmoid in its linear region is 1, not 1/4).
+    ``None`` where the activation is a separate layer or nothing reached the output."""
+    measured = acc.site.measured
+    if acc.delta_sumsq is None or measured is None or not measured.peak \
+            or not acc.output_grad_sumsq > 0:
+        return None
+    return math.sqrt(acc.delta_sumsq / acc.output_grad_sumsq) / float(measured.peak)
 
 
 def _constant_softmax_outputs(run: Run) -> tuple[set[int], bool]:
