@@ -230,6 +230,19 @@ def _per_sample_note(run: Run) -> None:
     )
 
 
+def seen_classes(run: Run, labels: list[np.ndarray]) -> None:
+    """The classes the labels of each crossentropy output hold, up to two (enough to tell a
+    constant column: every label one class, a broken join or a wrong column)."""
+    if run.label_classes is None:
+        run.label_classes = [set() for _ in labels]
+    for k, (y, seen) in enumerate(zip(labels, run.label_classes, strict=True)):
+        spec = run.loss.per_output[k] if hasattr(run.loss, "per_output") else None
+        if spec is None or "crossentropy" not in spec.name or len(seen) > 1 or not y.size:
+            continue
+        ids = np.argmax(y, axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y
+        seen.update(np.unique(np.asarray(ids).ravel()[:1 << 20])[:2].tolist())
+
+
 def _pass(run: Run, probe: Any, batch_size: int, progress: ProgressHook | None) -> None:
     """The hooked step over every batch (this worker's rows of it), folded into the run."""
     from gradinspect.engine.seeding import seeded
@@ -251,6 +264,8 @@ def _pass(run: Run, probe: Any, batch_size: int, progress: ProgressHook | None) 
                                  confidence=t.softmax_confidence,
                                  fresh=_fresh(data.arrays, raw, batch), global_rows=rows)
             run.loss_value += capture.loss
+            if labels is not None:
+                seen_classes(run, labels)
             if capture.penalty is not None:
                 run.penalty_sum = (run.penalty_sum or 0.0) + capture.penalty
             merge_input_stats(run, capture.input_stats, capture.samples, batch)

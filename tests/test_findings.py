@@ -256,6 +256,7 @@ def test_thresholds_change_verdicts(tfk: Any) -> None:
 
 
 PLANTED_ELSEWHERE = {
+    "constant_labels": "test_verdicts.py::test_labels_of_one_class_are_named",
     "degenerate_normalization":
         "test_verdicts.py::test_a_normalisation_over_one_feature_is_the_root_of_the_zero_gradients",
     "gradient_mismatch": "test_checks.py::test_verify_catches_a_wrong_custom_gradient",

@@ -450,3 +450,29 @@ def test_the_derivative_gain_is_what_the_activation_does_to_the_backward_signal(
     assert got is not None
     assert got.derivative_gain == pytest.approx(want, rel=1e-5)
     assert 0 < got.derivative_gain < 1
+
+
+# ------------------------------------------------------ labels of one class
+
+
+def test_labels_of_one_class_are_named(tfk: Any) -> None:
+    """Every label 0 (a broken join): named at model level with the output and the class;
+    labels of two classes or more are not."""
+    _, keras = tfk
+    keras.utils.set_random_seed(11)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, "relu"),
+                              keras.layers.Dense(3, activation="softmax", name="out")])
+    x = RNG.standard_normal((32, 4)).astype(np.float32)
+    for loss, y in (("sparse_categorical_crossentropy", np.zeros(32, np.int64)),
+                    ("categorical_crossentropy", np.eye(3, dtype=np.float32)[np.zeros(32, int)])):
+        report = gradinspect.inspect(model, x, y, loss=loss, batch_size=10)
+        (found,) = [f for f in _all(report) if f.code == "constant_labels"]
+        assert found.severity is Severity.WARNING
+        assert found.layer is None
+        assert found.figures["output"] == "out"
+        assert found.figures["class"] == 0
+    mixed = np.zeros(32, np.int64)
+    mixed[-1] = 2  # one other class, in the last batch: not constant
+    report = gradinspect.inspect(model, x, mixed, loss="sparse_categorical_crossentropy",
+                                 batch_size=10)
+    assert "constant_labels" not in _codes(report, Severity.INFO)

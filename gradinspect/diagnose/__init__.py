@@ -30,6 +30,7 @@ from gradinspect.diagnose.rules.checks import checks_rule
 from gradinspect.diagnose.rules.flow import collapse_rule
 from gradinspect.diagnose.rules.forward import (
     batchnorm_rule,
+    constant_labels_rule,
     unscaled_input_rule,
     vanishing_activations_rule,
 )
@@ -80,9 +81,10 @@ def diagnose(
     model: list[Finding] = []
     model += nonfinite.nonfinite_input(run)
     model += unscaled_input_rule(layers, run, t)
+    model += constant_labels_rule(run, t)
     model += flow.constant_loss(layers, per_layer, run)
     if not run.constant_loss:
-        model += collapse_rule([ly for ly in layers if not ly.constant_output], t)
+        model += collapse_rule([ly for ly in layers if not ly.constant_output], run, t)
     extra = vanishing_activations_rule(layers, t)
     positions = {ly.path: k for k, ly in enumerate(layers)}
     flat = [*model, *(f for found in per_layer for f in found), *extra]

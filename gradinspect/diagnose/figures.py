@@ -65,6 +65,7 @@ class LayerFigures:
     (``None``: not a normalisation, or not known)."""
 
 
+
 @dataclass(frozen=True)
 class RunFigures:
     """What diagnose needs to know about the run."""
@@ -83,5 +84,7 @@ class RunFigures:
     """Activation names used by the inspected entries (to keep hints to what is missing)."""
     layer_classes: frozenset[str] = frozenset()
     """Class names of every layer in the model."""
+    constant_labels: tuple[tuple[str, float], ...] = ()
+    """(output, class) of each crossentropy output whose labels are all one class."""
     optimizer: str | None = None
     """The optimizer the model was compiled with, lowercase class name (``adam``), if known."""

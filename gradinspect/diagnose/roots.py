@@ -90,6 +90,8 @@ RULES: tuple[Rule, ...] = (
     _rule("untrained_batchnorm", "untrained_batchnorm", _after, first_only=True),
     _rule("untrained_batchnorm", "vanishing_gradient signal_collapse", _anywhere,
           first_only=True),
+    _rule("constant_labels", "softmax_saturated saturated_units vanishing_gradient "
+          "exploding_gradient", _anywhere),
     _rule("unscaled_input", "saturated_units dead_units exploding_gradient softmax_saturated",
           _first_entry, any_severity=True),
     _rule("constant_output", "zero_gradient signal_collapse", _anywhere, any_severity=True),
@@ -98,7 +100,9 @@ RULES: tuple[Rule, ...] = (
           "vanishing_activations", _at_or_before),
     _rule("degenerate_normalization", "vanishing_activations", _after),
     _rule("zero_kernel", "zero_gradient", _before, any_severity=True),
-    _rule("zero_kernel", "signal_collapse", _at_or_before, any_severity=True),
+    _rule("zero_kernel", "signal_collapse dead_units zero_gradient", _at_or_before,
+          any_severity=True),
+    _rule("zero_kernel", "vanishing_activations vanishing_gradient", _after, any_severity=True),
     _rule("constant_loss", "zero_gradient", _anywhere),
     _rule("dead_units", "vanishing_gradient zero_gradient signal_collapse", _at_or_before),
     _rule("saturated_units", "vanishing_gradient zero_gradient signal_collapse",
@@ -114,6 +118,7 @@ RULES: tuple[Rule, ...] = (
     _rule("saturated_units", "constant_loss", _model_level),
     _rule("vanishing_activations", "vanishing_gradient", _at_or_after),
     _rule("signal_collapse", "vanishing_gradient zero_gradient", _before),
+    _rule("exploding_gradient", "softmax_saturated saturated_units", _at_or_after),
     _rule("logits_mismatch", "vanishing_gradient signal_collapse", _anywhere),
 )
 """Every cause -> consequence link. A consequence may have several causes; each rule links

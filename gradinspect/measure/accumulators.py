@@ -75,6 +75,8 @@ class Run:
     walk: Any
     skipped: list[Any]
     loss_value: float = 0.0
+    label_classes: list[set[Any]] | None = None
+    """Per output in the loss with crossentropy labels: the classes seen, up to two."""
     penalty_sum: float | None = None
     """The model's ``losses`` summed over the batches, each times its rows (``None``: none)."""
     nonfinite: int = 0

@@ -317,7 +317,17 @@ def _run_figures(run: Run, array_stats: list[ArrayStats | None],
         activations=frozenset(s.measured.name for s in run.sites if s.measured is not None),
         layer_classes=frozenset(layer_classes(run.loaded.model)),
         optimizer=run.loaded.optimizer,
+        constant_labels=_constant_labels(run),
     )
+
+
+def _constant_labels(run: Run) -> tuple[tuple[str, float], ...]:
+    """(output name, class) of each crossentropy output whose labels are all one class."""
+    if run.label_classes is None or not hasattr(run.loss, "output_indices"):
+        return ()
+    names = [run.loaded.outputs[k].name for k in run.loss.output_indices()]
+    return tuple((name, float(next(iter(seen)))) for name, seen
+                 in zip(names, run.label_classes, strict=True) if len(seen) == 1)
 
 
 def _layer_report(run: Run, site: Any, acc: LayerAccumulators, weights: LayerWeights,

@@ -21,19 +21,25 @@ CODES: dict[str, str] = {
 
 READS: frozenset[str] = frozenset({
     "backward_gain", "kernel_zero", "path", "constant_loss", "loss_name", "loss_value",
-    "output_grad_norm"
+    "output_grad_norm", "is_output", "activity", "kind"
 })
 """The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
 
 
-def collapse_rule(layers: Sequence[LayerFigures], t: Thresholds) -> list[Finding]:
+def collapse_rule(layers: Sequence[LayerFigures], run: RunFigures,
+                  t: Thresholds) -> list[Finding]:
     """The first layer, walking backwards from the output, whose backward gain is tiny and
     past which no other path carries the signal: every entry before it receives less than
     ``collapse_below`` of what reaches it. A layer that reads only its input's shape (a
     position embedding added to its input) passes nothing back by construction, and the add
-    carries the signal on: no collapse."""
+    carries the signal on: no collapse. Nor is a softmax or sigmoid output under a
+    crossentropy: the loss cancels the activation's derivative (dL/dz = p - y), so the
+    shrink from dL/dp to dL/dinput of a confident, right output is the loss reaching its
+    minimum, not a lost signal."""
     for k in range(len(layers) - 1, -1, -1):
         layer = layers[k]
+        if _cancelled_by_the_loss(layer, run):
+            continue
         gain = layer.backward_gain
         if not (math.isfinite(gain) and 0.0 <= gain < t.collapse_gain):
             continue
@@ -55,6 +61,12 @@ def collapse_rule(layers: Sequence[LayerFigures], t: Thresholds) -> list[Finding
             )
         ]
     return []
+
+
+def _cancelled_by_the_loss(layer: LayerFigures, run: RunFigures) -> bool:
+    act = layer.activity
+    squashing = act is not None and (act.kind == "softmax" or act.name == "sigmoid")
+    return layer.is_output and squashing and "crossentropy" in run.loss_name
 
 
 def constant_loss(layers: Sequence[LayerFigures], per_layer: Sequence[Sequence[Finding]],

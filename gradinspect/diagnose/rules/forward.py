@@ -22,9 +22,12 @@ CODES: dict[str, str] = {
     "magnitude relative to the layers before it",
     "untrained_batchnorm": "in inference mode, a BatchNormalization's moving statistics do not "
     "describe the data (never trained, or after one training call)",
+    "constant_labels": "every label of a classification output is the same class: the loss "
+    "rewards answering that class whatever the input",
 }
 
-READS: frozenset[str] = frozenset({"forward", "moving_initial", "path", "arrays", "kind"})
+READS: frozenset[str] = frozenset({"forward", "moving_initial", "path", "arrays", "kind",
+                                   "kernel_zero", "weight_grad", "constant_labels", "samples"})
 """The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
 
 
@@ -65,8 +68,12 @@ def vanishing_activations_rule(layers: Sequence[LayerFigures], t: Thresholds) ->
             later = [ly.forward.input_rms for ly in layers[k:] if ly.forward is not None
                      and ly.forward.input_rms is not None and math.isfinite(ly.forward.input_rms)]
             lowest = min(later, default=x)
+            # right after a zero kernel that leaves zero at its first update: expected
+            before = layers[k - 1] if k else None
+            transient = before is not None and before.kernel_zero \
+                and before.weight_grad.norm > 0.0
             return [Finding(
-                "vanishing_activations", Severity.WARNING,
+                "vanishing_activations", Severity.INFO if transient else Severity.WARNING,
                 f"the forward signal collapses: this entry's input RMS is {fmt3(x)}, "
                 f"{fmt3(x / reference)} of the {fmt3(reference)} output by {where}"
                 + (f"; it falls to {fmt3(lowest)} further on" if lowest < x else ""),
@@ -126,3 +133,18 @@ def _read_as_ids(stats: ArrayStats, rms: float, embedding_inputs: Sequence[float
     the RMS of an Embedding's input. Ids index a table: their scale means nothing."""
     whole = stats.min >= 0 and float(stats.min).is_integer() and float(stats.max).is_integer()
     return whole and any(math.isclose(rms, x, rel_tol=1e-5) for x in embedding_inputs)
+
+
+def constant_labels_rule(run: RunFigures, t: Thresholds) -> list[Finding]:
+    """Labels of one class only, over every sample of a classification output (a broken
+    join, a wrong column, a filter that kept one class): whatever the model does, training
+    on them teaches it to answer that class."""
+    if run.samples < t.min_samples:
+        return []
+    return [Finding(
+        "constant_labels", Severity.WARNING,
+        f"every label of output '{output}' is class {value:g} ({run.samples} samples): the "
+        "loss rewards answering that class whatever the input, so training learns nothing else",
+        "check the labels: the column, the join with the inputs, a filter that kept one class",
+        {"output": output, "class": value, "samples": run.samples})
+        for output, value in run.constant_labels]

@@ -141,18 +141,28 @@ def explained_zero_gradients(layers: Sequence[LayerFigures],
                               per_layer: Sequence[tuple[Finding, ...]]
                               ) -> tuple[tuple[Finding, ...], ...]:
     """Zero gradients that a structural cause explains — a constant output anywhere, or a zero
-    kernel later in the forward order — are mathematically expected: ``info``."""
+    kernel later in the forward order — are mathematically expected: ``info``; so is the
+    vanishing weight gradient of the layer right after a zero kernel (its input is 0). Only
+    a zero kernel that leaves zero at its first update excuses them: one that is stuck
+    (its own gradient zero too) is the error they follow from."""
     constant = next((ly.path for ly in layers if ly.single_unit_softmax), None)
     out = []
     for k, found in enumerate(per_layer):
-        later_zero = next((ly.path for ly in layers[k + 1:] if ly.kernel_zero), None)
+        later_zero = next((ly.path for ly in layers[k + 1:] if ly.kernel_zero
+                           and ly.weight_grad.norm > 0.0), None)
+        before = layers[k - 1] if k else None
+        fed_zero = before.path if before is not None and before.kernel_zero \
+            and before.weight_grad.norm > 0.0 else None
         cause = (f"constant_output at {constant}" if constant is not None
                  else f"zero_kernel at {later_zero}" if later_zero is not None else None)
+        codes = {"zero_gradient"}
+        if cause is None and fed_zero is not None:
+            cause, codes = f"zero_kernel at {fed_zero}", {"vanishing_gradient"}
         if cause is None:
             out.append(found)
             continue
         fixed = [replace(f, severity=Severity.INFO, message=f"{f.message} — follows from {cause}",
                          hint=f"fix {cause} first")
-                 if f.code == "zero_gradient" else f for f in found]
+                 if f.code in codes else f for f in found]
         out.append(tuple(sorted(fixed, key=lambda f: -f.severity.rank)))
     return tuple(out)

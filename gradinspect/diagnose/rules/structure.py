@@ -25,7 +25,7 @@ CODES: dict[str, str] = {
 
 READS: frozenset[str] = frozenset({
     "activation", "activity", "kernel_zero", "logits_mismatch", "loss_activation",
-    "single_unit_softmax", "weight_norm", "normalized"
+    "single_unit_softmax", "weight_norm", "normalized", "weight_grad"
 })
 """The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
 
@@ -66,14 +66,23 @@ def structure_rule(layer: LayerFigures) -> list[Finding]:
     if layer.loss_activation is not None:
         found.append(_loss_activation(*layer.loss_activation))
     found += _degenerate_normalization(layer)
-    if layer.kernel_zero:
+    if layer.kernel_zero and layer.weight_grad.norm == 0.0:  # stuck: relu'(0) = 0
+        found.append(Finding(
+            "zero_kernel", Severity.ERROR,
+            "the kernel is exactly zero and so is its own gradient (the activation's "
+            "derivative is 0 at its zero pre-activation, relu'(0) = 0): it never leaves zero, "
+            "this layer outputs a constant and the layers before it get no gradient, for good",
+            "initialise the kernel (glorot_uniform, he_normal); a zero initialisation only "
+            "works where the activation has a slope at 0 (tanh, linear)",
+            {"weight_norm": layer.weight_norm, "stuck": True}))
+    elif layer.kernel_zero:
         found.append(Finding(
             "zero_kernel", Severity.INFO,
             "the kernel is exactly zero: the layers before this one get zero gradient until "
             "its first update (after which the model trains normally)",
             "expected right after a zero initialisation; otherwise check the initializer and "
             "how the weights were loaded",
-            {"weight_norm": layer.weight_norm}))
+            {"weight_norm": layer.weight_norm, "stuck": False}))
     return found
 
 
