@@ -609,6 +609,36 @@ def _two_workers(common: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def bench_calibration(args: argparse.Namespace, tmp: Path) -> list[Row]:
+    """The calibration corpus (tests/calibration): healthy models trained until they learn
+    and models made sick the way runs get sick, each judged. Prints the per-group table
+    (stderr) and returns two rows: healthy files with a warning (goal 0), sick files whose
+    root is the planted cause (goal all). ``--quick``: two healthy specs per family and one
+    sick spec per kind."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from calibration.evaluate import few, table
+    from calibration.evaluate import run as calibrate
+    from calibration.healthy import HEALTHY
+    from calibration.sick import SICK
+
+    healthy = few(HEALTHY, lambda s: s.family, 2) if args.quick else list(HEALTHY)
+    sick = few(SICK, lambda s: s.kind, 1) if args.quick else list(SICK)
+    out = tmp / "calibration"
+    out.mkdir()
+    rows, _, broken = calibrate(out, healthy, sick)
+    print(table(rows), file=sys.stderr)
+    if broken:
+        raise RuntimeError(f"calibration corpus entries are not what they claim: {broken}")
+    healthy_rows = [r for r in rows if r.side == "healthy"]
+    sick_rows = [r for r in rows if r.side == "sick"]
+    warned = sum(not r.ok for r in healthy_rows)
+    named = sum(r.ok for r in sick_rows)
+    return [Row("calibration: healthy files with a warning (of all healthy files)", warned,
+                len(healthy_rows), "files", "0", warned == 0),
+            Row("calibration: sick files whose root is the planted cause (of all)", named,
+                len(sick_rows), "files", "all", named == len(sick_rows))]
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace, Path], list[Row]]] = {
     "startup": bench_startup,
     "small_e2e": bench_small_e2e,
@@ -620,6 +650,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, Path], list[Row]]] = {
     "real_models": bench_real_models,
     "hub": bench_hub,
     "distribute": bench_distribute,
+    "calibration": bench_calibration,
 }
 
 
