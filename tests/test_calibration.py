@@ -27,11 +27,12 @@ HEALTHY_CI = ("k2_wine_relu_sgd", "k2_digits_tanh_sgd", "k2_wine_sigmoid_sgd",
               "breast_cancer_selu_sgd", "cnn_adam", "k2_lstm_adam")
 """A fast spec of six families (Keras 2 and 3), chosen by speed, not by verdict."""
 SICK_CI = ("k2_diverged_sgd", "sigmoid_stack_init", "dead_bias", "unscaled_pixels_tanh",
-           "zero_kernel_relu", "bn_init_pixels", "one_based_labels", "constant_labels_in_file",
-           "relu_stack_stddev3")
+           "zero_kernel_relu", "bn_init_pixels", "bn_trainable_copy", "one_based_labels",
+           "constant_labels_in_file", "relu_stack_stddev3")
 """One spec of nine kinds: NaN weights (Keras 2), a chain of vanishing gradients, dead
-units, a model-level cause, a structural cause, untrained BatchNormalization, a refusal,
-labels of one class, an exploding initialisation."""
+units, a model-level cause, a structural cause, untrained BatchNormalization (at
+initialisation on raw pixels, and trained weights copied without their statistics), a
+refusal, labels of one class, an exploding initialisation."""
 
 HEALTHY_SPECS = {s.name: s for s in HEALTHY}
 SICK_SPECS = {s.name: s for s in SICK}

@@ -51,6 +51,8 @@ class LayerFigures:
     """Input and output RMS (and, for BatchNormalization in inference, the fit of its moving
     statistics)."""
     moving_initial: bool = False
+    affine_trained: bool = False
+    """BatchNormalization: gamma or beta has left its initial value (the layer trained)."""
     """BatchNormalization whose moving statistics are still at their initial values."""
     is_output: bool = False
     """The entry produces a model output."""

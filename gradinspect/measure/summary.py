@@ -74,6 +74,14 @@ def _moving_initial(layer: Any) -> bool:
     return bool(np.all(mean == 0.0) and np.all(variance == 1.0))
 
 
+def _affine_trained(layer: Any) -> bool:
+    """A BatchNormalization's gamma or beta has left its initial value (1, 0): the layer was
+    trained, whatever its moving statistics say."""
+    gamma, beta = getattr(layer, "gamma", None), getattr(layer, "beta", None)
+    return bool((gamma is not None and np.any(np.asarray(gamma) != 1.0))
+                or (beta is not None and np.any(np.asarray(beta) != 0.0)))
+
+
 def _rms(sumsq: float, entries: int) -> float | None:
     return math.sqrt(sumsq / entries) if entries else None
 
@@ -290,6 +298,7 @@ def _layer_figures(run: Run, i: int, constant_output: bool
         kernel_zero=bool(kernel_like) and all(weight_list[k].norm == 0.0 for k in kernel_like),
         forward=_forward_stats(acc),
         moving_initial=_moving_initial(site.layer) if acc.moving_rows else False,
+        affine_trained=_affine_trained(site.layer) if acc.moving_rows else False,
         is_output=site.is_output,
         output_grad_norm=output_grad_norm,
         kernel_near_zero=near_zero([weight_list[k] for k in kernel_like], t.near_zero_weight),

@@ -26,7 +26,8 @@ CODES: dict[str, str] = {
     "rewards answering that class whatever the input",
 }
 
-READS: frozenset[str] = frozenset({"forward", "moving_initial", "path", "arrays", "kind",
+READS: frozenset[str] = frozenset({"forward", "moving_initial", "affine_trained", "path",
+                                   "arrays", "kind",
                                    "kernel_zero", "weight_grad", "constant_labels", "samples"})
 """The fields of ``LayerFigures`` and ``RunFigures`` this family reads (a test checks it)."""
 
@@ -35,8 +36,22 @@ def batchnorm_rule(layer: LayerFigures, run: RunFigures, t: Thresholds) -> list[
     """BatchNormalization in inference whose moving statistics do not describe the data: it
     scales the signal by their misfit instead of normalising it."""
     fit = layer.forward.moving_stats_rms if layer.forward is not None else None
-    if fit is None or not math.isfinite(fit) or 1 / t.batchnorm_mismatch <= fit \
-            <= t.batchnorm_mismatch:
+    if fit is None or not math.isfinite(fit):
+        return []
+    if layer.moving_initial and layer.affine_trained \
+            and not 1 / t.batchnorm_copied_mismatch <= fit <= t.batchnorm_copied_mismatch:
+        return [Finding(
+            "untrained_batchnorm", Severity.WARNING,
+            "this layer's gamma and beta are trained but its moving statistics are still at "
+            "their initial values (mean 0, variance 1): they were never computed (weights "
+            "copied through trainable_variables, an EMA export), so in inference "
+            f"(x - moving_mean) / sqrt(moving_variance) has RMS {fmt3(fit)} on this data "
+            f"(1 when they fit) and the layer {'shrinks' if fit < 1 else 'inflates'} the "
+            "signal by that factor",
+            "copy every weight (model.weights or get_weights/set_weights, the moving "
+            "statistics are non-trainable), or recompute them with training-mode passes",
+            {"moving_stats_rms": fit, "initial_values": True, "affine_trained": True})]
+    if 1 / t.batchnorm_mismatch <= fit <= t.batchnorm_mismatch:
         return []
     state = ("are still at their initial values (mean 0, variance 1): it was never trained"
              if layer.moving_initial else "were not computed on data like this")
