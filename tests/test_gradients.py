@@ -4,6 +4,7 @@ and (for plain chains) a layer-by-layer tape. Random architectures via hypothesi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -196,7 +197,15 @@ def test_batched_pass_equals_single_pass(tfk: Any, batch_size: int, loss: str) -
             assert gb.norm == pytest.approx(ga.norm, rel=1e-5)
             assert gb.max_abs == pytest.approx(ga.max_abs, rel=1e-5)
             assert gb.shape == ga.shape
-        assert b.activity == a.activity
+        # counts are exact; the derivative gain is a ratio of float32 sums added per batch
+        if a.activity is None or b.activity is None:
+            assert b.activity == a.activity
+        else:
+            assert replace(b.activity, derivative_gain=None) == replace(
+                a.activity, derivative_gain=None)
+            if a.activity.derivative_gain is not None:
+                assert b.activity.derivative_gain == pytest.approx(
+                    a.activity.derivative_gain, rel=1e-5)
 
 
 @pytest.mark.parametrize("compiled", [True, False])

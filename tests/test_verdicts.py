@@ -476,3 +476,32 @@ def test_labels_of_one_class_are_named(tfk: Any) -> None:
     report = gradinspect.inspect(model, x, mixed, loss="sparse_categorical_crossentropy",
                                  batch_size=10)
     assert "constant_labels" not in _codes(report, Severity.INFO)
+
+
+@pytest.mark.parametrize(("activation", "stuck"), [("tanh", False), ("relu", True)])
+def test_a_zero_kernel_is_an_error_only_where_it_can_never_move(
+        tfk: Any, activation: str, stuck: bool) -> None:
+    """kernel_initializer="zeros": under tanh the layer's own gradient is not zero (tanh'(0)
+    = 1) and the first update moves it, so what it zeroes meanwhile is info; under relu with
+    a zero bias, relu'(0) = 0 zeroes its own gradient too: an error root, the dead units and
+    the zero input of the next layer linked to it."""
+    _, keras = tfk
+    keras.utils.set_random_seed(12)
+    L = keras.layers
+    model = keras.Sequential([keras.Input((6,)), L.Dense(8, "relu", name="first"),
+                              L.Dense(8, activation, kernel_initializer="zeros", name="zero"),
+                              L.Dense(3, activation="softmax", name="out")])
+    x = RNG.standard_normal((32, 6)).astype(np.float32)
+    y = RNG.integers(0, 3, 32)
+    report = gradinspect.inspect(model, x, y, loss="sparse_categorical_crossentropy")
+    (zero,) = [f for f in _all(report) if f.code == "zero_kernel"]
+    assert zero.figures["stuck"] is stuck
+    if not stuck:
+        assert zero.severity is Severity.INFO
+        assert _codes(report) == set()
+        return
+    assert zero.severity is Severity.ERROR
+    assert zero.root
+    harmful = [f for f in _all(report) if f.severity.rank >= Severity.WARNING.rank]
+    assert all(f is zero or f.caused_by for f in harmful), [f.id for f in harmful]
+    assert any(f.code == "dead_units" and f.caused_by == (zero.id,) for f in harmful)

@@ -81,7 +81,7 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [*report["warnings"], *(w for layer in report["layers"] for w in layer["warnings"])]
 
 
-@pytest.mark.slow
+@pytest.mark.zoo
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_a_keras_io_architecture_is_inspected_in_full_and_its_verdicts_are_true(
         tfk: Any, tmp_path: Path, name: str) -> None:

@@ -51,9 +51,9 @@ class LayerFigures:
     """Input and output RMS (and, for BatchNormalization in inference, the fit of its moving
     statistics)."""
     moving_initial: bool = False
+    """BatchNormalization whose moving statistics are still at their initial values."""
     affine_trained: bool = False
     """BatchNormalization: gamma or beta has left its initial value (the layer trained)."""
-    """BatchNormalization whose moving statistics are still at their initial values."""
     is_output: bool = False
     """The entry produces a model output."""
     output_grad_norm: float = float("nan")
@@ -65,7 +65,6 @@ class LayerFigures:
     normalized: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     """A normalisation layer's (axes, sizes): what one of its statistics is taken over
     (``None``: not a normalisation, or not known)."""
-
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,9 @@ def structure_rule(layer: LayerFigures) -> list[Finding]:
         found.append(Finding(
             "zero_kernel", Severity.ERROR,
             "the kernel is exactly zero and so is its own gradient (the activation's "
-            "derivative is 0 at its zero pre-activation, relu'(0) = 0): it never leaves zero, "
-            "this layer outputs a constant and the layers before it get no gradient, for good",
+            "derivative is 0 at its zero pre-activation, relu'(0) = 0, or nothing reaches "
+            "it): it never leaves zero, this layer outputs a constant and the layers before "
+            "it get no gradient, for good",
             "initialise the kernel (glorot_uniform, he_normal); a zero initialisation only "
             "works where the activation has a slope at 0 (tanh, linear)",
             {"weight_norm": layer.weight_norm, "stuck": True}))
