@@ -72,6 +72,11 @@ class Thresholds:
     """...and only when every entry before it receives less than this fraction of the signal
     that reaches it (||dL/doutput||): a parallel path that carries the signal past the layer
     (a residual, an added position embedding) is no collapse."""
+    outlier_weight_ratio: float = 1e-3
+    """``gradient_outliers`` names a sample only when its ||dl_i/dtheta|| reaches this fraction
+    of the inspected weights' norm ||theta||: a step on it alone at learning rate 1 would move
+    the weights by 0.1 %. A model that fits every sample (norms ~1e-6) has statistical
+    outliers of no weight."""
     near_zero_weight: float = 0.1
     """Weights whose RMS is below this fraction of their Glorot scale sqrt(2 / (fan_in +
     fan_out)) are near zero (a zero initialisation and the first steps after it): their

@@ -153,7 +153,7 @@ def run_inspection(
     batches = -(-data.samples // batch_size)
     walk, sites, skipped, probe = _probe_for(loaded, loss, options,
                                              compiled=batches > 1 or loaded.format == "live",
-                                             strategy=strategy)
+                                             strategy=strategy, rows=batch_size)
     t = options.thresholds
     run = Run(
         loaded=loaded, data=data, options=options, sites=sites, loss=loss, walk=walk,
@@ -166,7 +166,7 @@ def run_inspection(
                 s, s.measured.peak * t.saturation_derivative if s.measured else 0.0,
                 verify=(VerifyAccumulator(s.use_bias, bias_reduce=s.dense_view.reduce_bias)
                         if options.verify and _closed_form(s) else None),
-                per_sample=[] if options.per_sample and _per_sample_form(s) else None,
+                per_sample=[] if options.per_sample else None,
                 input_values=[] if options.values else None,
                 kept_logits=logits_spec(loss, s) if options.verify else None,
             )
@@ -176,8 +176,10 @@ def run_inspection(
     if options.verify:
         _verify_note(run)
     if options.per_sample:
-        _per_sample_note(run)
+        _per_sample_refused(run)
     _pass(run, probe, batch_size, progress)
+    if options.per_sample and run.per_sample_note is None:
+        _per_sample_note(run, probe)
     if options.gradcheck > 0 and execution.worker == 0:
         _run_gradcheck(run, _input_dtypes(loaded))
     return build_report(run)
@@ -207,8 +209,8 @@ def _verify_note(run: Run) -> None:
                                 "computed from its kept logits)")
 
 
-def _per_sample_note(run: Run) -> None:
-    """What ``--per-sample`` measures, or why it cannot (batch statistics in training)."""
+def _per_sample_refused(run: Run) -> None:
+    """``--per-sample`` in training mode over batch statistics: not defined, and said so."""
     from gradinspect.engine.seeding import batch_interactions
 
     interacting = batch_interactions(run.loaded.model, run.options.training)
@@ -220,13 +222,26 @@ def _per_sample_note(run: Run) -> None:
         )
         for acc in run.accs:
             acc.per_sample = None
-        return
-    others = sorted({s.kind for s in run.sites if not _per_sample_form(s)})
+
+
+def _per_sample_note(run: Run, probe: Any) -> None:
+    """What ``--per-sample`` measured, by which method, and where it could not (why)."""
+    methods: dict[str, int] = {}
+    for i, acc in enumerate(run.accs):
+        method = probe.per_sample_methods.get(i)
+        if acc.per_sample is not None and method is not None:
+            acc.per_sample_method = method
+            methods[method] = methods.get(method, 0) + 1
+        else:
+            acc.per_sample = None
+    missing = [f"{acc.site.path} ({probe.per_sample_reasons.get(i, 'not computed')})"
+               for i, acc in enumerate(run.accs) if acc.per_sample is None and acc.calls]
     run.per_sample_note = (
         "norms of the gradients of the per-sample loss terms l_i (the loss is "
         f"{'the sum' if run.loss.reduction == 'sum' else 'the mean'} of them), from the "
-        "single backward pass"
-        + (f"; not available for {', '.join(others)}" if others else "")
+        "single pass; methods: " + (", ".join(f"{m} ({n})" for m, n in sorted(methods.items()))
+                                    or "none")
+        + (f"; not available for {'; '.join(missing)}" if missing else "")
     )
 
 
@@ -325,18 +340,14 @@ def _closed_form(site: Any) -> bool:
     return bool(site.adapter.closed_form == "dense" and site.dense_view is not None)
 
 
-def _per_sample_form(site: Any) -> bool:
-    """``--per-sample`` applies: the Dense per-sample norms, through the layer's Dense view."""
-    return bool(site.adapter.per_sample and site.dense_view is not None)
-
-
 _PROBES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[Any, ...]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def _probe_for(loaded: LoadedModel, loss: Any, options: InspectOptions,
-               compiled: bool, strategy: Any = None) -> tuple[Any, list[Any], list[Any], Any]:
+               compiled: bool, strategy: Any = None,
+               rows: int = 1) -> tuple[Any, list[Any], list[Any], Any]:
     """The model's walk, the selected entries, the ones filtered out, and the compiled,
     hookable step for this model and loss.
 
@@ -351,7 +362,7 @@ def _probe_for(loaded: LoadedModel, loss: Any, options: InspectOptions,
     key = (type(loss).__name__, loss.name, loss.reduction,
            repr(getattr(loss, "per_output", None)), options.training, full,
            options.per_sample, compiled, options.kinds, options.layers, id(strategy),
-           options.worker_timeout)
+           options.worker_timeout, rows if options.per_sample else 0, options.memory_budget)
     try:
         per_model = _PROBES.setdefault(loaded.model, {})
     except TypeError:  # not weak-referenceable: no caching
@@ -371,6 +382,7 @@ def _probe_for(loaded: LoadedModel, loss: Any, options: InspectOptions,
                           Probe(loaded.model, sites, loss, training=options.training,
                                 verify=options.verify, full=full,
                                 per_sample=options.per_sample, compiled=compiled,
+                                per_sample_rows=rows, per_sample_budget=options.memory_budget,
                                 strategy=strategy, timeout=options.worker_timeout))
     walk, sites, skipped, probe = per_model[key]
     return walk, sites, skipped, probe

@@ -276,6 +276,11 @@ class PerSampleStats:
     gsnr: float
     """Gradient signal-to-noise ratio ||mean g_i||^2 / mean ||g_i||^2, in [0, 1]: near 1, the
     samples agree; near 0, the batch gradient is mostly noise."""
+    method: str = ""
+    """How the norms were computed: ``row norms``, ``gram``, ``product`` (the Dense closed
+    form), ``patches, gram`` / ``patches, product`` (convolutions), ``depthwise patches``,
+    ``rows`` (Embedding), ``vectorized`` (the layer called again on each sample), or
+    ``whole model`` (the model-level figure)."""
 
 
 @dataclass(frozen=True)

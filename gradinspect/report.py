@@ -211,6 +211,9 @@ class ChecksInfo:
     verify_note: str | None = None
     """``--verify``: which kinds have a closed-form check and which do not (``None`` when not
     requested)."""
+    per_sample_model: PerSampleStats | None = None
+    """``--per-sample``: the per-sample norms of the whole model's gradient, ||dl_i/dtheta||
+    over every entry that has a figure (``method`` says how many of them)."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from hypothesis.extra.numpy import arrays
 
 import gradinspect
 from gradinspect.engine.adapters.base import DenseView
-from gradinspect.engine.figures import per_sample_sq
+from gradinspect.engine.persample import rows_sq
 from gradinspect.measure.per_sample import per_sample_stats
 from gradinspect.measure.verify import VerifyAccumulator
 from gradinspect.records import Severity
@@ -44,8 +44,8 @@ def test_per_sample_norm_formulas_equal_explicit_outer_products(
     shape_d = (batch, rows, *out_dims) if rank3 else (batch, *out_dims)
     xs = [data.draw(arrays(np.float64, shape_x, elements=small)) for _ in range(calls)]
     ds = [data.draw(arrays(np.float64, shape_d, elements=small)) for _ in range(calls)]
-    got = per_sample_sq(tf, [tf.constant(x) for x in xs], [tf.constant(d) for d in ds],
-                         view if bias else None, n_in, n_out).numpy()
+    got = rows_sq(tf, [tf.constant(x) for x in xs], [tf.constant(d) for d in ds],
+                  view if bias else None, n_in, n_out)[0].numpy()
     other = tuple(k for k in range(len(out_dims)) if k not in bias_axes)
     for i in range(batch):
         gw = sum(x[i].reshape(-1, n_in).T @ d[i].reshape(-1, n_out) for x, d in zip(xs, ds,
@@ -140,11 +140,11 @@ def test_per_sample_refused_when_batchnorm_mixes_samples(tfk: Any) -> None:
     assert "batch_normalization" in report.checks.per_sample
     assert all(layer.per_sample is None for layer in report.layers)
     inference = gradinspect.inspect(model, x, per_sample=True)
-    assert all(layer.per_sample is not None for layer in inference.layers
-               if layer.kind == "dense")
-    assert [ly.per_sample for ly in inference.layers if ly.kind == "normalization"] == [None]
+    assert all(layer.per_sample is not None for layer in inference.layers)
+    assert [ly.per_sample.method for ly in inference.layers if ly.per_sample] == [
+        "row norms", "normalised input", "row norms"]
     assert inference.checks.per_sample is not None
-    assert "not available for normalization" in inference.checks.per_sample
+    assert "not available" not in inference.checks.per_sample
 
 
 @slow_examples()

@@ -256,6 +256,8 @@ def test_thresholds_change_verdicts(tfk: Any) -> None:
 
 
 PLANTED_ELSEWHERE = {
+    "gradient_outliers":
+        "test_per_sample_kinds.py::test_mislabelled_image_in_a_cnn_batch_is_named_by_its_row",
     "constant_labels": "test_verdicts.py::test_labels_of_one_class_are_named",
     "degenerate_normalization":
         "test_verdicts.py::test_a_normalisation_over_one_feature_is_the_root_of_the_zero_gradients",

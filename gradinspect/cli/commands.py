@@ -199,9 +199,10 @@ def inspect(
         help=f"Check the tape against float64 finite differences on K coordinates of every "
         f"variable of every entry (K defaults to {GRADCHECK_DEFAULT} when omitted).",
         show_default=False)] = 0,
-    per_sample: Annotated[bool, typer.Option("--per-sample", help="Per-sample gradient norms, "
-                                             "outlier samples and the gradient signal-to-noise "
-                                             "ratio, from the same single pass.")] = False,
+    per_sample: Annotated[bool, typer.Option("--per-sample", help="Per-sample gradient norms of "
+                                             "every entry and of the whole model, outlier "
+                                             "samples and the gradient signal-to-noise ratio, "
+                                             "in the same pass.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for --gradcheck coordinates and training-mode "
                                       "randomness.")] = 0,
     layer: Annotated[list[str] | None, typer.Option(

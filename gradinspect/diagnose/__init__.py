@@ -23,6 +23,7 @@ from gradinspect.diagnose.rules import (
     forward,
     magnitude,
     nonfinite,
+    samples,
     structure,
 )
 from gradinspect.diagnose.rules.activity import activity_rule
@@ -35,6 +36,7 @@ from gradinspect.diagnose.rules.forward import (
     vanishing_activations_rule,
 )
 from gradinspect.diagnose.rules.magnitude import explained_zero_gradients, magnitude_rule
+from gradinspect.diagnose.rules.samples import outliers_rule
 from gradinspect.diagnose.rules.structure import logits_rule, structure_rule
 from gradinspect.records import Finding
 
@@ -48,6 +50,7 @@ CODES: dict[str, str] = {
     **structure.CODES,
     **forward.CODES,
     **checks.CODES,
+    **samples.CODES,
 }
 """Every finding code and what it means, joined from the rule families (a code is never
 renamed; the README documents each)."""
@@ -82,6 +85,7 @@ def diagnose(
     model += nonfinite.nonfinite_input(run)
     model += unscaled_input_rule(layers, run, t)
     model += constant_labels_rule(run, t)
+    model += outliers_rule(run)
     model += flow.constant_loss(layers, per_layer, run)
     if not run.constant_loss:
         model += collapse_rule([ly for ly in layers if not ly.constant_output], run, t)

@@ -11,6 +11,7 @@ from gradinspect.records import (
     GradcheckStats,
     GradStats,
     LayerGrads,
+    PerSampleStats,
     VerifyStats,
 )
 from gradinspect.report import ArrayStats
@@ -89,3 +90,6 @@ class RunFigures:
     """(output, class) of each crossentropy output whose labels are all one class."""
     optimizer: str | None = None
     """The optimizer the model was compiled with, lowercase class name (``adam``), if known."""
+    per_sample: PerSampleStats | None = None
+    """``--per-sample``: the per-sample gradient norms over every entry that has them."""
+

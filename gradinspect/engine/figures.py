@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from gradinspect.engine.adapters.base import DenseView
 from gradinspect.engine.layout import Figure, Layout, Merge
 from gradinspect.io.data.rows import BUFFER_ALIGNMENT
 
@@ -116,51 +115,6 @@ def nonfinite_counts(tf: Any, g: Any) -> list[Any]:
     top = tf.reduce_max(tf.where(nan, tf.zeros_like(absval), absval))
     return [top, tf.reduce_sum(tf.cast(nan, tf.float64)),
             tf.reduce_sum(tf.cast(tf.math.is_inf(absval), tf.float64))]
-
-
-def _rows(tf: Any, t: Any, batch: Any, width: int) -> Any:
-    """(batch, positions, width): calls and positions of one sample become its rows. The
-    positions are counted, not inferred (-1): a replica's share of a batch may be empty."""
-    positions = tf.reduce_prod(tf.shape(t)[1:]) // width
-    return tf.reshape(tf.cast(t, tf.float64), tf.stack([batch, positions, width]))
-
-
-def per_sample_sq(tf: Any, xs: list[Any], deltas: list[Any], bias: DenseView | None,
-                   n_in: int, n_out: int) -> Any:
-    """||X_i^T Delta_i||_F^2 (+ ||dl_i/db||^2 when ``bias``) per sample, inside the step, on the
-    layer's Dense view: x as rows of ``n_in``, delta as rows of ``n_out``.
-
-    One rank-2 call: ||x_i||^2 ||delta_i||^2. Otherwise the Gram form <X_i X_i^T, D_i D_i^T>
-    when a sample has few rows, or the per-sample product when that is smaller.
-    """
-    batch = tf.shape(xs[0])[0]
-    full_bias = bias is None or len(bias.bias_axes) == len(bias.out_dims)
-    if len(xs) == 1 and len(xs[0].shape) == 2 and len(deltas[0].shape) == 2 and full_bias:
-        # row norms in the tensors' precision (one row is short) by one fused kernel (no
-        # squared copy: x is the batch's largest tensor), squared and multiplied in float64
-        xx, dd = (tf.square(tf.cast(tf.math.reduce_euclidean_norm(widened(tf, t), axis=1),
-                                    tf.float64)) for t in (xs[0], deltas[0]))
-        return dd * (xx + (1.0 if bias is not None else 0.0))
-    big_x = tf.concat([_rows(tf, x, batch, n_in) for x in xs], axis=1)
-    big_d = tf.concat([_rows(tf, d, batch, n_out) for d in deltas], axis=1)
-    rows = sum(int(np.prod(x.shape[1:], dtype=np.int64)) // n_in
-               if all(v is not None for v in x.shape[1:]) else 10**9 for x in xs)
-    if rows * rows <= n_in * n_out:
-        gx = tf.einsum("bri,bsi->brs", big_x, big_x)
-        gd = tf.einsum("bro,bso->brs", big_d, big_d)
-        sq = tf.reduce_sum(gx * gd, axis=[1, 2])
-    else:
-        per = tf.einsum("bri,bro->bio", big_x, big_d)
-        sq = tf.reduce_sum(per * per, axis=[1, 2])
-    if bias is not None:
-        s = tf.reduce_sum(big_d, axis=1)  # dl_i/db over every output entry
-        other = [1 + k for k in range(len(bias.out_dims)) if k not in bias.bias_axes]
-        if other:  # a bias over some output axes only: sum the others away
-            s = tf.reduce_sum(tf.reshape(s, (batch, *bias.out_dims)), axis=other)
-            s = tf.reshape(s, (batch, math.prod(
-                d for k, d in enumerate(bias.out_dims) if k in bias.bias_axes)))
-        sq = sq + tf.reduce_sum(s * s, axis=1)
-    return sq
 
 
 @dataclass
@@ -289,3 +243,17 @@ def tf_variable(tf: Any, variable: Any) -> Any:
     if isinstance(variable, tf.Variable):
         return variable
     return getattr(variable, "value", variable)
+
+
+def outside(tf: Any, z: Any, a: Any, b: Any) -> Any:
+    """``z <= a or z >= b``: the low set of an activation whose derivative is low on two
+    tails. In an eager step the bounds are known, so an open tail (relu: b = +inf) costs
+    no comparison."""
+    if tf.executing_eagerly():
+        lo, hi = float(a), float(b)
+        if math.isinf(hi):
+            return z <= lo
+        if math.isinf(lo):
+            return z >= hi
+        return tf.logical_or(z <= lo, z >= hi)
+    return tf.logical_or(z <= tf.cast(a, z.dtype), z >= tf.cast(b, z.dtype))

@@ -41,6 +41,12 @@ class CallRecord:
     gout_full: Any = None
     gz: Any = None
     """dL/dz (delta), when asked for."""
+    gouts: dict[int, Any] | None = None
+    """dL/doutput of each float output by position, whole (kept for per-sample forms that
+    need it; ``None`` otherwise)."""
+    call: tuple[Any, Any] | None = None
+    """(the layer's own ``call``, (inputs, args, kwargs)): what this call was, so that a
+    per-sample form can make it again on one sample (kept when asked for)."""
 
 
 @dataclass
@@ -55,6 +61,10 @@ class Recorder:
     follower_calls: dict[int, list[CallRecord]] = field(default_factory=dict)
     want_z: frozenset[int] = frozenset()
     """Sites whose dL/dz (delta) is kept: per-sample norms, --verify, --values."""
+    want_gout: frozenset[int] = frozenset()
+    """Sites whose dL/doutput is kept whole (per-sample forms)."""
+    want_call: frozenset[int] = frozenset()
+    """Sites whose call arguments are kept (the per-sample fallback calls the layer again)."""
     full: bool = False
     counting: bool = False
 
@@ -92,8 +102,11 @@ class Recorder:
         elif role == "z":
             record.gz = dy
         else:
-            if self.full and role == "out0":
+            position = int(role[3:])
+            if self.full and position == 0:
                 record.gout_full = dy
+            if record.gouts is not None:
+                record.gouts[position] = dy
             record.gout_sq.append(half_sumsq(tf, dy))
 
 
@@ -140,6 +153,10 @@ def _install(tf: Any, index: int, site: Site, slot: Slot) -> Any:
         if recorder is None or recorder.tape is None:  # outside the probe's pass: leave it
             return original_call(inputs, *args, **kwargs)
         record = recorder.new_call(index)
+        if index in recorder.want_call:
+            record.call = (original_call, (inputs, args, kwargs))
+        if index in recorder.want_gout:
+            record.gouts = {}
         x = inputs
         if _float_tensor(tf, inputs):
             recorder.tape.watch(inputs)  # the backward pass reaches this input, no further
@@ -164,7 +181,7 @@ def _install(tf: Any, index: int, site: Site, slot: Slot) -> Any:
         tapped = []
         for t in flat:
             if _float_tensor(tf, t):
-                new = recorder.tap(t, record, "out0" if not record.out else "out")
+                new = recorder.tap(t, record, f"out{len(record.out)}")
                 # what Keras hangs on the tensor travels with it: the mask, and the logits a
                 # softmax/sigmoid keeps (Keras 3 losses compute from them)
                 for attr in KERAS_TENSOR_ATTRS:

@@ -17,7 +17,6 @@ and full tensors are all-gathered; the host merges the vectors as each figure de
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from gradinspect.distribute import first_replica
+from gradinspect.engine.adapters.base import PerSampleForm
 from gradinspect.engine.figures import (
     GX_MERGES,
     EagerSum,
@@ -33,7 +33,7 @@ from gradinspect.engine.figures import (
     half_sumsq,
     leading_axes,
     moving_statistics,
-    per_sample_sq,
+    outside,
     replica_context,
     row_count,
     shape_of,
@@ -43,6 +43,7 @@ from gradinspect.engine.figures import (
 )
 from gradinspect.engine.hooks import CallRecord, Recorder, Slot
 from gradinspect.engine.layout import Layout
+from gradinspect.engine.persample import form_for, per_sample_sq
 from gradinspect.engine.seeding import (
     seed_generators,
 )
@@ -68,6 +69,8 @@ class TracedPass:
         verify: bool = False,
         full: bool = False,
         per_sample: bool = False,
+        per_sample_rows: int = 1,
+        per_sample_budget: int = 1 << 28,
         strategy: Any = None,
         timeout: float | None = None,
     ) -> None:
@@ -98,10 +101,21 @@ class TracedPass:
         sites and the figures' layout its trace fixed."""
         self._generators = seed_generators(model)
         self._layout: Layout = {}
+        # --per-sample: each entry's form (engine.persample), or why it has none
+        found = {i: form_for(s, training, per_sample_rows, per_sample_budget)
+                 for i, s in enumerate(self.sites)} if per_sample else {}
+        self.per_sample_forms: dict[int, PerSampleForm] = {
+            i: f for i, f in found.items() if isinstance(f, PerSampleForm)}
+        self.per_sample_reasons: dict[int, str] = {
+            i: f for i, f in found.items() if isinstance(f, str)}
+        """Why an entry has no per-sample figure (also a fallback that failed to trace)."""
+        self.per_sample_methods: dict[int, str] = {}
+        """The method each entry's form chose for its shapes, as traced."""
+        needs = {k: frozenset(i for i, f in self.per_sample_forms.items() if k in f.needs)
+                 for k in ("z", "gout", "call")}
+        self._want_gout, self._want_call = needs["gout"], needs["call"]
         self._want_z = frozenset(i for i, s in enumerate(self.sites) if s.profile is not None
-                                 and (self.full or (per_sample and s.adapter.per_sample
-                                                    and s.dense_view is not None)
-                                      or s.saturating_inside))
+                                 and (self.full or i in needs["z"] or s.saturating_inside))
         self._param_cache: tuple[tuple[float, ...], Any] | None = None
         self._weights: list[tuple[np.ndarray, ...]] | None = None
         self._sums: list[list[Any]] | None = None
@@ -212,7 +226,8 @@ class TracedPass:
         slot = self._slot
         assert slot is not None, "Probe used outside its context"
         slot.recorder = Recorder(tf=self.tf, want_z=self._want_z, full=self.full,
-                                  counting=counting)
+                                  counting=counting, want_gout=self._want_gout,
+                                  want_call=self._want_call)
         try:
             return self._recorded(slot.recorder, inputs, labels, params, counting)
         finally:
@@ -265,12 +280,14 @@ class TracedPass:
                 else []
             if deltas and site.saturating_inside:  # |dL/dz|, beside |dL/doutput|
                 pack.add(("gz_sq", i), tf.add_n([half_sumsq(tf, d) for d in deltas]), "sum")
-            view = site.dense_view
-            if self.per_sample and site.adapter.per_sample and view is not None and has_z \
-                    and has_x:
-                per_sample[i] = per_sample_sq(
-                    tf, [c.x for c in cs], [d / tf.cast(scale, d.dtype) for d in deltas],
-                    view if site.use_bias else None, view.n_in, view.n_out)
+            form = self.per_sample_forms.get(i)
+            if form is not None and cs:
+                got = per_sample_sq(tf, site, form, cs, has_x, has_z, deltas, scale,
+                                    self._tf_vars[i])
+                if isinstance(got, str):
+                    self.per_sample_reasons[i] = got
+                else:
+                    per_sample[i], self.per_sample_methods[i] = got
             if self.full:
                 full[i] = self._full_tensors(cs, has_x, has_z, deltas)
         figures, layout = pack.packed()
@@ -392,7 +409,7 @@ class TracedPass:
                          "sum")
             return
         if self._bounded[i]:
-            lows = [self._outside(z, tail_a, tail_b) for z in measured]
+            lows = [outside(tf, z, tail_a, tail_b) for z in measured]
         else:
             lows = [tf.abs(widened(tf, d)) < tf.cast(low, widened(tf, d).dtype)
                     for d in measured]
@@ -459,20 +476,6 @@ class TracedPass:
         if t.shape.rank == 1 and t.shape[0] == 0:
             return t
         return self._gathered(t)
-
-    def _outside(self, z: Any, a: Any, b: Any) -> Any:
-        """``z <= a or z >= b``: the low set of an activation whose derivative is low on two
-        tails. In an eager step the bounds are known, so an open tail (relu: b = +inf) costs
-        no comparison."""
-        tf = self.tf
-        if tf.executing_eagerly():
-            lo, hi = float(a), float(b)
-            if math.isinf(hi):
-                return z <= lo
-            if math.isinf(lo):
-                return z >= hi
-            return tf.logical_or(z <= lo, z >= hi)
-        return tf.logical_or(z <= tf.cast(a, z.dtype), z >= tf.cast(b, z.dtype))
 
 
 def call_structure(model: Any, inputs: list[Any]) -> Any:

@@ -336,8 +336,7 @@ def _site(tf: Any, keras: Any, layer: Any, adapter: Adapter, prefix: str,
         class_name=type(layer).__name__, kind=adapter.kind, adapter=adapter, variables=refs,
         activation=activation, units=units, profile=profile, follower=follower,
         output_index=index, channel_axis=channel_axis(layer),
-        dense_view=adapter.dense_view(layer) if adapter.closed_form or adapter.per_sample
-        else None,
+        dense_view=adapter.dense_view(layer),
     )
 
 

@@ -32,6 +32,8 @@ class LayerAccumulators:
     low_threshold: float
     verify: VerifyAccumulator | None = None
     per_sample: list[np.ndarray] | None = None
+    per_sample_method: str | None = None
+    """How the per-sample norms were computed (``engine.persample``)."""
     grads: tuple[np.ndarray, ...] | None = None
     """Each variable's gradient summed over the batches (on the device, read once at the end)."""
     input_grad: TensorAccumulator | None = None

@@ -11,11 +11,18 @@ import numpy.typing as npt
 
 from gradinspect.records import PerSampleStats, SampleNorm
 
+SHARE = 0.01
+"""An outlier also carries at least this share of the samples' summed squared norms: when a
+trained model is confident on nearly every sample (norms ~1e-6), a sample at 1e-5 is far from
+the median in MADs and still of no weight."""
+
 
 def per_sample_stats(sq_norms: npt.ArrayLike, mean_grad_sq_norm: float, top: int = 5,
-                     outlier_mad: float = 5.0) -> PerSampleStats:
-    """Summary of per-sample gradient norms: spread, the samples that dominate, and the gradient
-    signal-to-noise ratio ||mean g||^2 / mean ||g_i||^2."""
+                     outlier_mad: float = 5.0, min_norm: float = 0.0) -> PerSampleStats:
+    """Summary of per-sample gradient norms: spread, the samples that dominate (outliers:
+    beyond median + ``outlier_mad`` MADs, at least ``SHARE`` of the summed squares and at
+    least ``min_norm``), and the gradient signal-to-noise ratio ||mean g||^2 / mean
+    ||g_i||^2."""
     sq = np.asarray(sq_norms, dtype=np.float64)
     norms = np.sqrt(np.maximum(sq, 0.0))
     median = float(np.median(norms))
@@ -26,7 +33,8 @@ def per_sample_stats(sq_norms: npt.ArrayLike, mean_grad_sq_norm: float, top: int
         # 0; the mean absolute deviation still sees the few samples that carry the gradient.
         mad = float(np.mean(np.abs(norms - median))) * 1.2533
     cut = median + outlier_mad * mad
-    outliers = ranked[norms[ranked] > cut] if mad > 0 else ranked[:0]
+    weighty = (sq[ranked] >= SHARE * float(sq.sum())) & (norms[ranked] >= min_norm)
+    outliers = ranked[(norms[ranked] > cut) & weighty] if mad > 0 else ranked[:0]
     mean_sq = float(sq.mean())
     return PerSampleStats(
         min=float(norms.min()),

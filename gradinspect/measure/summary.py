@@ -4,6 +4,7 @@ frozen ``Report``. Reads the run's state once, top to bottom; renders nothing.""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -162,7 +163,32 @@ def _per_sample(run: Run, acc: LayerAccumulators, grads: LayerGrads) -> PerSampl
     n = run.data.samples
     total_sq = sum(g.norm ** 2 for g in grads.variables.values() if g is not None)
     mean_grad_sq = total_sq / (run.scale * n) ** 2
-    return per_sample_stats(np.concatenate(acc.per_sample), mean_grad_sq)
+    stats = per_sample_stats(np.concatenate(acc.per_sample), mean_grad_sq,
+                             min_norm=_outlier_floor(run, [acc]))
+    return dataclasses.replace(stats, method=acc.per_sample_method or "")
+
+
+def _model_per_sample(run: Run) -> PerSampleStats | None:
+    """||dl_i/dtheta|| per sample over every entry with per-sample figures: their squared
+    norms added (the entries own disjoint variables)."""
+    called = [acc for acc in run.accs if acc.calls]
+    covered = [acc for acc in called if acc.per_sample and acc.grads is not None]
+    if not covered:
+        return None
+    sq = np.sum([np.concatenate(acc.per_sample) for acc in covered if acc.per_sample], axis=0)
+    total = sum(float(np.sum(np.square(g))) for acc in covered for g in acc.grads or ())
+    stats = per_sample_stats(sq, total / (run.scale * run.data.samples) ** 2,
+                             min_norm=_outlier_floor(run, covered))
+    return dataclasses.replace(
+        stats, method=f"whole model ({len(covered)} of {len(called)} entries)")
+
+
+def _outlier_floor(run: Run, accs: list[LayerAccumulators]) -> float:
+    """The smallest per-sample norm an outlier may have: ``outlier_weight_ratio`` x ||theta||
+    over the entries' variables."""
+    weights = math.sqrt(sum(float(np.sum(np.square(np.asarray(w, np.float64))))
+                            for acc in accs for w in acc.weights))
+    return run.options.thresholds.outlier_weight_ratio * weights
 
 
 def _gradcheck_stats(run: Run, i: int) -> GradcheckStats | None:
@@ -206,8 +232,10 @@ def build_report(run: Run) -> Report:
         figures.append(fig)
         partial.append((site, acc, weights, grad_norm))
     array_stats = [_array_stats(run, k) for k in range(len(data.names))]
-    per_layer, model_findings = diagnose(figures, _run_figures(run, array_stats, constant_loss),
-                                         run.options.thresholds)
+    whole = _model_per_sample(run)
+    per_layer, model_findings = diagnose(
+        figures, dataclasses.replace(_run_figures(run, array_stats, constant_loss),
+                                     per_sample=whole), run.options.thresholds)
     layers = tuple(
         _layer_report(run, site, acc, weights, grad_norm, fig, found)
         for (site, acc, weights, grad_norm), fig, found in zip(partial, figures, per_layer,
@@ -246,6 +274,7 @@ def build_report(run: Run) -> Report:
             gradcheck=run.gradcheck_note,
             per_sample=run.per_sample_note,
             verify_note=run.verify_note,
+            per_sample_model=whole,
         ),
         coverage=_coverage(run, [site for site, _, _, _ in partial]),
         execution=run.execution,

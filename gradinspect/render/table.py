@@ -15,7 +15,15 @@ from rich.table import Table
 from rich.text import Text
 
 from gradinspect.plaintext import plain
-from gradinspect.records import MODEL_LEVEL, Finding, GradStats, LayerReport, Severity, Shape
+from gradinspect.records import (
+    MODEL_LEVEL,
+    Finding,
+    GradStats,
+    LayerReport,
+    PerSampleStats,
+    Severity,
+    Shape,
+)
 from gradinspect.report import Report, reach_of
 
 SEVERITY_STYLE = {Severity.INFO: "cyan", Severity.WARNING: "yellow", Severity.ERROR: "bold red"}
@@ -204,6 +212,7 @@ def checks_table(report: Report) -> Table | None:
         table.add_column("per-sample ‖g_i‖ min / median / max", justify="right")
         table.add_column("GSNR", justify="right")
         table.add_column("outliers", overflow="fold")
+        table.add_column("method", overflow="fold")
     for layer in report.layers:
         row: list[Text | str] = [Text(plain(layer.path))]
         if checks.verify:
@@ -215,16 +224,23 @@ def checks_table(report: Report) -> Table | None:
             row.append(Text(f"{fmt(g.max_rel_error)} ({g.coordinates})",
                             style="" if g.ok else "bold red") if g else "-")
         if checks.per_sample:
-            p = layer.per_sample
-            if p is None:
-                row += ["-", "-", "-"]
-            else:
-                shown = ", ".join(str(i) for i in p.outliers[:5])
-                more = f" +{p.outlier_count - 5}" if p.outlier_count > 5 else ""
-                row += [f"{fmt(p.min)} / {fmt(p.median)} / {fmt(p.max)}", fmt(p.gsnr),
-                        (shown + more) or "none"]
+            row += _per_sample_cells(layer.per_sample)
         table.add_row(*row)
+    whole = checks.per_sample_model
+    if checks.per_sample and whole is not None:
+        table.add_row(Text("whole model", style="bold"),
+                      *(["-"] * (bool(checks.verify) + bool(checks.gradcheck))),
+                      *_per_sample_cells(whole))
     return table
+
+
+def _per_sample_cells(p: PerSampleStats | None) -> list[Text | str]:
+    if p is None:
+        return ["-", "-", "-", "not available (see below)"]
+    shown = ", ".join(str(i) for i in p.outliers[:5])
+    more = f" +{p.outlier_count - 5}" if p.outlier_count > 5 else ""
+    return [f"{fmt(p.min)} / {fmt(p.median)} / {fmt(p.max)}", fmt(p.gsnr),
+            (shown + more) or "none", p.method]
 
 
 def _check_notes(report: Report) -> Text | None:

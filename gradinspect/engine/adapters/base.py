@@ -111,6 +111,49 @@ def not_normalizing(layer: Any, input_shape: tuple[int | None, ...]) -> Normaliz
     return None
 
 
+@dataclass
+class PerSampleCall:
+    """What the step hands a kind's per-sample form: one entry over one batch, every
+    gradient that of the per-sample loss terms (the loss scale divided out)."""
+
+    layer: Any
+    calls: list[Any]
+    """The entry's ``engine.hooks.CallRecord`` of each call, in call order."""
+    deltas: list[Any]
+    """dL/dz of each call (forms that need ``z``)."""
+    gouts: list[list[Any]]
+    """dL/doutput of each call's float outputs, in order (forms that need ``gout``)."""
+    variables: list[Any]
+    """The entry's variables (``tf.Variable``), in the site's order."""
+    names: tuple[str, ...]
+    """Their short names (``kernel``, ``gamma`` ...), in the same order."""
+    view: DenseView | None
+    use_bias: bool
+
+
+@dataclass(frozen=True)
+class PerSampleForm:
+    """How an entry's per-sample squared gradient norms are computed in the step."""
+
+    method: str
+    """Its name in the report (``dense``, ``conv patches`` ...)."""
+    needs: frozenset[str]
+    """What the hooks must keep: ``z`` (dL/dz), ``gout`` (dL/doutput, whole), ``call`` (the
+    call's arguments, to call the layer again)."""
+    compute: Callable[[Any, PerSampleCall], tuple[Any, str]]
+    """(tf, call) -> (||dl_i/dvariables||^2 per sample as a float64 vector, the method as it
+    was chosen for these shapes)."""
+
+
+PerSamplePlan = Callable[[Any, "DenseView | None", bool], "PerSampleForm | str | None"]
+"""(layer, its Dense view, training) -> its form, the reason it has none, or ``None``: the
+exact fallback (``engine.persample.VECTORIZED``)."""
+
+
+def fallback_form(layer: Any, view: DenseView | None, training: bool) -> PerSampleForm | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Adapter:
     """One layer kind."""
@@ -137,9 +180,9 @@ class Adapter:
     closed_form: str | None = None
     """``--verify``: which closed form checks this kind (``dense``: the Dense identities,
     through ``dense_view`` where the layer is not a Dense), or ``None`` (not available)."""
-    per_sample: bool = False
-    """``--per-sample`` norms can be derived from the single pass for this kind (layers with
-    a ``dense_view``, when the kind has one)."""
+    per_sample: PerSamplePlan = fallback_form
+    """``--per-sample``: the kind's closed form for a layer (``None``: the exact fallback, the
+    layer called again on each sample by ``tf.vectorized_map``)."""
     normalized: Callable[[Any, tuple[int | None, ...]], Normalized | None] = not_normalizing
     """(layer, input shape without the batch axis) -> the axes one statistic of the layer is
     taken over and their sizes, for the kinds that normalise (``None``: not one, or not

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from gradinspect.engine.adapters.base import Adapter, DenseView, Variables
+from gradinspect.engine.persample import through_view
 
 
 def dense_variables(layer: Any) -> Variables:
@@ -39,6 +40,6 @@ ADAPTER = Adapter(
     units=lambda layer: int(layer.units),
     activation_hook=True,
     closed_form="dense",
-    per_sample=True,
+    per_sample=through_view,
     note="Dense: closed-form --verify and --per-sample",
 )

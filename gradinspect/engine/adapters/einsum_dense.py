@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from gradinspect.engine.adapters.base import Adapter, DenseView
+from gradinspect.engine.persample import through_view
 
 
 def einsum_view(layer: Any) -> DenseView | None:
@@ -49,6 +50,6 @@ ADAPTER = Adapter(
     activation_hook=True,
     dense_view=einsum_view,
     closed_form="dense",
-    per_sample=True,
+    per_sample=through_view,
     note="EinsumDense (attention projections): Dense closed forms when the equation allows",
 )

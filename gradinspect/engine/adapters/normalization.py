@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradinspect.engine.adapters.base import Adapter, Normalized
+from gradinspect.engine.adapters.base import (
+    Adapter,
+    DenseView,
+    Normalized,
+    PerSampleCall,
+    PerSampleForm,
+)
 
 
 def _axes(layer: Any, rank: int) -> tuple[int, ...] | None:
@@ -54,10 +60,77 @@ def normalized(layer: Any, input_shape: tuple[int | None, ...]) -> Normalized | 
     return tuple(a - rank for a in axes), tuple(int(s) for s in sizes if s is not None)
 
 
+def normalization_per_sample(layer: Any, view: DenseView | None,
+                             training: bool) -> PerSampleForm | None:
+    """The closed form for Keras' BatchNormalization in inference (its moving statistics)
+    and LayerNormalization (without RMS scaling): per sample, dL/dgamma = sum of dL/dy x
+    the normalised input over the positions, dL/dbeta = sum of dL/dy. In training mode
+    BatchNormalization mixes samples and ``--per-sample`` is refused before the pass. Other
+    normalisations take the exact fallback."""
+    module = str(getattr(type(layer).call, "__module__", ""))
+    if not module.startswith("keras.src.layers.normalization"):
+        return None
+    name = type(layer).call.__qualname__.split(".")[0]
+    if name == "BatchNormalization" and not training and not getattr(layer, "renorm", False):
+        return NORMALIZED
+    if name == "LayerNormalization" and not getattr(layer, "rms_scaling", False):
+        return NORMALIZED
+    return None
+
+
+def _normalised(tf: Any, layer: Any, x: Any) -> Any:
+    """x normalised as the layer normalises it (before gamma and beta), in float32 or wider."""
+    x = x if x.dtype in (tf.float32, tf.float64) else tf.cast(x, tf.float32)
+    rank = len(x.shape)
+    if type(layer).call.__qualname__.startswith("BatchNormalization"):
+        axis = int(layer.axis) % rank
+        shape = [1] * rank
+        shape[axis] = -1
+        mean = tf.reshape(tf.cast(layer.moving_mean, x.dtype), shape)
+        variance = tf.reshape(tf.cast(layer.moving_variance, x.dtype), shape)
+        return (x - mean) * tf.math.rsqrt(variance + layer.epsilon)
+    axes = [int(a) % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple))
+                                    else [layer.axis])]
+    mean, variance = tf.nn.moments(x, axes=axes, keepdims=True)
+    return (x - mean) * tf.math.rsqrt(variance + layer.epsilon)
+
+
+def _statistic_axes(layer: Any, rank: int) -> list[int]:
+    """The axes gamma and beta do not span (besides the batch): summed per sample."""
+    own = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    kept = {int(a) % rank for a in own}
+    return [a for a in range(1, rank) if a not in kept]
+
+
+def normalized_sq(tf: Any, call: PerSampleCall) -> tuple[Any, str]:
+    """Per sample, gamma's and beta's gradients over every call (added before the norm)."""
+    layer = call.layer
+    totals: dict[str, Any] = {}
+    for c, gouts in zip(call.calls, call.gouts, strict=True):
+        g = gouts[0] if gouts[0].dtype in (tf.float32, tf.float64) else tf.cast(gouts[0],
+                                                                               tf.float32)
+        axes = _statistic_axes(layer, len(g.shape))
+        for name in ("gamma", "beta"):
+            if name in call.names:
+                part = g if name == "beta" else tf.cast(_normalised(tf, layer, c.x),
+                                                        g.dtype) * g
+                # summed over positions in the tensors' precision, squared in float64
+                summed = tf.cast(tf.reduce_sum(part, axis=axes) if axes else part, tf.float64)
+                totals[name] = totals[name] + summed if name in totals else summed
+    batch = tf.shape(call.calls[0].x)[0]
+    return tf.add_n([tf.reduce_sum(tf.reshape(t * t, tf.stack([batch, -1])), axis=1)
+                     for t in totals.values()]), "normalised input"
+
+
+NORMALIZED = PerSampleForm(method="normalised input", needs=frozenset({"gout"}),
+                           compute=normalized_sq)
+
+
 ADAPTER = Adapter(
     kind="normalization",
     classes=("BatchNormalization", "LayerNormalization", "GroupNormalization",
              "UnitNormalization", "RMSNormalization", "SpectralNormalization"),
     normalized=normalized,
+    per_sample=normalization_per_sample,
     note="Batch/Layer/Group/RMS normalization (gamma, beta)",
 )
