@@ -2,18 +2,20 @@
 every sample i, where l_i is the sample's term of the loss.
 
 Each kind's adapter names its form (``Adapter.per_sample``): a closed form on what the hooks
-already hold (Dense and EinsumDense: x and dL/dz; convolutions: patches of x and dL/dz;
-Embedding: ids and dL/doutput), or ``None`` for the exact fallback here, ``VECTORIZED``: the
-layer called again on each sample alone by ``tf.vectorized_map``, with the sample's dL/doutput,
-and differentiated. The fallback is exact for every layer whose output row depends on its input
-row only, which is every layer but BatchNormalization in training (refused before the pass);
-its cost is the per-sample gradients themselves (batch x parameters), so an entry whose
-per-sample gradients would not fit the memory budget is "not available", with the figure.
+already hold (Dense and EinsumDense: x and dL/dz; convolutions: kernel windows of x and
+dL/dz; Embedding: ids and dL/doutput; normalisations: x and dL/doutput), or ``None`` for the
+exact fallback here, ``VECTORIZED``: the layer called again on each sample alone by
+``tf.vectorized_map``, with the sample's dL/doutput, and differentiated (``LOOPED``: one sample
+after another, for recurrent layers). The fallback is exact for every layer whose output row
+depends on its input row only, which is every layer but BatchNormalization in training
+(refused before the pass); its cost is the per-sample gradients themselves (batch x
+parameters), so an entry whose per-sample gradients would not fit the memory budget is "not
+available", with the figure.
 
 The closed forms share ``rows_sq``: one sample's gradient of a Dense view is X_i^T D_i (rows of
 x by rows of dL/dz), and its squared norm is taken the cheaper way for the shapes: row norms
-when a sample is one row; the Gram form <X_i X_i^T, D_i D_i^T> when a sample has r rows with
-r^2 <= n_in x n_out; the product X_i^T D_i otherwise.
+when a sample is one row; the Gram form <X_i X_i^T, D_i D_i^T> when a sample has r rows and
+``gram_is_cheaper`` (r^2 <= n_in x n_out); the product X_i^T D_i otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from gradinspect.engine.adapters.base import DenseView, PerSampleCall, PerSampleForm
+from gradinspect.engine.figures import widened
 
 
 def _rows(tf: Any, t: Any, batch: Any, width: int) -> Any:
@@ -34,8 +37,10 @@ def _rows(tf: Any, t: Any, batch: Any, width: int) -> Any:
     return tf.reshape(tf.cast(t, tf.float64), tf.stack([batch, positions, width]))
 
 
-def _widened(tf: Any, t: Any) -> Any:
-    return t if t.dtype in (tf.float32, tf.float64) else tf.cast(t, tf.float32)
+def gram_is_cheaper(rows: int, n_in: int, n_out: int) -> bool:
+    """The Gram form (rows x rows per sample) holds no more numbers than the per-sample
+    product (n_in x n_out): the rule every closed form with rows follows."""
+    return rows * rows <= n_in * n_out
 
 
 def rows_sq(tf: Any, xs: Sequence[Any], deltas: Sequence[Any], bias: DenseView | None,
@@ -48,14 +53,14 @@ def rows_sq(tf: Any, xs: Sequence[Any], deltas: Sequence[Any], bias: DenseView |
     if len(xs) == 1 and len(xs[0].shape) == 2 and len(deltas[0].shape) == 2 and full_bias:
         # row norms in the tensors' precision (one row is short) by one fused kernel (no
         # squared copy: x is the batch's largest tensor), squared and multiplied in float64
-        xx, dd = (tf.square(tf.cast(tf.math.reduce_euclidean_norm(_widened(tf, t), axis=1),
+        xx, dd = (tf.square(tf.cast(tf.math.reduce_euclidean_norm(widened(tf, t), axis=1),
                                     tf.float64)) for t in (xs[0], deltas[0]))
         return dd * (xx + (1.0 if bias is not None else 0.0)), "row norms"
     big_x = tf.concat([_rows(tf, x, batch, n_in) for x in xs], axis=1)
     big_d = tf.concat([_rows(tf, d, batch, n_out) for d in deltas], axis=1)
     rows = sum(int(np.prod(x.shape[1:], dtype=np.int64)) // n_in
                if all(v is not None for v in x.shape[1:]) else 10**9 for x in xs)
-    if rows * rows <= n_in * n_out:
+    if gram_is_cheaper(rows, n_in, n_out):
         gx = tf.einsum("bri,bsi->brs", big_x, big_x)
         gd = tf.einsum("bro,bso->brs", big_d, big_d)
         sq, how = tf.reduce_sum(gx * gd, axis=[1, 2]), "gram"
@@ -135,7 +140,7 @@ def vectorized(tf: Any, call: PerSampleCall, looped: bool = False) -> tuple[Any,
                 outs = [t for t in tf.nest.flatten(fn(inputs, *args, **kwargs))
                         if isinstance(t, tf.Tensor) and t.dtype.is_floating]
                 for out, g in zip(outs, sample[start:start + len(gouts)], strict=True):
-                    o = _widened(tf, out)
+                    o = widened(tf, out)
                     terms.append(tf.reduce_sum(o * tf.cast(g[None], o.dtype)))
             total = tf.add_n(terms)
         grads = tape.gradient(total, variables,
@@ -183,8 +188,10 @@ def form_for(site: Any, training: bool, rows: int, budget: int) -> PerSampleForm
         return form
     if form is not None and "z" in form.needs and site.profile is None:
         form = None  # no activation to tap z at (a layer built without one): the fallback
-    if form is not None and form is not LOOPED:
+    form = form or VECTORIZED
+    if "call" not in form.needs:
         return form
+    # the fallbacks call the layer again and hold the batch's per-sample gradients
     if training and _stateful(site.layer):
         return ("its call draws random numbers or updates state in training mode, so a "
                 "second call is not the first; run without --training")
@@ -193,7 +200,7 @@ def form_for(site: Any, training: bool, rows: int, budget: int) -> PerSampleForm
         return (f"per-sample gradients of {site.params:,} parameters x {rows} samples take "
                 f"{need / 2**20:,.0f} MiB, over the budget of {budget / 2**20:,.0f} MiB; "
                 "lower --batch-size or raise --memory-budget")
-    return form or VECTORIZED
+    return form
 
 
 def _stateful(layer: Any) -> bool:

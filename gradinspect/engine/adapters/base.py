@@ -136,7 +136,8 @@ class PerSampleForm:
     """How an entry's per-sample squared gradient norms are computed in the step."""
 
     method: str
-    """Its name in the report (``dense``, ``conv patches`` ...)."""
+    """Its name (``dense``, ``windows``, ``vectorized`` ...); the report shows the method as
+    ``compute`` chose it for the shapes."""
     needs: frozenset[str]
     """What the hooks must keep: ``z`` (dL/dz), ``gout`` (dL/doutput, whole), ``call`` (the
     call's arguments, to call the layer again)."""
@@ -152,6 +153,12 @@ exact fallback (``engine.persample.VECTORIZED``)."""
 
 def fallback_form(layer: Any, view: DenseView | None, training: bool) -> PerSampleForm | None:
     return None
+
+
+def keras_own_call(layer: Any) -> bool:
+    """The layer computes what Keras' class computes: its ``call`` is Keras' own (a subclass
+    that overrides it takes the exact fallback, not the class's closed form)."""
+    return str(getattr(type(layer).call, "__module__", "")).startswith("keras.src.")
 
 
 @dataclass(frozen=True)

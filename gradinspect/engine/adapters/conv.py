@@ -13,8 +13,10 @@ from gradinspect.engine.adapters.base import (
     DenseView,
     PerSampleCall,
     PerSampleForm,
+    keras_own_call,
     last_axis_units,
 )
+from gradinspect.engine.persample import gram_is_cheaper
 
 
 def conv_units(layer: Any) -> int | None:
@@ -37,16 +39,11 @@ offset, the input seen through that offset (one strided window per output positi
 dL/dz. The transpose and separable forms take the exact fallback."""
 
 
-def _own_call(layer: Any) -> bool:
-    """The layer computes what Keras' class computes: its ``call`` is Keras' own."""
-    return str(getattr(type(layer).call, "__module__", "")).startswith("keras.")
-
-
 def conv_per_sample(layer: Any, view: DenseView | None, training: bool) -> PerSampleForm | None:
     """Windows for Conv1D/2D/3D (groups 1) and DepthwiseConv1D/2D; the fallback otherwise."""
     names = {c.__name__ for c in type(layer).__mro__}
     if (not names & set(_WINDOWED) or int(getattr(layer, "groups", 1) or 1) != 1
-            or not _own_call(layer) or any(n.endswith("Transpose") for n in names)):
+            or not keras_own_call(layer) or any(n.endswith("Transpose") for n in names)):
         return None
     return DEPTHWISE if names & {"DepthwiseConv1D", "DepthwiseConv2D"} else WINDOWS
 
@@ -118,12 +115,12 @@ def _sq(tf: Any, t: Any, axes: list[int]) -> Any:
 
 def windows_sq(tf: Any, call: PerSampleCall) -> tuple[Any, str]:
     """Conv1D/2D/3D: per sample, ||sum over positions of window x dL/dz||^2 over every
-    kernel offset, as the Gram form <sum_k W_k W_k^T, D D^T> when positions^2 <= kernel
-    entries x filters (``engine.persample.rows_sq``'s rule), else offset by offset."""
+    kernel offset, as the Gram form <sum_k W_k W_k^T, D D^T> when ``gram_is_cheaper``, else
+    offset by offset."""
     views, d, rows = _calls_windows(tf, call)
     n_in = len(views) * int(views[0].shape[-1])
     n_out = int(d.shape[-1])
-    if rows * rows <= n_in * n_out:
+    if gram_is_cheaper(rows, n_in, n_out):
         gx = tf.add_n([tf.einsum("bri,bsi->brs", tf.cast(v, tf.float64), tf.cast(v, tf.float64))
                        for v in views])
         wide = tf.cast(d, tf.float64)

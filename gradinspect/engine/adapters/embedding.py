@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradinspect.engine.adapters.base import Adapter, DenseView, PerSampleCall, PerSampleForm
+from gradinspect.engine.adapters.base import (
+    Adapter,
+    DenseView,
+    PerSampleCall,
+    PerSampleForm,
+    keras_own_call,
+)
 
 
 def embedding_per_sample(layer: Any, view: DenseView | None,
@@ -14,8 +20,8 @@ def embedding_per_sample(layer: Any, view: DenseView | None,
     """Rows for Keras' own Embedding (its one variable, the table); the fallback for a
     subclass with a call of its own (keras-hub's ReversibleEmbedding also projects back) or
     a LoRA/quantized table."""
-    own = str(getattr(type(layer).call, "__module__", "")).startswith("keras.src.layers")
-    if not own or getattr(layer, "lora_enabled", False) or len(layer.trainable_weights) != 1:
+    if (not keras_own_call(layer) or getattr(layer, "lora_enabled", False)
+            or len(layer.trainable_weights) != 1):
         return None
     return ROWS
 

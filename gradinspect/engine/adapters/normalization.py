@@ -13,7 +13,9 @@ from gradinspect.engine.adapters.base import (
     Normalized,
     PerSampleCall,
     PerSampleForm,
+    keras_own_call,
 )
+from gradinspect.engine.figures import widened
 
 
 def _axes(layer: Any, rank: int) -> tuple[int, ...] | None:
@@ -67,8 +69,7 @@ def normalization_per_sample(layer: Any, view: DenseView | None,
     the normalised input over the positions, dL/dbeta = sum of dL/dy. In training mode
     BatchNormalization mixes samples and ``--per-sample`` is refused before the pass. Other
     normalisations take the exact fallback."""
-    module = str(getattr(type(layer).call, "__module__", ""))
-    if not module.startswith("keras.src.layers.normalization"):
+    if not keras_own_call(layer):
         return None
     name = type(layer).call.__qualname__.split(".")[0]
     if name == "BatchNormalization" and not training and not getattr(layer, "renorm", False):
@@ -80,7 +81,7 @@ def normalization_per_sample(layer: Any, view: DenseView | None,
 
 def _normalised(tf: Any, layer: Any, x: Any) -> Any:
     """x normalised as the layer normalises it (before gamma and beta), in float32 or wider."""
-    x = x if x.dtype in (tf.float32, tf.float64) else tf.cast(x, tf.float32)
+    x = widened(tf, x)
     rank = len(x.shape)
     if type(layer).call.__qualname__.startswith("BatchNormalization"):
         axis = int(layer.axis) % rank
@@ -107,8 +108,7 @@ def normalized_sq(tf: Any, call: PerSampleCall) -> tuple[Any, str]:
     layer = call.layer
     totals: dict[str, Any] = {}
     for c, gouts in zip(call.calls, call.gouts, strict=True):
-        g = gouts[0] if gouts[0].dtype in (tf.float32, tf.float64) else tf.cast(gouts[0],
-                                                                               tf.float32)
+        g = widened(tf, gouts[0])
         axes = _statistic_axes(layer, len(g.shape))
         for name in ("gamma", "beta"):
             if name in call.names:
