@@ -277,9 +277,11 @@ def _find_follower(tf: Any, start: Any, prefix: str, units: int) -> Follower | N
                 elif kind == "Softmax":
                     profile = ActivationProfile(name="softmax", kind="softmax", peak=1.0)
                 else:
+                    # a weightless layer is the same function whatever its width: one
+                    # profile, on one unit, for all (a MobileNetV2 has 35 ReLU6 at 8 widths)
                     key = _layer_key(nxt)
-                    profile = profile_activation(tf, _layer_fn(tf, nxt, units),
-                                                 key=None if key is None else (key, units))
+                    profile = profile_activation(
+                        tf, _layer_fn(tf, nxt, units if key is None else 1), key=key)
             except Exception:  # an exotic layer we cannot profile: measure nothing
                 return None
             return Follower(layer=nxt, path=path, profile=profile)
