@@ -77,7 +77,7 @@ MobileNetV2 (the same as a plain tape over the model's variables)."""
 def activation_bytes_per_sample(model: Any) -> int | None:
     """Bytes of every layer output for one sample (nested models included), from the symbolic
     shapes Keras recorded; ``None`` when a shape is unknown (subclassed models)."""
-    from gradinspect.engine.adapters.base import children
+    from gradinspect.engine.views import children
 
     total = 0
     seen: set[int] = set()

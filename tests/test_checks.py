@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import gradinspect
-from gradinspect.engine.adapters.base import DenseView
 from gradinspect.engine.persample import rows_sq
+from gradinspect.engine.views import DenseView
 from gradinspect.measure.per_sample import per_sample_stats
 from gradinspect.measure.verify import VerifyAccumulator
 from gradinspect.records import Severity

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from gradinspect.engine.adapters.base import DenseView, PerSampleCall, PerSampleForm
 from gradinspect.engine.figures import widened
+from gradinspect.engine.views import DenseView, PerSampleCall, PerSampleForm
 
 
 def _rows(tf: Any, t: Any, batch: Any, width: int) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from gradinspect.engine.adapters.base import children
+from gradinspect.engine.views import children
 
 
 def seed_generators(model: Any) -> list[Any]:

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from gradinspect.distribute import first_replica
-from gradinspect.engine.adapters.base import PerSampleForm
 from gradinspect.engine.figures import (
     GX_MERGES,
     EagerSum,
@@ -47,6 +46,7 @@ from gradinspect.engine.persample import form_for, per_sample_sq
 from gradinspect.engine.seeding import (
     seed_generators,
 )
+from gradinspect.engine.views import PerSampleForm
 from gradinspect.engine.walk import (
     Site,
 )

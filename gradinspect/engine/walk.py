@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from gradinspect.engine.adapters import ADAPTERS, Adapter
-from gradinspect.engine.adapters.base import DenseView, channel_axis, children
+from gradinspect.engine.adapters.base import channel_axis
+from gradinspect.engine.views import DenseView, children
 from gradinspect.report import SkippedInfo
 
 

@@ -8,15 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from gradinspect.engine.adapters.base import (
-    Adapter,
-    DenseView,
-    PerSampleCall,
-    PerSampleForm,
-    keras_own_call,
-    last_axis_units,
-)
+from gradinspect.engine.adapters.base import Adapter, keras_own_call, last_axis_units
 from gradinspect.engine.persample import gram_is_cheaper
+from gradinspect.engine.views import DenseView, PerSampleCall, PerSampleForm
 
 
 def conv_units(layer: Any) -> int | None:

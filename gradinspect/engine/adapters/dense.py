@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradinspect.engine.adapters.base import Adapter, DenseView, Variables
+from gradinspect.engine.adapters.base import Adapter, Variables
 from gradinspect.engine.persample import through_view
+from gradinspect.engine.views import DenseView
 
 
 def dense_variables(layer: Any) -> Variables:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gradinspect.engine.adapters.base import Adapter, DenseView
+from gradinspect.engine.adapters.base import Adapter
 from gradinspect.engine.persample import through_view
+from gradinspect.engine.views import DenseView
 
 
 def einsum_view(layer: Any) -> DenseView | None:

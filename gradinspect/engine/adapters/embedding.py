@@ -6,13 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradinspect.engine.adapters.base import (
-    Adapter,
-    DenseView,
-    PerSampleCall,
-    PerSampleForm,
-    keras_own_call,
-)
+from gradinspect.engine.adapters.base import Adapter, keras_own_call
+from gradinspect.engine.views import DenseView, PerSampleCall, PerSampleForm
 
 
 def embedding_per_sample(layer: Any, view: DenseView | None,

@@ -7,15 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradinspect.engine.adapters.base import (
-    Adapter,
-    DenseView,
-    Normalized,
-    PerSampleCall,
-    PerSampleForm,
-    keras_own_call,
-)
+from gradinspect.engine.adapters.base import Adapter, Normalized, keras_own_call
 from gradinspect.engine.figures import widened
+from gradinspect.engine.views import DenseView, PerSampleCall, PerSampleForm
 
 
 def _axes(layer: Any, rank: int) -> tuple[int, ...] | None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradinspect.engine.adapters.base import Adapter, DenseView, PerSampleForm, subtree_variables
+from gradinspect.engine.adapters.base import Adapter, subtree_variables
 from gradinspect.engine.persample import LOOPED
+from gradinspect.engine.views import DenseView, PerSampleForm
 
 
 def recurrent_per_sample(layer: Any, view: DenseView | None, training: bool) -> PerSampleForm:
