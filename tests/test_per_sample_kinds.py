@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from conftest import CI_EXAMPLES
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -166,6 +167,42 @@ def test_per_sample_of_every_kind_equals_one_sample_tapes(tfk: Any, data: Any,
                                    err_msg=f"{kind} {methods} {report.checks.per_sample}")
 
 
+@pytest.mark.parametrize("case", [
+    {"rank": 1, "padding": "valid", "strides": 2, "depth_multiplier": 2, "use_bias": True},
+    {"rank": 1, "padding": "same", "strides": 1, "depth_multiplier": 1, "use_bias": False},
+    {"rank": 2, "padding": "same", "strides": 2, "depth_multiplier": 2, "use_bias": True},
+    {"rank": 2, "padding": "valid", "strides": 1, "depth_multiplier": 1, "use_bias": True,
+     "twice": True},
+    {"rank": 2, "padding": "same", "strides": 1, "depth_multiplier": 1, "use_bias": True,
+     "dilation_rate": 2},
+])
+def test_depthwise_per_sample_equals_one_sample_tapes(tfk: Any, case: dict[str, Any]) -> None:
+    """Depthwise convolutions by TensorFlow's filter gradient with the samples as channels
+    (1D and strided, depth multiplier 2, a layer called twice), and by windows where
+    that kernel does not take the layer (dilation): each equal to one-sample tapes."""
+    tf, keras = tfk
+    layers = keras.layers
+    keras.utils.set_random_seed(5)
+    case = dict(case)
+    rank, twice = case.pop("rank"), case.pop("twice", False)
+    inputs = keras.Input((*(7,) * rank, 3))
+    layer = getattr(layers, f"DepthwiseConv{rank}D")(3, name="under_test", **case)
+    h = layer(inputs)
+    if twice:
+        h = layer(layers.ZeroPadding2D(1)(h))
+    model = keras.Model(inputs, layers.Dense(2, name="head")(layers.Flatten()(h)))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((BATCH, *(7,) * rank, 3)).astype(np.float32)
+    y = rng.standard_normal((BATCH, 2))
+    report = gradinspect.inspect(model, x, y.astype(np.float32), loss="mean_squared_error",
+                                 per_sample=True)
+    want = _tape_norms(tf, model, x, y, {"under_test": list(layer.trainable_weights)})
+    got, methods = _report_norms(report, "under_test")
+    assert methods == {"depthwise windows" if "dilation_rate" in case
+                       else "depthwise, samples as channels"}
+    np.testing.assert_allclose(got, want["under_test"], rtol=1e-5, atol=1e-9)
+
+
 def test_per_sample_methods_chosen_per_kind(tfk: Any) -> None:
     """The documented method per kind: closed forms where there is one, the vectorized
     fallback for the rest."""
@@ -183,7 +220,7 @@ def test_per_sample_methods_chosen_per_kind(tfk: Any) -> None:
     report = gradinspect.inspect(model, x, np.zeros((BATCH, 2), np.float32),
                                  loss="mean_squared_error", per_sample=True)
     methods = {ly.path: ly.per_sample.method for ly in report.layers if ly.per_sample}
-    assert methods == {"conv": "windows, product", "depthwise": "depthwise windows",
+    assert methods == {"conv": "windows, product", "depthwise": "depthwise, samples as channels",
                        "bn": "normalised input", "separable": "vectorized",
                        "dense": "row norms"}
     assert report.checks.per_sample is not None

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from gradinspect.engine.adapters.base import Adapter, keras_own_call, last_axis_units
+from gradinspect.engine.figures import widened
 from gradinspect.engine.persample import gram_is_cheaper
 from gradinspect.engine.views import DenseView, PerSampleCall, PerSampleForm
 
@@ -127,9 +128,67 @@ def windows_sq(tf: Any, call: PerSampleCall) -> tuple[Any, str]:
     return sq, f"windows, {how}"
 
 
+def _samples_as_channels(tf: Any, t: Any) -> Any:
+    """(batch, *positions, channels) -> (1, *positions as 2D, batch x channels): each sample's
+    channels become channels of one image (1D positions get a height of 1)."""
+    t = widened(tf, t)
+    if len(t.shape) == 3:
+        t = t[:, None]
+    perm = [1, 2, 0, 3]
+    shape = tf.shape(t)
+    return tf.reshape(tf.transpose(t, perm), tf.stack([1, shape[1], shape[2], -1]))
+
+
+def _native_depthwise(layer: Any) -> bool:
+    """TensorFlow's own filter gradient takes the layer: no dilation, and a 2D layer's two
+    strides equal (its kernel's requirement)."""
+    return (all(int(r) == 1 for r in layer.dilation_rate)
+            and len({int(s) for s in layer.strides}) == 1)
+
+
+def _depthwise_by_filter_gradient(tf: Any, call: PerSampleCall) -> tuple[Any, str]:
+    """Every sample's depthwise kernel gradient at once, by TensorFlow's own depthwise filter
+    gradient with the samples as channels (sample b's channel c is channel b x C + c of one
+    image, so each of its kernels sees that sample alone): one kernel instead of a strided
+    window and a product per kernel offset. Exact (it is the gradient Keras' own backward
+    pass computes, split by sample)."""
+    layer = call.layer
+    kernel = [int(k) for k in layer.kernel_size]
+    stride = int(layer.strides[0])
+    padding = str(layer.padding).lower()
+    if len(kernel) == 1:
+        kernel = [1, *kernel]
+    mult = int(layer.depth_multiplier)
+    total = biases = None
+    batch = tf.shape(call.calls[0].x)[0]
+    for c, delta in zip(call.calls, call.deltas, strict=True):
+        x = _channels_last(tf, layer, c.x)
+        d = _channels_last(tf, layer, delta)
+        channels = int(x.shape[-1])
+        g = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+            input=_samples_as_channels(tf, x),
+            filter_sizes=tf.stack([kernel[0], kernel[1], batch * channels, mult]),
+            out_backprop=_samples_as_channels(tf, d), strides=[1, stride, stride, 1],
+            padding="SAME" if padding == "same" else "VALID")
+        total = g if total is None else total + g
+        if call.use_bias:
+            b = tf.reduce_sum(widened(tf, d), axis=list(range(1, len(d.shape) - 1)))
+            biases = b if biases is None else biases + b
+    assert total is not None
+    per = tf.reshape(tf.cast(total, tf.float64), tf.stack([-1, batch, channels * mult]))
+    sq = tf.reduce_sum(per * per, axis=[0, 2])
+    if biases is not None:
+        sq = sq + _sq(tf, biases, [1])
+    return sq, "depthwise, samples as channels"
+
+
 def depthwise_sq(tf: Any, call: PerSampleCall) -> tuple[Any, str]:
-    """DepthwiseConv1D/2D: per sample, kernel offset and channel c, the sum over positions of
-    the window's channel c times dL/dz of c's ``depth_multiplier`` outputs."""
+    """DepthwiseConv1D/2D: TensorFlow's filter gradient with the samples as channels where it
+    takes the layer (``_native_depthwise``); else per sample, kernel offset and channel c,
+    the sum over positions of the window's channel c times dL/dz of c's
+    ``depth_multiplier`` outputs."""
+    if _native_depthwise(call.layer):
+        return _depthwise_by_filter_gradient(tf, call)
     views, d, _ = _calls_windows(tf, call)
     channels = int(views[0].shape[-1])
     mult = int(d.shape[-1]) // channels
