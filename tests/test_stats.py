@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -94,3 +95,25 @@ def test_summary_merge_equals_direct_update() -> None:
     summary = np.array([a.size, np.sum(a * a), np.abs(a).sum(), np.inf, 0, 1])
     merged = TensorAccumulator().merge_summary(summary, a.shape).result()
     assert merged == direct
+
+
+@given(shape=st.lists(st.integers(1, 40), min_size=2, max_size=4), seed=st.integers(0, 99),
+       low=st.sampled_from([0.0, 0.3, 1.0]))
+def test_unit_counts_and_below_equal_numpy(tfk: Any, shape: list[int], seed: int,
+                                           low: float) -> None:
+    """The step's per-unit count of low entries (bytes summed in blocks where the rows
+    allow, int32 otherwise) and its ``|d| < low`` by two comparisons, against numpy, NaN
+    included."""
+    from gradinspect.engine.figures import below, unit_counts
+
+    tf, _ = tfk
+    rng = np.random.default_rng(seed)
+    d = rng.standard_normal(shape).astype(np.float32)
+    d.flat[rng.integers(0, d.size)] = np.nan
+    mask = below(tf, tf.constant(d), tf.constant(low))
+    with np.errstate(invalid="ignore"):
+        want_mask = np.abs(d) < low
+    np.testing.assert_array_equal(mask.numpy(), want_mask)
+    counts = unit_counts(tf, mask)
+    np.testing.assert_array_equal(counts.numpy(), want_mask.reshape(-1, shape[-1]).sum(axis=0))
+    assert counts.dtype == tf.int32

@@ -29,14 +29,15 @@ from gradinspect.engine.figures import (
     EagerSum,
     Packer,
     axis_last,
+    below,
     half_sumsq,
-    leading_axes,
     moving_statistics,
     outside,
     replica_context,
     row_count,
     shape_of,
     tf_variable,
+    unit_counts,
     units_last,
     widened,
 )
@@ -411,10 +412,8 @@ class TracedPass:
         if self._bounded[i]:
             lows = [outside(tf, z, tail_a, tail_b) for z in measured]
         else:
-            lows = [tf.abs(widened(tf, d)) < tf.cast(low, widened(tf, d).dtype)
-                    for d in measured]
-        pack.add(("low_per_unit", i), tf.add_n(
-            [tf.reduce_sum(tf.cast(m, tf.int32), axis=leading_axes(m)) for m in lows]), "sum")
+            lows = [below(tf, widened(tf, d), low) for d in measured]
+        pack.add(("low_per_unit", i), tf.add_n([unit_counts(tf, m) for m in lows]), "sum")
         pack.add(("rows", i), row_count(tf, lows), "sum")
 
     def _pack_moving(self, pack: Packer, i: int, cs: list[CallRecord], has_x: bool) -> None:

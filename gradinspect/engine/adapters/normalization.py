@@ -73,21 +73,26 @@ def normalization_per_sample(layer: Any, view: DenseView | None,
     return None
 
 
-def _normalised(tf: Any, layer: Any, x: Any) -> Any:
-    """x normalised as the layer normalises it (before gamma and beta), in float32 or wider."""
-    x = widened(tf, x)
+def _gamma_part(tf: Any, layer: Any, x: Any, g: Any, axes: list[int]) -> Any:
+    """Per sample, dL/dgamma: the normalised input times dL/dy (``g``), summed over the
+    statistic ``axes``, in float32 or wider. BatchNormalization's statistics are per-channel
+    constants (its moving ones): the centred input times dL/dy is summed first and scaled
+    after, one product over the whole tensor fewer (the step pays per pass over it)."""
+    x = tf.cast(widened(tf, x), g.dtype)
     rank = len(x.shape)
     if type(layer).call.__qualname__.startswith("BatchNormalization"):
         axis = int(layer.axis) % rank
         shape = [1] * rank
         shape[axis] = -1
         mean = tf.reshape(tf.cast(layer.moving_mean, x.dtype), shape)
-        variance = tf.reshape(tf.cast(layer.moving_variance, x.dtype), shape)
-        return (x - mean) * tf.math.rsqrt(variance + layer.epsilon)
-    axes = [int(a) % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple))
-                                    else [layer.axis])]
-    mean, variance = tf.nn.moments(x, axes=axes, keepdims=True)
-    return (x - mean) * tf.math.rsqrt(variance + layer.epsilon)
+        inv = tf.math.rsqrt(tf.cast(layer.moving_variance, x.dtype) + layer.epsilon)
+        summed = tf.reduce_sum((x - mean) * g, axis=axes) if axes else (x - mean) * g
+        return summed * tf.reshape(inv, [1] * (len(summed.shape) - 1) + [-1])
+    own = [int(a) % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple))
+                                   else [layer.axis])]
+    mean, variance = tf.nn.moments(x, axes=own, keepdims=True)
+    part = (x - mean) * tf.math.rsqrt(variance + layer.epsilon) * g
+    return tf.reduce_sum(part, axis=axes) if axes else part
 
 
 def _statistic_axes(layer: Any, rank: int) -> list[int]:
@@ -106,10 +111,10 @@ def normalized_sq(tf: Any, call: PerSampleCall) -> tuple[Any, str]:
         axes = _statistic_axes(layer, len(g.shape))
         for name in ("gamma", "beta"):
             if name in call.names:
-                part = g if name == "beta" else tf.cast(_normalised(tf, layer, c.x),
-                                                        g.dtype) * g
                 # summed over positions in the tensors' precision, squared in float64
-                summed = tf.cast(tf.reduce_sum(part, axis=axes) if axes else part, tf.float64)
+                part = (_gamma_part(tf, layer, c.x, g, axes) if name == "gamma"
+                        else tf.reduce_sum(g, axis=axes) if axes else g)
+                summed = tf.cast(part, tf.float64)
                 totals[name] = totals[name] + summed if name in totals else summed
     batch = tf.shape(call.calls[0].x)[0]
     return tf.add_n([tf.reduce_sum(tf.reshape(t * t, tf.stack([batch, -1])), axis=1)
