@@ -495,11 +495,61 @@ def _methods(model: str, data: str) -> str:
     return ", ".join(f"{m} {n}" for m, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def _python_gc(model: str, data: str) -> list[str]:
+    """The command with the garbage collector left as Python sets it (``_tf.cli_process``
+    made a no-op): what the command line's collection handling saves."""
+    return [sys.executable, "-c", "import contextlib, runpy, sys; import gradinspect._tf as t; "
+            "t.cli_process = contextlib.nullcontext; sys.argv = sys.argv[1:]; "
+            "runpy.run_module('gradinspect', run_name='__main__')", "gradinspect", model, data]
+
+
+def _in_process(name: str, model_path: Path, data_path: Path, reps: int) -> list[Row]:
+    """The engine alone: ``gradinspect.inspect`` (walk, hooks, the pass, the report) and
+    ``--per-sample`` on a model already loaded, against one plain tape over
+    ``model.trainable_variables`` on the same model, interleaved, after a warm-up each
+    (no import, load, rendering or process start and exit). A live model's step is compiled
+    (``tf.function``) and kept for the next call, so the plain tape is compiled too."""
+    import numpy as np
+
+    import gradinspect
+    from gradinspect._tf import tf_modules
+
+    tf, keras = tf_modules()
+    model = keras.models.load_model(model_path, compile=False)
+    x = np.load(data_path)
+
+    @tf.function
+    def tape_norms(xx: Any) -> Any:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(xx))
+        return [tf.norm(g) for g in tape.gradient(loss, model.trainable_variables)]
+
+    def plain() -> None:
+        for n in tape_norms(tf.constant(x)):
+            float(n)
+
+    fns = [lambda: gradinspect.inspect(model, x),
+           lambda: gradinspect.inspect(model, x, per_sample=True), plain]
+    times: list[list[float]] = [[] for _ in fns]
+    for fn in fns:
+        fn()
+    for _ in range(max(reps, 5)):
+        for k, fn in enumerate(fns):
+            times[k].append(median_time(fn, 1))
+    ours, per, base = (statistics.median(t) for t in times)
+    return [Row(f"{name}, in process, compiled: inspect vs a plain tape", ours, base, "s",
+                "(report)", True),
+            Row(f"{name}, in process, compiled: --per-sample vs a plain tape", per, base, "s",
+                "(report)", True)]
+
+
 def bench_real_models(args: argparse.Namespace, tmp: Path) -> list[Row]:
     """Whole-model inspection (every trainable variable) and ``--per-sample`` against the
     hand-written script that runs one tape over ``model.trainable_variables`` and prints their
-    norms, all interleaved; the per-sample method chosen per layer; for MobileNetV2,
-    ``--kind dense`` (a head-only pass) and oneDNN's own kernels against the default."""
+    norms, all interleaved; the per-sample method chosen per layer; the engine alone, in
+    process on the loaded model (``_in_process``); the command with Python's collector as it
+    is (``_python_gc``); for MobileNetV2, ``--kind dense`` (a head-only pass) and oneDNN's own
+    kernels against the default."""
     reps = 3 if args.quick else 5
     baseline = write_baseline(tmp)
     rows = []
@@ -518,6 +568,13 @@ def bench_real_models(args: argparse.Namespace, tmp: Path) -> list[Row]:
         rows.append(Row(f"{name}, batch 32, --per-sample: peak RSS", per_m / 2**20,
                         base_m / 2**20, "MiB", "(report)", True))
         NOTES.append(f"per-sample methods, {name}: {_methods(m, d)}")
+        rows += _in_process(name, model, data, reps)
+        if not args.quick:
+            (gc_t, _), (full_t, _) = measure_commands([_python_gc(m, d), gradinspect_cmd(m, d)],
+                                                      reps)
+            rows.append(Row(f"{name}: with Python's collector as it is (no cli_process) vs "
+                            "as the command line runs it: wall", gc_t, full_t, "s", "(report)",
+                            True))
         if name.startswith("MobileNetV2") and not args.quick:
             onednn = [sys.executable, "-c", "import os, runpy, sys; "
                       "os.environ['TF_ENABLE_ONEDNN_OPTS'] = '1'; sys.argv = sys.argv[1:]; "

@@ -288,6 +288,34 @@ def test_help_and_version_do_not_import_tensorflow(flag: str) -> None:
     assert ("gradinspect" in result.stdout) if flag == "--version" else "Usage" in result.stdout
 
 
+def test_cli_process_pauses_collection_for_the_imports_and_the_library_does_not() -> None:
+    """The command line pauses the cyclic collector while TensorFlow imports, freezes what
+    the imports made and collects again after; outside ``cli_process`` (the library) the
+    collector is left as Python set it."""
+    code = (
+        "import gc\n"
+        "from gradinspect._tf import cli_process, tf_modules\n"
+        "with cli_process():\n"
+        "    assert not gc.isenabled()\n"
+        "    tf_modules()\n"
+        "    assert gc.isenabled() and gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n"
+        "    gc.unfreeze()\n"
+        "    with cli_process():  # TensorFlow is imported already: nothing to pause\n"
+        "        assert gc.isenabled() and gc.get_freeze_count() == 0\n"
+        "assert gc.isenabled() and gc.get_freeze_count() > 0\n"
+    )
+    library = (
+        "import gc\n"
+        "from gradinspect._tf import tf_modules\n"
+        "tf_modules()\n"
+        "assert gc.isenabled() and gc.get_freeze_count() == 0\n"
+    )
+    for source in (code, library):
+        result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True,
+                                check=False)
+        assert result.returncode == 0, result.stderr
+
+
 def test_console_script_end_to_end_has_no_tf_noise(seed_c: tuple[Path, Path]) -> None:
     result = subprocess.run([sys.executable, "-m", "gradinspect", *map(str, seed_c), "--json"],
                             capture_output=True, text=True, check=False)

@@ -382,13 +382,16 @@ def timeline(
 def main() -> None:
     """Console-script entry point: ``gradinspect MODEL DATA ...``, ``gradinspect diff A B`` or
     ``gradinspect timeline FILE.jsonl``."""
+    from gradinspect._tf import cli_process
+
     argv = sys.argv[1:]
-    try:
-        if argv[:1] == ["diff"]:
-            diff_app(args=argv[1:], prog_name="gradinspect diff")
-        elif argv[:1] == ["timeline"]:
-            timeline_app(args=argv[1:], prog_name="gradinspect timeline")
-        else:
-            app(args=normalise_argv(argv), prog_name="gradinspect")
-    except KeyboardInterrupt:
-        fail("interrupted", ExitStatus.INTERRUPTED)
+    with cli_process():
+        try:
+            if argv[:1] == ["diff"]:
+                diff_app(args=argv[1:], prog_name="gradinspect diff")
+            elif argv[:1] == ["timeline"]:
+                timeline_app(args=argv[1:], prog_name="gradinspect timeline")
+            else:
+                app(args=normalise_argv(argv), prog_name="gradinspect")
+        except KeyboardInterrupt:
+            fail("interrupted", ExitStatus.INTERRUPTED)
