@@ -203,6 +203,49 @@ def test_depthwise_per_sample_equals_one_sample_tapes(tfk: Any, case: dict[str, 
     np.testing.assert_allclose(got, want["under_test"], rtol=1e-5, atol=1e-9)
 
 
+def _issue_model(keras: Any, arch: str) -> tuple[Any, np.ndarray]:
+    """The three models the per-sample work is judged on, small: MobileNetV2 (weights=None,
+    32x32, width 0.35), a Transformer encoder block over an Embedding, a BiLSTM classifier."""
+    layers = keras.layers
+    rng = np.random.default_rng(2)
+    if arch == "MobileNetV2":
+        model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3),
+                                               alpha=0.35, classes=2)
+        return model, rng.standard_normal((BATCH, 32, 32, 3)).astype(np.float32)
+    tokens = keras.Input((12,), dtype="int32")
+    if arch == "Transformer block":
+        h = layers.Embedding(50, 16)(tokens)
+        h = layers.LayerNormalization()(layers.Add()([h, layers.MultiHeadAttention(2, 8)(h, h)]))
+        ff = layers.Dense(16)(layers.Dense(32, activation="gelu")(h))
+        h = layers.LayerNormalization()(layers.Add()([h, ff]))
+        out = layers.Dense(2)(layers.GlobalAveragePooling1D()(h))
+    else:
+        out = layers.Dense(2)(layers.Bidirectional(layers.LSTM(8))(layers.Embedding(50, 8)(tokens)))
+    return keras.Model(tokens, out), rng.integers(0, 50, (BATCH, 12)).astype(np.int32)
+
+
+@pytest.mark.parametrize("arch", ["MobileNetV2", "Transformer block", "BiLSTM"])
+def test_per_sample_of_whole_models_equals_one_sample_tapes(tfk: Any, arch: str) -> None:
+    """Every entry of MobileNetV2, a Transformer block and a BiLSTM classifier has a
+    per-sample figure, and the whole model's per-sample gradient norms (the entries' squares
+    added) equal one-sample tapes over ``model.trainable_weights``."""
+    tf, keras = tfk
+    keras.utils.set_random_seed(7)
+    model, x = _issue_model(keras, arch)
+    y = np.random.default_rng(3).standard_normal((BATCH, 2))
+    report = gradinspect.inspect(model, x, y.astype(np.float32), loss="mean_squared_error",
+                                 per_sample=True)
+    missing = [ly.path for ly in report.layers if ly.per_sample is None]
+    assert missing == [], report.checks.per_sample
+    sq = np.zeros(BATCH)
+    for layer in report.layers:
+        assert layer.per_sample is not None
+        for entry in layer.per_sample.top:
+            sq[entry.index] += entry.norm ** 2
+    want = _tape_norms(tf, model, x, y, {"all": list(model.trainable_weights)})["all"]
+    np.testing.assert_allclose(np.sqrt(sq), want, rtol=1e-5)
+
+
 def test_per_sample_methods_chosen_per_kind(tfk: Any) -> None:
     """The documented method per kind: closed forms where there is one, the vectorized
     fallback for the rest."""

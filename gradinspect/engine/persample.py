@@ -150,7 +150,12 @@ def vectorized(tf: Any, call: PerSampleCall, looped: bool = False) -> tuple[Any,
 
     if looped:  # one sample after another (the recurrent kinds: pfor's lists of a while
         # loop do not take every shape); a batch of no rows runs no step
-        return tf.map_fn(one, elems, fn_output_signature=tf.float64), "loop over samples"
+        def loop() -> Any:
+            return tf.map_fn(one, elems, fn_output_signature=tf.float64)
+
+        # an eager step traces the loop once instead of running every sample's recurrence op
+        # by op (a BiLSTM over 64 steps: 12 s for 32 samples eagerly)
+        return (tf.function(loop)() if tf.executing_eagerly() else loop()), "loop over samples"
 
     def run() -> Any:
         return tf.vectorized_map(one, elems, fallback_to_while_loop=True, warn=False)
