@@ -246,6 +246,47 @@ def test_per_sample_of_whole_models_equals_one_sample_tapes(tfk: Any, arch: str)
     np.testing.assert_allclose(np.sqrt(sq), want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["cnn", "bilstm"])
+def test_per_sample_of_one_batch_from_a_file_equals_the_compiled_step(
+        tfk: Any, tmp_path: Any, arch: str) -> None:
+    """One small batch read from a file runs the step eagerly (the command line's case): its
+    per-sample figures, recurrent loop and depthwise filter gradient included, equal the
+    compiled step's on the same model and data (which the tests above hold to one-sample
+    tapes)."""
+    _, keras = tfk
+    layers = keras.layers
+    keras.utils.set_random_seed(11)
+    rng = np.random.default_rng(4)
+    if arch == "cnn":
+        inputs = keras.Input((8, 8, 3))
+        h = layers.Conv2D(4, 3, activation="relu")(inputs)
+        h = layers.DepthwiseConv2D(3, strides=2, padding="same")(h)
+        h = layers.BatchNormalization()(h)
+        outputs = layers.Dense(3, activation="softmax")(layers.Flatten()(h))
+        x = rng.standard_normal((BATCH, 8, 8, 3)).astype(np.float32)
+    else:
+        inputs = keras.Input((10,), dtype="int32")
+        h = layers.Bidirectional(layers.LSTM(4))(layers.Embedding(30, 6)(inputs))
+        outputs = layers.Dense(3, activation="softmax")(h)
+        x = rng.integers(0, 30, (BATCH, 10)).astype(np.int32)
+    model = keras.Model(inputs, outputs)
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", x)
+    from_file = gradinspect.inspect_files(tmp_path / "m.keras", tmp_path / "x.npy",
+                                          gradinspect.InspectOptions(per_sample=True))
+    live = gradinspect.inspect(keras.models.load_model(tmp_path / "m.keras"), x,
+                               per_sample=True)
+    assert from_file.data.samples == BATCH  # one batch from a file: the eager step
+    for a, b in zip(from_file.layers, live.layers, strict=True):
+        assert a.per_sample is not None, a.path
+        assert b.per_sample is not None, b.path
+        assert a.per_sample.method == b.per_sample.method
+        got = sorted((e.index, e.norm) for e in a.per_sample.top)
+        want = sorted((e.index, e.norm) for e in b.per_sample.top)
+        np.testing.assert_allclose([n for _, n in got], [n for _, n in want], rtol=1e-5)
+        assert [i for i, _ in got] == [i for i, _ in want]
+
+
 def test_per_sample_methods_chosen_per_kind(tfk: Any) -> None:
     """The documented method per kind: closed forms where there is one, the vectorized
     fallback for the rest."""
