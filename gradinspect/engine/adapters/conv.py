@@ -131,12 +131,10 @@ def windows_sq(tf: Any, call: PerSampleCall) -> tuple[Any, str]:
 def _samples_as_channels(tf: Any, t: Any) -> Any:
     """(batch, *positions, channels) -> (1, *positions as 2D, batch x channels): each sample's
     channels become channels of one image (1D positions get a height of 1)."""
-    t = widened(tf, t)
     if len(t.shape) == 3:
         t = t[:, None]
-    perm = [1, 2, 0, 3]
     shape = tf.shape(t)
-    return tf.reshape(tf.transpose(t, perm), tf.stack([1, shape[1], shape[2], -1]))
+    return tf.reshape(tf.transpose(t, [1, 2, 0, 3]), tf.stack([1, shape[1], shape[2], -1]))
 
 
 def _native_depthwise(layer: Any) -> bool:
@@ -162,8 +160,8 @@ def _depthwise_by_filter_gradient(tf: Any, call: PerSampleCall) -> tuple[Any, st
     total = biases = None
     batch = tf.shape(call.calls[0].x)[0]
     for c, delta in zip(call.calls, call.deltas, strict=True):
-        x = _channels_last(tf, layer, c.x)
-        d = _channels_last(tf, layer, delta)
+        x = widened(tf, _channels_last(tf, layer, c.x))
+        d = widened(tf, _channels_last(tf, layer, delta))
         channels = int(x.shape[-1])
         g = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
             input=_samples_as_channels(tf, x),
@@ -172,7 +170,7 @@ def _depthwise_by_filter_gradient(tf: Any, call: PerSampleCall) -> tuple[Any, st
             padding="SAME" if padding == "same" else "VALID")
         total = g if total is None else total + g
         if call.use_bias:
-            b = tf.reduce_sum(widened(tf, d), axis=list(range(1, len(d.shape) - 1)))
+            b = tf.reduce_sum(d, axis=list(range(1, len(d.shape) - 1)))
             biases = b if biases is None else biases + b
     assert total is not None
     per = tf.reshape(tf.cast(total, tf.float64), tf.stack([-1, batch, channels * mult]))

@@ -81,24 +81,31 @@ def _gamma_part(tf: Any, layer: Any, x: Any, g: Any, axes: list[int]) -> Any:
     x = tf.cast(widened(tf, x), g.dtype)
     rank = len(x.shape)
     if type(layer).call.__qualname__.startswith("BatchNormalization"):
-        axis = int(layer.axis) % rank
         shape = [1] * rank
-        shape[axis] = -1
+        shape[_own_axes(layer, rank)[0]] = -1
         mean = tf.reshape(tf.cast(layer.moving_mean, x.dtype), shape)
         inv = tf.math.rsqrt(tf.cast(layer.moving_variance, x.dtype) + layer.epsilon)
-        summed = tf.reduce_sum((x - mean) * g, axis=axes) if axes else (x - mean) * g
+        summed = _summed(tf, (x - mean) * g, axes)
         return summed * tf.reshape(inv, [1] * (len(summed.shape) - 1) + [-1])
-    own = [int(a) % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple))
-                                   else [layer.axis])]
-    mean, variance = tf.nn.moments(x, axes=own, keepdims=True)
-    part = (x - mean) * tf.math.rsqrt(variance + layer.epsilon) * g
-    return tf.reduce_sum(part, axis=axes) if axes else part
+    mean, variance = tf.nn.moments(x, axes=_own_axes(layer, rank), keepdims=True)
+    return _summed(tf, (x - mean) * tf.math.rsqrt(variance + layer.epsilon) * g, axes)
+
+
+def _summed(tf: Any, t: Any, axes: list[int]) -> Any:
+    """``t`` summed over ``axes`` (none: as it is)."""
+    return tf.reduce_sum(t, axis=axes) if axes else t
+
+
+def _own_axes(layer: Any, rank: int) -> list[int]:
+    """The layer's ``axis`` as positive axes of a rank-``rank`` input: what gamma and beta
+    span."""
+    own = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    return [int(a) % rank for a in own]
 
 
 def _statistic_axes(layer: Any, rank: int) -> list[int]:
     """The axes gamma and beta do not span (besides the batch): summed per sample."""
-    own = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-    kept = {int(a) % rank for a in own}
+    kept = set(_own_axes(layer, rank))
     return [a for a in range(1, rank) if a not in kept]
 
 
@@ -113,7 +120,7 @@ def normalized_sq(tf: Any, call: PerSampleCall) -> tuple[Any, str]:
             if name in call.names:
                 # summed over positions in the tensors' precision, squared in float64
                 part = (_gamma_part(tf, layer, c.x, g, axes) if name == "gamma"
-                        else tf.reduce_sum(g, axis=axes) if axes else g)
+                        else _summed(tf, g, axes))
                 summed = tf.cast(part, tf.float64)
                 totals[name] = totals[name] + summed if name in totals else summed
     batch = tf.shape(call.calls[0].x)[0]
